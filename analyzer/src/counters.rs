@@ -1,0 +1,42 @@
+//! The analyzer's self-metrics: one place where they are counted and encoded
+//! as the `logpipe` measurement.
+
+use crate::line_protocol::{encode_counters, SELF_METRICS};
+
+/// Cumulative counts since this analyzer started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records consumed from `logs`.
+    pub lines_read: u64,
+    /// Lines parsed into a request.
+    pub parsed: u64,
+    /// Lines that did not parse (counted and logged, not added).
+    pub malformed: u64,
+    /// Parsed lines whose window had already closed.
+    pub late: u64,
+    /// Final windows accepted by the sink.
+    pub windows_written: u64,
+    /// Sink writes that failed and were retried.
+    pub write_retries: u64,
+}
+
+impl Counters {
+    /// Appends the `logpipe` point for `analyzer`, timestamped now.
+    pub fn encode(&self, out: &mut Vec<u8>, analyzer: &str) {
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        encode_counters(
+            out,
+            SELF_METRICS,
+            &[("analyzer", analyzer)],
+            &[
+                ("lines_read", self.lines_read),
+                ("parsed", self.parsed),
+                ("malformed", self.malformed),
+                ("late", self.late),
+                ("windows_written", self.windows_written),
+                ("write_retries", self.write_retries),
+            ],
+            now_ns,
+        );
+    }
+}

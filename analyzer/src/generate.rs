@@ -1,0 +1,250 @@
+//! Realistic synthetic nginx `combined` traffic, deterministic for a seed: the
+//! demo's default input, the tests' known truth, the benchmarks' workload.
+//!
+//! Every line comes with the request it encodes (or `None` for a deliberately
+//! malformed line), so a test can compute the expected windows from the
+//! requests themselves, independently of the parser and the window code.
+//! The mix covers what the old scripts lost: IPv6 clients, logged-in users,
+//! `"-"` and garbage requests (status 400), escaped quotes (`\"` and `\x22`),
+//! `-` body sizes, and timestamps out of order by a few seconds.
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+
+/// One generated request, as it will appear in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub client: String,
+    pub user: Option<String>,
+    /// Event time in ms since the epoch; always a whole second (CLF has no fraction).
+    pub time_ms: i64,
+    /// The request line between the quotes, already escaped.
+    pub request: String,
+    pub status: u16,
+    /// `None` is logged as `-`.
+    pub body_bytes: Option<u64>,
+    pub referer: String,
+    pub user_agent: String,
+}
+
+impl Request {
+    /// The nginx `combined` line for this request (time zone `+0000`).
+    pub fn render(&self) -> String {
+        let t = chrono::DateTime::from_timestamp_millis(self.time_ms).expect("time in range");
+        format!(
+            "{} - {} [{}] \"{}\" {} {} \"{}\" \"{}\"",
+            self.client,
+            self.user.as_deref().unwrap_or("-"),
+            t.format("%d/%b/%Y:%H:%M:%S +0000"),
+            self.request,
+            self.status,
+            self.body_bytes.map_or("-".to_string(), |b| b.to_string()),
+            self.referer,
+            self.user_agent
+        )
+    }
+}
+
+const PATHS: &[&str] = &[
+    "/",
+    "/index.html",
+    "/api/v1/items",
+    "/api/v1/items/42",
+    "/login",
+    "/static/app.js",
+    "/static/style.css",
+    "/images/logo.png",
+    "/search?q=rust+kafka&page=2",
+    "/feed.xml",
+    "/robots.txt",
+    "/favicon.ico",
+];
+const AGENTS: &[&str] = &[
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    "curl/8.5.0",
+    "Googlebot/2.1 (+http://www.google.com/bot.html)",
+    "python-requests/2.31.0",
+    "Mozilla/5.0 \\\"quoted\\\" agent",
+    "Agent with \\x22nginx escapes\\x22",
+];
+const MALFORMED: &[&str] = &[
+    "",
+    "this is not an access log line",
+    "10.0.0.1 - - [not a time] \"GET / HTTP/1.1\" 200 12 \"-\" \"-\"",
+    "10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" OK 12 \"-\" \"-\"",
+    "10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] \"GET /unterminated HTTP/1.1 200 12",
+];
+
+/// A deterministic stream of lines starting at `start_ms`, `lines_per_sec` on average.
+pub struct Generator {
+    rng: Pcg64,
+    t_ms: f64,
+    step_ms: f64,
+    /// One line in this many is malformed (0: never).
+    malformed_one_in: u32,
+}
+
+impl Generator {
+    pub fn new(seed: u64, start_ms: i64, lines_per_sec: f64) -> Self {
+        Generator {
+            rng: Pcg64::seed_from_u64(seed),
+            t_ms: start_ms as f64,
+            step_ms: 1000.0 / lines_per_sec,
+            malformed_one_in: 200,
+        }
+    }
+
+    /// Sets how often a malformed line appears (one in `n`, 0 for never).
+    pub fn malformed_one_in(mut self, n: u32) -> Self {
+        self.malformed_one_in = n;
+        self
+    }
+
+    /// The event time the stream has reached.
+    pub fn now_ms(&self) -> i64 {
+        self.t_ms as i64
+    }
+
+    /// The next line and the request it encodes (`None`: malformed on purpose).
+    pub fn next_line(&mut self) -> (String, Option<Request>) {
+        self.t_ms += self.step_ms;
+        let r = &mut self.rng;
+        if self.malformed_one_in > 0 && r.random_range(0..self.malformed_one_in) == 0 {
+            let m = MALFORMED[r.random_range(0..MALFORMED.len())];
+            return (m.to_string(), None);
+        }
+        // A few seconds out of order now and then, as with buffered writers.
+        let jitter = if r.random_bool(0.05) {
+            r.random_range(1..=5) * 1000
+        } else {
+            0
+        };
+        let time_ms = ((self.t_ms as i64 - jitter) / 1000) * 1000;
+        let client = if r.random_bool(0.2) {
+            format!(
+                "2001:db8:{:x}::{:x}",
+                r.random_range(0..0xffff),
+                r.random_range(1..0xffff)
+            )
+        } else {
+            format!(
+                "{}.{}.{}.{}",
+                r.random_range(1..224),
+                r.random_range(0..256),
+                r.random_range(0..256),
+                r.random_range(1..255)
+            )
+        };
+        let user = match r.random_range(0..20) {
+            0 => Some("alice".to_string()),
+            1 => Some("bob.smith@example.com".to_string()),
+            2 => Some("carol jones".to_string()),
+            _ => None,
+        };
+        let (request, status) = match r.random_range(0..100) {
+            0 => ("-".to_string(), 400),
+            1 => ("\\x16\\x03\\x01\\x00\\xF4\\x01\\x00".to_string(), 400),
+            2 => ("GET /a\\x22quoted\\x22 HTTP/1.1".to_string(), 404),
+            _ => {
+                let method = [
+                    "GET", "GET", "GET", "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS",
+                ][r.random_range(0..9)];
+                let path = PATHS[r.random_range(0..PATHS.len())];
+                let status = match r.random_range(0..1000) {
+                    0..=2 => 101,
+                    3..=799 => 200,
+                    800..=839 => 206,
+                    840..=899 => 304,
+                    900..=929 => 301,
+                    930..=969 => 404,
+                    970..=979 => 403,
+                    980..=989 => 500,
+                    990..=994 => 502,
+                    _ => 503,
+                };
+                (
+                    format!(
+                        "{method} {path} HTTP/{}",
+                        ["1.0", "1.1", "2.0"][r.random_range(0..3)]
+                    ),
+                    status,
+                )
+            }
+        };
+        let body_bytes = match status {
+            101 | 304 => {
+                if r.random_bool(0.5) {
+                    None
+                } else {
+                    Some(0)
+                }
+            }
+            _ => Some(r.random_range(0..200_000)),
+        };
+        let referer = if r.random_bool(0.5) {
+            "-".to_string()
+        } else {
+            format!(
+                "https://example.com{}",
+                PATHS[r.random_range(0..PATHS.len())]
+            )
+        };
+        let user_agent = AGENTS[r.random_range(0..AGENTS.len())].to_string();
+        let req = Request {
+            client,
+            user,
+            time_ms,
+            request,
+            status,
+            body_bytes,
+            referer,
+            user_agent,
+        };
+        (req.render(), Some(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_combined;
+
+    #[test]
+    fn same_seed_same_lines() {
+        let a: Vec<_> = (0..100)
+            .map({
+                let mut g = Generator::new(7, 0, 100.0);
+                move |_| g.next_line().0
+            })
+            .collect();
+        let mut g = Generator::new(7, 0, 100.0);
+        assert!(a.iter().all(|l| *l == g.next_line().0));
+    }
+
+    #[test]
+    fn every_request_line_parses_back_to_its_request_and_malformed_ones_do_not() {
+        let mut g = Generator::new(1, 1_700_000_000_000, 1000.0).malformed_one_in(50);
+        let (mut good, mut bad) = (0, 0);
+        for _ in 0..20_000 {
+            let (line, req) = g.next_line();
+            match req {
+                Some(req) => {
+                    let l =
+                        parse_combined(line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line}"));
+                    assert_eq!(l.time_ms, req.time_ms);
+                    assert_eq!(l.status, req.status);
+                    assert_eq!(l.body_bytes, req.body_bytes.unwrap_or(0));
+                    assert_eq!(l.client, req.client.as_bytes());
+                    assert_eq!(l.user, req.user.as_deref().map(str::as_bytes));
+                    good += 1;
+                }
+                None => {
+                    assert!(parse_combined(line.as_bytes()).is_err(), "{line}");
+                    bad += 1;
+                }
+            }
+        }
+        assert!(good > 19_000 && bad > 200, "{good} {bad}");
+    }
+}

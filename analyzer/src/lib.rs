@@ -1,0 +1,24 @@
+//! Everything an analyzer does between a Kafka record and an InfluxDB point.
+//!
+//! - [`parse`]: the nginx/Apache `combined` parser, byte-level, borrowing.
+//! - [`window`]: event-time tumbling windows of one partition (pure core:
+//!   watermark, closing, late lines, restore offset).
+//! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
+//! - [`sink`]: where points go — InfluxDB (`/write`) or a line-protocol file.
+//! - [`counters`]: the analyzer's self-metrics (`logpipe` measurement).
+//! - [`run`]: the I/O shell — consume as a group member, aggregate, flush,
+//!   commit only what the sink accepted.
+//! - [`generate`]: deterministic realistic traffic for the demo, tests, benchmarks.
+
+pub mod counters;
+pub mod generate;
+pub mod line_protocol;
+pub mod parse;
+pub mod run;
+pub mod sink;
+pub mod window;
+
+pub use counters::Counters;
+pub use run::{run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport};
+pub use sink::{InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
+pub use window::{Metrics, WindowSpec, WindowValue};

@@ -1,0 +1,179 @@
+//! InfluxDB line protocol encoding of window points — pure, tested against
+//! exact strings.
+//!
+//! Every point carries the full field set: InfluxDB merges a write with fewer
+//! fields into the existing point instead of replacing it, so a partial field
+//! set would leave stale values behind.
+
+use crate::window::{Metrics, WindowValue};
+
+/// Measurement of the per-window traffic points.
+pub const ACCESS_LOG: &str = "access_log";
+/// Measurement of the analyzers' own health.
+pub const SELF_METRICS: &str = "logpipe";
+
+/// Appends `s` escaped as a tag key or value (`,`, `=`, space and `\` escaped;
+/// line breaks, which line protocol cannot carry, become `\n` / `\r` text).
+pub fn push_tag(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b',' | b'=' | b' ' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, name: &str, v: u64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    out.push(b'i');
+}
+
+fn push_float(out: &mut Vec<u8>, name: &str, v: f64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    // `{}` on f64 prints the shortest string that round-trips; never NaN here.
+    out.extend_from_slice(format!("{v}").as_bytes());
+}
+
+/// Encodes one `access_log` point; the timestamp is the window start in ns.
+pub fn encode_window(
+    out: &mut Vec<u8>,
+    host: &[u8],
+    source: &[u8],
+    window_ms: i64,
+    v: &WindowValue,
+) {
+    let m: &Metrics = &v.metrics;
+    out.extend_from_slice(ACCESS_LOG.as_bytes());
+    out.extend_from_slice(b",host=");
+    push_tag(out, if host.is_empty() { b"-" } else { host });
+    out.extend_from_slice(b",source=");
+    push_tag(out, if source.is_empty() { b"-" } else { source });
+    out.push(b' ');
+    push_int(out, "count", m.count);
+    out.push(b',');
+    push_float(
+        out,
+        "error_rate",
+        if m.count == 0 {
+            0.0
+        } else {
+            m.errors as f64 / m.count as f64
+        },
+    );
+    out.push(b',');
+    push_float(out, "qps", m.count as f64 * 1000.0 / window_ms as f64);
+    for (i, n) in m.status.iter().enumerate() {
+        out.push(b',');
+        push_int(
+            out,
+            [
+                "status_1xx",
+                "status_2xx",
+                "status_3xx",
+                "status_4xx",
+                "status_5xx",
+            ][i],
+            *n,
+        );
+    }
+    out.push(b',');
+    push_int(out, "traffic", m.traffic);
+    out.push(b' ');
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(i128::from(v.start_ms) * 1_000_000)
+            .as_bytes(),
+    );
+    out.push(b'\n');
+}
+
+/// Encodes one point of integer fields (self-metrics) at `time_ns`.
+pub fn encode_counters(
+    out: &mut Vec<u8>,
+    measurement: &str,
+    tags: &[(&str, &str)],
+    fields: &[(&str, u64)],
+    time_ns: i64,
+) {
+    out.extend_from_slice(measurement.as_bytes());
+    for (k, v) in tags {
+        out.push(b',');
+        push_tag(out, k.as_bytes());
+        out.push(b'=');
+        push_tag(out, v.as_bytes());
+    }
+    for (i, (k, v)) in fields.iter().enumerate() {
+        out.push(if i == 0 { b' ' } else { b',' });
+        push_int(out, k, *v);
+    }
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(time_ns).as_bytes());
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_point_has_full_field_set_and_escaped_tags() {
+        let v = WindowValue {
+            source: 0,
+            start_ms: 1_431_857_100_000,
+            metrics: Metrics {
+                count: 4,
+                traffic: 1234,
+                errors: 1,
+                status: [0, 2, 1, 1, 0],
+            },
+            is_final: true,
+        };
+        let mut out = vec![];
+        encode_window(&mut out, b"web 1", b"/var/log/a,b=c.log", 10_000, &v);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "access_log,host=web\\ 1,source=/var/log/a\\,b\\=c.log count=4i,error_rate=0.25,qps=0.4,\
+             status_1xx=0i,status_2xx=2i,status_3xx=1i,status_4xx=1i,status_5xx=0i,traffic=1234i \
+             1431857100000000000\n"
+        );
+    }
+
+    #[test]
+    fn empty_tags_and_line_breaks_cannot_break_the_protocol() {
+        let v = WindowValue {
+            source: 0,
+            start_ms: 0,
+            metrics: Metrics {
+                count: 1,
+                ..Default::default()
+            },
+            is_final: false,
+        };
+        let mut out = vec![];
+        encode_window(&mut out, b"", b"a\nb", 1000, &v);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.starts_with("access_log,host=-,source=a\\nb count=1i,error_rate=0,qps=1,"),
+            "{s}"
+        );
+        assert_eq!(s.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn counters_point() {
+        let mut out = vec![];
+        encode_counters(
+            &mut out,
+            SELF_METRICS,
+            &[("analyzer", "h-1")],
+            &[("lines_read", 3), ("malformed", 1)],
+            7,
+        );
+        assert_eq!(out, b"logpipe,analyzer=h-1 lines_read=3i,malformed=1i 7\n");
+    }
+}

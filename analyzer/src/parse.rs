@@ -1,0 +1,378 @@
+//! The nginx `combined` parser (also reads Apache `combined`), byte-level, no
+//! allocation: fields borrow from the line.
+//!
+//! ```text
+//! $remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
+//! ```
+//!
+//! Why not a regex: the scripts logpipe replaces used one that silently dropped
+//! IPv6 clients, logged-in users and `"-"` requests. Here every field is cut at
+//! its real delimiter, and the failure names the byte where the line stopped
+//! making sense.
+//! - `$remote_user` ends at ` [` (a user name may contain spaces);
+//! - quoted fields honour both escapes: Apache's `\"` and nginx's `\x22` (the
+//!   latter contains no `"`, so it needs no special case to skip);
+//! - `$request` may be `-` or garbage (status 400): method and path are then `None`;
+//! - `$body_bytes_sent` may be `-` (Apache's `%b` for zero).
+
+use std::fmt;
+
+/// One parsed access-log line, borrowing from the raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLine<'a> {
+    pub client: &'a [u8],
+    pub user: Option<&'a [u8]>,
+    /// Event time, milliseconds since the Unix epoch (UTC).
+    pub time_ms: i64,
+    /// The raw request between the quotes, escapes untouched.
+    pub request: &'a [u8],
+    pub method: Option<&'a [u8]>,
+    pub path: Option<&'a [u8]>,
+    pub status: u16,
+    pub body_bytes: u64,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+/// Why a line is not an access-log line: what was expected and at which byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseError {
+    pub at: usize,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "expected {} at byte {}", self.expected, self.at)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, expected: &'static str) -> ParseError {
+        ParseError {
+            at: self.i,
+            expected,
+        }
+    }
+
+    fn expect(&mut self, lit: &'static [u8], what: &'static str) -> Result<(), ParseError> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    /// Bytes up to (not including) the next `delim`; the cursor moves past it.
+    fn until(&mut self, delim: u8, what: &'static str) -> Result<&'a [u8], ParseError> {
+        let rest = &self.b[self.i..];
+        match memchr::memchr(delim, rest) {
+            Some(n) => {
+                self.i += n + 1;
+                Ok(&rest[..n])
+            }
+            None => Err(self.err(what)),
+        }
+    }
+
+    /// A `"`-quoted field; `\x` escapes are skipped over, not decoded.
+    fn quoted(&mut self, what: &'static str) -> Result<&'a [u8], ParseError> {
+        self.expect(b"\"", what)?;
+        let start = self.i;
+        let b = self.b;
+        let mut j = start;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &b[j..]) {
+                Some(n) if b[j + n] == b'\\' => j += n + 2,
+                Some(n) => {
+                    self.i = j + n + 1;
+                    return Ok(&b[start..j + n]);
+                }
+                None => break,
+            }
+            if j >= b.len() {
+                break;
+            }
+        }
+        self.i = b.len();
+        Err(self.err("closing quote"))
+    }
+
+    fn uint(&mut self, what: &'static str) -> Result<u64, ParseError> {
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(c - b'0')))
+                .ok_or(ParseError {
+                    at: start,
+                    expected: what,
+                })?;
+            self.i += 1;
+        }
+        if self.i == start {
+            return Err(self.err(what));
+        }
+        Ok(v)
+    }
+
+    fn space(&mut self) -> Result<(), ParseError> {
+        self.expect(b" ", "a space")
+    }
+}
+
+fn opt_dash(f: &[u8]) -> Option<&[u8]> {
+    (f != b"-").then_some(f)
+}
+
+/// Parses one nginx/Apache `combined` line (trailing fields after the user
+/// agent are allowed and ignored; a `common` line without referer and agent is
+/// accepted too).
+pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
+    let mut c = Cursor { b: line, i: 0 };
+    let client = c.until(b' ', "client address")?;
+    if client.is_empty() {
+        return Err(ParseError {
+            at: 0,
+            expected: "client address",
+        });
+    }
+    // `$remote_user` may contain spaces: it ends at the ` [` that opens the time.
+    let ident_start = c.i;
+    let rest = &line[ident_start..];
+    let open = memchr::memmem::find(rest, b" [").ok_or(c.err("' [' before the time"))?;
+    // ident (`-`) and user are separated by the first space of this stretch.
+    let stretch = &rest[..open];
+    let user = match memchr::memchr(b' ', stretch) {
+        Some(sp) => opt_dash(&stretch[sp + 1..]),
+        None => return Err(c.err("'- ' ident field")),
+    };
+    c.i = ident_start + open + 2;
+    let time_start = c.i;
+    let time = c.until(b']', "']' closing the time")?;
+    let time_ms = parse_clf_time(time).ok_or(ParseError {
+        at: time_start,
+        expected: "time like 10/Oct/2000:13:55:36 -0700",
+    })?;
+    c.space()?;
+    let request = c.quoted("'\"' opening the request")?;
+    c.space()?;
+    let status_at = c.i;
+    let status = c.uint("status")?;
+    if !(100..=999).contains(&status) {
+        return Err(ParseError {
+            at: status_at,
+            expected: "a 3-digit status",
+        });
+    }
+    c.space()?;
+    let body_bytes = if line[c.i..].starts_with(b"-") {
+        c.i += 1;
+        0
+    } else {
+        c.uint("body bytes or '-'")?
+    };
+    let (mut referer, mut user_agent) = (None, None);
+    if c.i < line.len() {
+        c.space()?;
+        referer = opt_dash(c.quoted("'\"' opening the referer")?);
+        c.space()?;
+        user_agent = opt_dash(c.quoted("'\"' opening the user agent")?);
+    }
+    let (method, path) = split_request(request);
+    Ok(AccessLine {
+        client,
+        user,
+        time_ms,
+        request,
+        method,
+        path,
+        status: status as u16,
+        body_bytes,
+        referer,
+        user_agent,
+    })
+}
+
+/// `GET /path HTTP/1.1` → method and path; `None` for `-` or garbage.
+fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let Some(sp) = memchr::memchr(b' ', req) else {
+        return (None, None);
+    };
+    let method = &req[..sp];
+    if method.is_empty() || !method.iter().all(|c| c.is_ascii_uppercase()) {
+        return (None, None);
+    }
+    let rest = &req[sp + 1..];
+    let path = match memchr::memrchr(b' ', rest) {
+        Some(e) if rest[e + 1..].starts_with(b"HTTP/") => &rest[..e],
+        _ => rest,
+    };
+    (Some(method), Some(path))
+}
+
+const MONTHS: [&[u8; 3]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0')))
+}
+
+/// Parses `$time_local`: `10/Oct/2000:13:55:36 -0700` → ms since the epoch (UTC).
+pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
+    if t.len() != 26 || t[2] != b'/' || t[6] != b'/' || t[11] != b':' || t[20] != b' ' {
+        return None;
+    }
+    let day = digits(&t[0..2])?;
+    let month = MONTHS.iter().position(|m| &t[3..6] == *m)? as i64 + 1;
+    let year = digits(&t[7..11])?;
+    let (h, mi, s) = (
+        digits(&t[12..14])?,
+        digits(&t[15..17])?,
+        digits(&t[18..20])?,
+    );
+    if t[14] != b':' || t[17] != b':' || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let sign = match t[21] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (zh, zm) = (digits(&t[22..24])?, digits(&t[24..26])?);
+    let offset_s = sign * (zh * 3600 + zm * 60);
+    let days = days_from_civil(year, month, day);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + s) - offset_s) * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> AccessLine<'_> {
+        parse_combined(s.as_bytes()).unwrap_or_else(|e| panic!("{e}: {s}"))
+    }
+
+    #[test]
+    fn plain_ipv4_line() {
+        let l = p(
+            r#"83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/presentations/logstash-monitorama-2013/" "Mozilla/5.0 (Macintosh)""#,
+        );
+        assert_eq!(l.client, b"83.149.9.216");
+        assert_eq!(l.user, None);
+        assert_eq!(l.time_ms, 1_431_857_103_000);
+        assert_eq!(l.method, Some(&b"GET"[..]));
+        assert_eq!(
+            l.path,
+            Some(&b"/presentations/logstash-monitorama-2013/images/kibana-search.png"[..])
+        );
+        assert_eq!((l.status, l.body_bytes), (200, 203_023));
+        assert_eq!(
+            l.referer,
+            Some(&b"http://semicomplete.com/presentations/logstash-monitorama-2013/"[..])
+        );
+        assert_eq!(l.user_agent, Some(&b"Mozilla/5.0 (Macintosh)"[..]));
+    }
+
+    #[test]
+    fn ipv6_client_and_logged_in_user_with_space() {
+        let l = p(
+            r#"2001:db8::7 - alice smith [01/Jan/2024:00:00:00 +0100] "POST /login HTTP/2.0" 302 0 "-" "curl/8.0""#,
+        );
+        assert_eq!(l.client, b"2001:db8::7");
+        assert_eq!(l.user, Some(&b"alice smith"[..]));
+        assert_eq!(l.time_ms, 1_704_063_600_000);
+        assert_eq!(l.referer, None);
+    }
+
+    #[test]
+    fn dash_request_garbage_request_and_dash_bytes() {
+        let l = p(r#"10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] "-" 400 - "-" "-""#);
+        assert_eq!(
+            (l.method, l.path, l.status, l.body_bytes),
+            (None, None, 400, 0)
+        );
+        let l = p(
+            r#"10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] "\x16\x03\x01\x00\xF4\x01" 400 157 "-" "-""#,
+        );
+        assert_eq!((l.method, l.status, l.body_bytes), (None, 400, 157));
+    }
+
+    #[test]
+    fn both_quote_escapes_inside_fields() {
+        let l = p(
+            r#"10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] "GET /a\"b HTTP/1.1" 200 5 "-" "say \"hi\" \x22x\x22""#,
+        );
+        assert_eq!(l.path, Some(&br#"/a\"b"#[..]));
+        assert_eq!(l.user_agent, Some(&br#"say \"hi\" \x22x\x22"#[..]));
+    }
+
+    #[test]
+    fn common_format_and_trailing_fields_are_accepted() {
+        let l = p(r#"::1 - - [01/Jan/2024:00:00:09 -0000] "HEAD / HTTP/1.0" 304 0"#);
+        assert_eq!((l.status, l.time_ms), (304, 1_704_067_209_000));
+        let l = p(r#"::1 - - [01/Jan/2024:00:00:09 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" 0.004"#);
+        assert_eq!(l.user_agent, Some(&b"ua"[..]));
+    }
+
+    #[test]
+    fn malformed_lines_say_where() {
+        let e = |s: &str| parse_combined(s.as_bytes()).unwrap_err();
+        assert_eq!(e("").expected, "client address");
+        assert_eq!(e("garbage").expected, "client address");
+        assert_eq!(
+            e("1.2.3.4 - - [bad] \"GET /\" 200 1").expected,
+            "time like 10/Oct/2000:13:55:36 -0700"
+        );
+        let err = e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" abc 1"#);
+        assert_eq!((err.expected, err.at), ("status", 57));
+        assert_eq!(
+            e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1 200 1"#).expected,
+            "closing quote"
+        );
+        assert_eq!(
+            e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "x" 200 1 "-" "trailing\"#).expected,
+            "closing quote"
+        );
+    }
+
+    #[test]
+    fn time_parsing_handles_offsets_and_rejects_nonsense() {
+        assert_eq!(parse_clf_time(b"01/Jan/1970:00:00:00 +0000"), Some(0));
+        assert_eq!(parse_clf_time(b"01/Jan/1970:01:00:00 +0100"), Some(0));
+        assert_eq!(
+            parse_clf_time(b"29/Feb/2024:23:59:59 -0530"),
+            Some(1_709_270_999_000)
+        );
+        assert_eq!(parse_clf_time(b"01/Foo/2024:00:00:00 +0000"), None);
+        assert_eq!(parse_clf_time(b"01/Jan/2024:25:00:00 +0000"), None);
+        assert_eq!(parse_clf_time(b"01/Jan/2024:00:00:00 +00"), None);
+    }
+}

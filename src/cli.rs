@@ -1,0 +1,174 @@
+//! The command line: every flag can also come from a `LOGPIPE_<FLAG>`
+//! environment variable (e.g. `LOGPIPE_BROKERS`, `LOGPIPE_INFLUX_URL`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "logpipe", version, about = "Access logs → Kafka → exact event-time metrics in InfluxDB", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow log files and publish every line to Kafka (one record per line).
+    Produce(ProduceArgs),
+    /// Consume lines as a member of a consumer group and write per-window metrics to InfluxDB.
+    Analyze(AnalyzeArgs),
+    /// Run a development Kafka broker (librdkafka's mock cluster) for trying logpipe and for tests.
+    ///
+    /// Not for production: nothing is persisted and it holds everything in memory.
+    /// The bootstrap address is printed as the first line of standard output;
+    /// it runs until SIGTERM or Ctrl-C.
+    Broker(BrokerArgs),
+    /// Everything in one process: a broker, a producer and analyzers, windows printed live.
+    ///
+    /// With no --input it generates realistic nginx traffic for three virtual hosts
+    /// (starting 45 s in the past, so windows close within seconds). With --input F --from-beginning
+    /// --exit-on-eof it is a one-shot analysis of a historical log.
+    Demo(DemoArgs),
+}
+
+/// Parses `10s`, `1m`, `500ms`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 10s, 1m, 500ms)"))
+}
+
+/// Parses `key=value`.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, e.g. 127.0.0.1:9092.
+    #[arg(long, env = "LOGPIPE_BROKERS")]
+    pub brokers: String,
+    /// Topic of raw log lines.
+    #[arg(long, env = "LOGPIPE_TOPIC", default_value = logpipe_wire::DEFAULT_TOPIC)]
+    pub topic: String,
+    /// Extra librdkafka property, repeatable (e.g. --kafka security.protocol=ssl).
+    #[arg(long = "kafka", env = "LOGPIPE_KAFKA", value_name = "KEY=VALUE", value_parser = key_value, value_delimiter = ',')]
+    pub kafka: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// This node's name (header `host`, first part of the key). Default: the hostname.
+    #[arg(long, env = "LOGPIPE_HOST")]
+    pub host: Option<String>,
+    /// Source name for the lines (default: each file's path).
+    #[arg(long, env = "LOGPIPE_SOURCE")]
+    pub source: Option<String>,
+    /// Start files never seen before at their beginning (backfill) instead of their end.
+    #[arg(long, env = "LOGPIPE_FROM_BEGINNING")]
+    pub from_beginning: bool,
+    /// Read every file to its end, wait until Kafka acknowledged every line, exit 0.
+    #[arg(long, env = "LOGPIPE_EXIT_ON_EOF")]
+    pub exit_on_eof: bool,
+    /// Directory for checkpoints (read positions acknowledged by Kafka), to resume after a restart.
+    #[arg(long, env = "LOGPIPE_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// How often a file at its end is checked for new lines.
+    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
+    pub poll_interval: Duration,
+    /// Log files to follow.
+    #[arg(required = true, env = "LOGPIPE_PATHS", value_delimiter = ',')]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WindowArgs {
+    /// Length of the tumbling event-time windows.
+    #[arg(long, env = "LOGPIPE_WINDOW", default_value = "10s", value_parser = duration)]
+    pub window: Duration,
+    /// How far behind the newest event time a line may arrive and still count.
+    #[arg(long, env = "LOGPIPE_LATENESS", default_value = "30s", value_parser = duration)]
+    pub lateness: Duration,
+    /// How often open windows' partial values are written (live dashboards).
+    #[arg(long, env = "LOGPIPE_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub flush_interval: Duration,
+    /// Status at or above which a request counts as an error (error_rate).
+    #[arg(long, env = "LOGPIPE_ERROR_STATUS", default_value_t = 400)]
+    pub error_status: u16,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InfluxArgs {
+    /// InfluxDB base URL, e.g. http://127.0.0.1:8086.
+    #[arg(long, env = "LOGPIPE_INFLUX_URL")]
+    pub influx_url: Option<String>,
+    /// InfluxDB database.
+    #[arg(long, env = "LOGPIPE_INFLUX_DB")]
+    pub influx_db: Option<String>,
+    #[arg(long, env = "LOGPIPE_INFLUX_USER")]
+    pub influx_user: Option<String>,
+    #[arg(long, env = "LOGPIPE_INFLUX_PASSWORD", hide_env_values = true)]
+    pub influx_password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; analyzers in one group share the partitions.
+    #[arg(long, env = "LOGPIPE_GROUP", default_value = logpipe_wire::DEFAULT_GROUP)]
+    pub group: String,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// Name of this analyzer in the self-metrics (default: hostname-pid).
+    #[arg(long, env = "LOGPIPE_ANALYZER_ID")]
+    pub analyzer_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Partitions of each topic.
+    #[arg(long, env = "LOGPIPE_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+    /// Number of mock brokers in the cluster.
+    #[arg(long, env = "LOGPIPE_BROKERS_COUNT", default_value_t = 1)]
+    pub brokers_count: i32,
+    /// Topics to create.
+    #[arg(long = "topic", env = "LOGPIPE_TOPICS", value_delimiter = ',', default_values_t = [logpipe_wire::DEFAULT_TOPIC.to_string(), logpipe_wire::DEFAULT_DLQ_TOPIC.to_string()])]
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A log to follow (nginx `combined`); without it, traffic is generated.
+    #[arg(long, env = "LOGPIPE_INPUT")]
+    pub input: Option<PathBuf>,
+    /// Read --input from its beginning instead of its end.
+    #[arg(long, env = "LOGPIPE_FROM_BEGINNING")]
+    pub from_beginning: bool,
+    /// Stop at the end of --input: every window is flushed as final, then exit 0.
+    #[arg(long, env = "LOGPIPE_EXIT_ON_EOF", requires = "input")]
+    pub exit_on_eof: bool,
+    /// Analyzers (consumer-group members) to run.
+    #[arg(long, env = "LOGPIPE_ANALYZERS", default_value_t = 2)]
+    pub analyzers: usize,
+    /// Partitions of the embedded topic.
+    #[arg(long, env = "LOGPIPE_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+    /// Generated lines per second (without --input).
+    #[arg(long, env = "LOGPIPE_RATE", default_value_t = 1500.0)]
+    pub rate: f64,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// Line-protocol output file when no --influx-url is given.
+    #[arg(long, env = "LOGPIPE_LP_OUT", default_value = "logpipe-demo.lp")]
+    pub lp_out: PathBuf,
+}

@@ -1,0 +1,287 @@
+//! `logpipe demo`: the embedded default. A mock Kafka broker, a producer and
+//! analyzers in one process, closed windows printed as a live table.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use logpipe_analyzer::generate::Generator;
+use logpipe_analyzer::{AnalyzerConfig, Control, LpFileSink, Observer, Sink, WindowReport};
+use logpipe_consumer::{GroupConfig, MockBroker};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::cli::DemoArgs;
+
+const GROUP: &str = "logpipe-demo";
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    let spec = crate::window_spec(&a.window)?;
+    if a.analyzers == 0 {
+        bail!("--analyzers must be at least 1");
+    }
+    let flag = crate::shutdown_flag()?;
+    let broker = MockBroker::start(1).context("starting the embedded broker")?;
+    broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
+    let influx = crate::influx_sink(&a.influx)?;
+    if let Some(s) = &influx {
+        s.ensure_database()
+            .context("creating the InfluxDB database")?;
+    }
+    let out_desc = match &influx {
+        Some(s) => s.describe(),
+        None => format!("line-protocol file {}", a.lp_out.display()),
+    };
+    eprintln!(
+        "logpipe demo: embedded broker on {}, {} analyzers, windows of {:?}, writing to {out_desc}",
+        broker.bootstrap(),
+        a.analyzers,
+        a.window.window
+    );
+
+    // Analyzers first, so the group is settled before the first line arrives.
+    let control = Control::new();
+    let table = Arc::new(Mutex::new(Table::default()));
+    let mut analyzers = Vec::new();
+    for i in 0..a.analyzers {
+        let sink: Box<dyn Sink> = match crate::influx_sink(&a.influx)? {
+            Some(s) => Box::new(s),
+            None => Box::new(LpFileSink::create(&a.lp_out)?),
+        };
+        let cfg = AnalyzerConfig {
+            group: GroupConfig {
+                brokers: broker.bootstrap().to_string(),
+                topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
+                group: GROUP.to_string(),
+                extra: vec![
+                    ("session.timeout.ms".into(), "6000".into()),
+                    ("heartbeat.interval.ms".into(), "500".into()),
+                ],
+            },
+            spec,
+            flush_interval: a.window.flush_interval,
+            analyzer_id: format!("demo-{i}"),
+        };
+        let t = table.clone();
+        let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));
+        let c = control.clone();
+        analyzers.push(std::thread::spawn(move || {
+            logpipe_analyzer::run(cfg, sink, Some(observer), c)
+        }));
+    }
+    wait_for_assignment(&control, a.partitions, a.analyzers);
+
+    // The input: a given log, or generated traffic written to a file we follow.
+    let stop_input = Arc::new(AtomicBool::new(false));
+    let (paths, from_beginning, generated) = match &a.input {
+        Some(p) => (vec![p.clone()], a.from_beginning, None),
+        None => {
+            // Three virtual hosts, so the table and the partitions have some variety.
+            let dir = std::env::temp_dir().join(format!("logpipe-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let paths: Vec<PathBuf> = ["shop", "api", "blog"]
+                .iter()
+                .map(|n| dir.join(format!("{n}.access.log")))
+                .collect();
+            let mut threads = Vec::new();
+            for (i, p) in paths.iter().enumerate() {
+                threads.push(spawn_generator(
+                    p.clone(),
+                    i as u64,
+                    a.rate / 3.0,
+                    stop_input.clone(),
+                )?);
+            }
+            (paths, true, Some((dir, threads)))
+        }
+    };
+    let pcfg = logpipe_producer::ProducerConfig {
+        brokers: broker.bootstrap().to_string(),
+        topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
+        host: crate::hostname(),
+        source: None,
+        paths,
+        from_beginning,
+        exit_on_eof: a.exit_on_eof,
+        checkpoint_dir: None,
+        poll_interval: Duration::from_millis(50),
+        extra: vec![],
+    };
+    let producer = {
+        let stop = stop_input.clone();
+        std::thread::spawn(move || logpipe_producer::run(pcfg, stop))
+    };
+    {
+        let stop = stop_input.clone();
+        let c = control.clone();
+        crate::on_shutdown(flag.clone(), move || {
+            stop.store(true, Ordering::SeqCst);
+            c.stop();
+        });
+    }
+
+    let produced = producer.join().expect("producer thread")?;
+    if let Some((dir, threads)) = generated {
+        threads.into_iter().for_each(|t| drop(t.join()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if a.exit_on_eof && !flag.load(Ordering::SeqCst) {
+        // Wait until the analyzers consumed everything that was produced, then close every window.
+        let ends = end_offsets(broker.bootstrap(), a.partitions)?;
+        let started = Instant::now();
+        loop {
+            let progress = control.progress();
+            let done = ends
+                .iter()
+                .enumerate()
+                .all(|(p, &end)| end == 0 || progress.get(&(p as i32)).is_some_and(|&o| o >= end));
+            if done || control.is_stopping() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("analyzers did not reach the end of the topic within 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        control.finish();
+    } else {
+        control.stop();
+    }
+    let mut total = logpipe_analyzer::Counters::default();
+    for h in analyzers {
+        let c = h.join().expect("analyzer thread")?;
+        total.lines_read += c.lines_read;
+        total.parsed += c.parsed;
+        total.malformed += c.malformed;
+        total.late += c.late;
+        total.windows_written += c.windows_written;
+    }
+    eprintln!(
+        "logpipe demo: {} lines produced; {} read, {} parsed, {} malformed, {} late; {} windows written to {out_desc}",
+        produced.lines, total.lines_read, total.parsed, total.malformed, total.late, total.windows_written
+    );
+    Ok(())
+}
+
+/// Waits (up to 15 s) until every partition has an owner and every analyzer has one.
+fn wait_for_assignment(control: &Control, partitions: i32, analyzers: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let a = control.assignments();
+        if a.len() == analyzers
+            && a.values().sum::<usize>() == partitions as usize
+            && a.values().all(|&n| n > 0)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!("consumer group not settled after 15 s; starting anyway");
+}
+
+fn end_offsets(bootstrap: &str, partitions: i32) -> Result<Vec<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    (0..partitions)
+        .map(|p| {
+            Ok(
+                c.fetch_watermarks(logpipe_wire::DEFAULT_TOPIC, p, Duration::from_secs(10))?
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// Writes generated traffic to `path`: the last 45 s at once (so windows
+/// close within seconds), then `rate` lines per second in real time.
+fn spawn_generator(
+    path: PathBuf,
+    seed: u64,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let mut g = Generator::new(seed ^ now_ms() as u64, now_ms() - 45_000, rate);
+    Ok(std::thread::spawn(move || {
+        let mut buf = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            while g.now_ms() < now_ms() {
+                buf.push_str(&g.next_line().0);
+                buf.push('\n');
+            }
+            if file.write_all(buf.as_bytes()).is_err() {
+                return;
+            }
+            buf.clear();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }))
+}
+
+/// The live terminal table of closed windows.
+#[derive(Default)]
+struct Table {
+    lines: usize,
+}
+
+impl Table {
+    fn print(&mut self, r: &WindowReport<'_>) {
+        let mut out = std::io::stdout().lock();
+        if self.lines % 40 == 0 {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<12} {:<24} {:>7} {:>8} {:>11} {:>6} {:>5} {:>6} {:>5} {:>5} {:>5}",
+                "window (UTC)",
+                "host",
+                "source",
+                "count",
+                "qps",
+                "traffic",
+                "err%",
+                "1xx",
+                "2xx",
+                "3xx",
+                "4xx",
+                "5xx"
+            );
+        }
+        self.lines += 1;
+        let v = r.value;
+        let m = &v.metrics;
+        let t = chrono::DateTime::from_timestamp_millis(v.start_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<20} {:<12} {:<24} {:>7} {:>8.1} {:>11} {:>6.2} {:>5} {:>6} {:>5} {:>5} {:>5}",
+            t,
+            short(r.host, 12),
+            short(r.source, 24),
+            m.count,
+            m.count as f64 * 1000.0 / r.window_ms as f64,
+            m.traffic,
+            100.0 * m.errors as f64 / m.count.max(1) as f64,
+            m.status[0],
+            m.status[1],
+            m.status[2],
+            m.status[3],
+            m.status[4]
+        );
+    }
+}
+
+/// The last `n` characters (paths are most telling at their end).
+fn short(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    if count <= n {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(count - (n - 1)).collect();
+    format!("…{tail}")
+}

@@ -1,0 +1,169 @@
+//! `logpipe`: one binary, one subcommand per role. Parses flags, sets up
+//! logging, calls the role's `run`, maps errors to exit codes (1 runtime, 2 usage).
+
+mod cli;
+mod demo;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::{AnalyzeArgs, BrokerArgs, Cli, Command, InfluxArgs, ProduceArgs, WindowArgs};
+use logpipe_analyzer::{AnalyzerConfig, Control, InfluxConfig, InfluxSink, WindowSpec};
+use logpipe_consumer::{GroupConfig, MockBroker};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGPIPE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Produce(a) => produce(a),
+        Command::Analyze(a) => analyze(a),
+        Command::Broker(a) => broker(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("logpipe: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A flag set by SIGTERM / SIGINT.
+pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
+    }
+    Ok(flag)
+}
+
+/// Calls `f` once the shutdown flag is set (on a small watcher thread).
+pub fn on_shutdown(flag: Arc<AtomicBool>, f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        f();
+    });
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn window_spec(w: &WindowArgs) -> Result<WindowSpec> {
+    let window_ms = w.window.as_millis() as i64;
+    if window_ms < 1000 || window_ms % 1000 != 0 {
+        bail!(
+            "--window must be a whole number of seconds, at least 1s (got {:?})",
+            w.window
+        );
+    }
+    if w.flush_interval.is_zero() {
+        bail!("--flush-interval must be above 0");
+    }
+    Ok(WindowSpec {
+        window_ms,
+        lateness_ms: w.lateness.as_millis() as i64,
+        error_status: w.error_status,
+    })
+}
+
+pub fn influx_sink(i: &InfluxArgs) -> Result<Option<InfluxSink>> {
+    let Some(url) = &i.influx_url else {
+        return Ok(None);
+    };
+    let db = i
+        .influx_db
+        .clone()
+        .context("--influx-url needs --influx-db")?;
+    if i.influx_password.is_some() && i.influx_user.is_none() {
+        bail!("--influx-password needs --influx-user");
+    }
+    let cfg = InfluxConfig {
+        url: url.clone(),
+        db,
+        user: i.influx_user.clone(),
+        password: i.influx_password.clone(),
+        timeout: Duration::from_secs(10),
+    };
+    Ok(Some(InfluxSink::new(cfg)?))
+}
+
+fn produce(a: ProduceArgs) -> Result<()> {
+    let cfg = logpipe_producer::ProducerConfig {
+        brokers: a.kafka.brokers,
+        topic: a.kafka.topic,
+        host: a.host.unwrap_or_else(hostname),
+        source: a.source,
+        paths: a.paths,
+        from_beginning: a.from_beginning,
+        exit_on_eof: a.exit_on_eof,
+        checkpoint_dir: a.checkpoint_dir,
+        poll_interval: a.poll_interval,
+        extra: a.kafka.kafka,
+    };
+    let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
+    eprintln!(
+        "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",
+        summary.lines, summary.bytes
+    );
+    Ok(())
+}
+
+fn analyze(a: AnalyzeArgs) -> Result<()> {
+    let spec = window_spec(&a.window)?;
+    let sink =
+        influx_sink(&a.influx)?.context("logpipe analyze needs --influx-url and --influx-db")?;
+    let cfg = AnalyzerConfig {
+        group: GroupConfig {
+            brokers: a.kafka.brokers,
+            topic: a.kafka.topic,
+            group: a.group,
+            extra: a.kafka.kafka,
+        },
+        spec,
+        flush_interval: a.window.flush_interval,
+        analyzer_id: a
+            .analyzer_id
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+    };
+    let control = Control::new();
+    let c = control.clone();
+    on_shutdown(shutdown_flag()?, move || c.stop());
+    let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
+    eprintln!(
+        "logpipe analyze: {} lines read, {} parsed, {} malformed, {} late, {} windows written",
+        counters.lines_read,
+        counters.parsed,
+        counters.malformed,
+        counters.late,
+        counters.windows_written
+    );
+    Ok(())
+}
+
+fn broker(a: BrokerArgs) -> Result<()> {
+    let flag = shutdown_flag()?;
+    let b = MockBroker::start(a.brokers_count).context("starting the mock cluster")?;
+    for t in &a.topics {
+        b.create_topic(t, a.partitions)
+            .with_context(|| format!("creating topic {t}"))?;
+    }
+    // The first line of stdout is the bootstrap address, for scripts and tests.
+    println!("{}", b.bootstrap());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    eprintln!("logpipe broker: development broker (librdkafka mock cluster) on {}; topics {:?} with {} partitions; Ctrl-C to stop", b.bootstrap(), a.topics, a.partitions);
+    while !flag.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

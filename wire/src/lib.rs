@@ -1,0 +1,58 @@
+//! The record format on the `logs` topic — the contract between producers and
+//! analyzers (see `docs/design.md`, "Wire contract").
+//!
+//! One Kafka record per log line:
+//! - key `<host>:<source>`, so every line of one source lands in one partition;
+//! - value: the raw line bytes without the trailing `\n` / `\r\n`;
+//! - timestamp: when the producer read the line (CreateTime, ms);
+//! - headers [`HOST`], [`SOURCE`], [`FILE`], [`OFFSET`].
+//!
+//! This crate holds only those names and the two small encoders both sides need.
+
+/// Default topic for raw lines.
+pub const DEFAULT_TOPIC: &str = "logs";
+/// Default topic for lines the analyzers could not parse.
+pub const DEFAULT_DLQ_TOPIC: &str = "logs.dlq";
+/// Default consumer group of the live analyzers.
+pub const DEFAULT_GROUP: &str = "logpipe-analyzers";
+
+/// Header: the producer's node name.
+pub const HOST: &str = "host";
+/// Header: the logical source name (default: the file path).
+pub const SOURCE: &str = "source";
+/// Header: stable identity of the file generation the line came from.
+pub const FILE: &str = "file";
+/// Header: byte offset of the line's first byte in that file, decimal.
+pub const OFFSET: &str = "offset";
+
+/// The record key of a source: `<host>:<source>`.
+pub fn record_key(host: &str, source: &str) -> String {
+    let mut k = String::with_capacity(host.len() + 1 + source.len());
+    k.push_str(host);
+    k.push(':');
+    k.push_str(source);
+    k
+}
+
+/// Splits a record key back into `(host, source)` at the first `:`.
+///
+/// Host names cannot contain `:`, source names (paths) may, so the first one is
+/// the separator. Returns `None` for a key without one.
+pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = key.iter().position(|&b| b == b':')?;
+    Some((&key[..i], &key[i + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips_with_colons_in_source() {
+        let k = record_key("web-1", "C:/logs/a:b.log");
+        assert_eq!(k, "web-1:C:/logs/a:b.log");
+        let (h, s) = split_key(k.as_bytes()).unwrap();
+        assert_eq!((h, s), (&b"web-1"[..], &b"C:/logs/a:b.log"[..]));
+        assert_eq!(split_key(b"nocolon"), None);
+    }
+}
