@@ -352,7 +352,7 @@ mod tests {
             "time like 10/Oct/2000:13:55:36 -0700"
         );
         let err = e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" abc 1"#);
-        assert_eq!((err.expected, err.at), ("status", 57));
+        assert_eq!((err.expected, err.at), ("status", 58));
         assert_eq!(
             e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1 200 1"#).expected,
             "closing quote"

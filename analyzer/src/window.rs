@@ -1,15 +1,25 @@
 //! Event-time tumbling windows of one partition — pure: no I/O, no clock.
 //!
-//! The watermark of a partition is `max event time seen − lateness`. Every
-//! window whose end is at or below it is closed and final. The boundary below
-//! which windows are final, the *closed-through time* `C`, is derived from the
-//! max event time `M` alone (`C = floor((M − lateness) / window) · window`), and
-//! a line is late when its window ends at or before the `C` of the lines before
-//! it. Lateness therefore depends only on the order of records in the
-//! partition, never on when a flush timer fired — which is what makes a live
-//! run, a restarted run and a replay produce the same windows.
+//! Each *source* in the partition has its own watermark: `max event time seen
+//! from that source − lateness`. Every window of the source whose end is at or
+//! below it is closed and final. The boundary below which a source's windows
+//! are final, its *closed-through time* `C`, is derived from its max event time
+//! `M` alone (`C = floor((M − lateness) / window) · window`), and a line is late
+//! when its window ends at or before the `C` of the source's earlier lines.
+//! Lateness therefore depends only on the order of records, never on when a
+//! flush timer fired — which is what makes a live run, a restarted run and a
+//! replay produce the same windows.
+//!
+//! Why per source and not per partition: several sources share a partition,
+//! and their lines interleave in whatever order producers sent them. A backfill
+//! that publishes one file after another (or a host whose clock is behind)
+//! would otherwise push the shared watermark past the other sources' windows
+//! and turn their lines late. The cost: an idle source's last windows stay
+//! open (their partial values are written, so dashboards are right) and hold
+//! the partition's restore offset back until the source sends again or the
+//! input ends (see docs/design.md, "Windows").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Index of a source (host, source name) in the analyzer's source table.
 pub type SourceId = u32;
@@ -90,8 +100,8 @@ pub struct WindowSpec {
 pub struct PartitionWindows {
     spec: WindowSpec,
     open: BTreeMap<(i64, SourceId), Open>,
-    /// Max event time seen, the watermark's base.
-    max_event_ms: Option<i64>,
+    /// Max event time seen per source, the base of its watermark.
+    max_event_ms: HashMap<SourceId, i64>,
     /// Offset after the last record seen.
     next_offset: Option<i64>,
     late: u64,
@@ -102,7 +112,7 @@ impl PartitionWindows {
         PartitionWindows {
             spec,
             open: BTreeMap::new(),
-            max_event_ms: None,
+            max_event_ms: HashMap::new(),
             next_offset: None,
             late: 0,
         }
@@ -113,10 +123,11 @@ impl PartitionWindows {
         t_ms.div_euclid(self.spec.window_ms) * self.spec.window_ms
     }
 
-    /// Every window ending at or before this time is closed (`C`), if any data was seen.
-    pub fn closed_through_ms(&self) -> Option<i64> {
-        self.max_event_ms
-            .map(|m| self.window_start(m - self.spec.lateness_ms))
+    /// Every window of `source` ending at or before this time is closed (`C`),
+    /// once the source was seen.
+    pub fn closed_through_ms(&self, source: SourceId) -> Option<i64> {
+        let m = *self.max_event_ms.get(&source)?;
+        Some(self.window_start(m - self.spec.lateness_ms))
     }
 
     pub fn late_count(&self) -> u64 {
@@ -132,16 +143,14 @@ impl PartitionWindows {
     pub fn record(&mut self, hit: Hit) -> Recorded {
         self.next_offset = Some(hit.offset + 1);
         let start = self.window_start(hit.time_ms);
-        if let Some(c) = self.closed_through_ms() {
+        if let Some(c) = self.closed_through_ms(hit.source) {
             if start + self.spec.window_ms <= c {
                 self.late += 1;
                 return Recorded::Late;
             }
         }
-        self.max_event_ms = Some(
-            self.max_event_ms
-                .map_or(hit.time_ms, |m| m.max(hit.time_ms)),
-        );
+        let m = self.max_event_ms.entry(hit.source).or_insert(hit.time_ms);
+        *m = (*m).max(hit.time_ms);
         let w = self.open.entry((start, hit.source)).or_insert(Open {
             metrics: Metrics::default(),
             min_offset: hit.offset,
@@ -159,25 +168,26 @@ impl PartitionWindows {
     /// changed since the last drain. With `close_all` every window is final
     /// (end of input).
     pub fn drain(&mut self, partials: bool, close_all: bool, out: &mut Vec<WindowValue>) {
-        let c = if close_all {
-            Some(i64::MAX)
-        } else {
-            self.closed_through_ms()
-        };
-        if let Some(c) = c {
-            while let Some(entry) = self.open.first_entry() {
-                let (start, source) = *entry.key();
-                if start.saturating_add(self.spec.window_ms) > c {
-                    break;
-                }
-                let w = entry.remove();
-                out.push(WindowValue {
-                    source,
-                    start_ms: start,
-                    metrics: w.metrics,
-                    is_final: true,
-                });
-            }
+        let window_ms = self.spec.window_ms;
+        let closing: Vec<(i64, SourceId)> = self
+            .open
+            .keys()
+            .filter(|&&(start, source)| {
+                close_all
+                    || self
+                        .closed_through_ms(source)
+                        .is_some_and(|c| start + window_ms <= c)
+            })
+            .copied()
+            .collect();
+        for key in closing {
+            let w = self.open.remove(&key).expect("key from open");
+            out.push(WindowValue {
+                source: key.1,
+                start_ms: key.0,
+                metrics: w.metrics,
+                is_final: true,
+            });
         }
         if partials {
             for (&(start, source), w) in self.open.iter_mut().filter(|(_, w)| w.dirty) {
@@ -236,10 +246,10 @@ mod tests {
         let mut out = vec![];
         w.drain(false, false, &mut out);
         assert!(out.is_empty(), "watermark -20s closes nothing");
-        // M = 40s → watermark 10s → [0,10s) closes.
+        // Source 0: M = 40s → watermark 10s → its [0,10s) closes; source 1's stays open.
         w.record(hit(0, 40_000, 200, 3));
         w.drain(false, false, &mut out);
-        assert_eq!(out.len(), 2);
+        assert_eq!(out.len(), 1);
         assert!(out.iter().all(|v| v.is_final && v.start_ms == 0));
         let m = out.iter().find(|v| v.source == 0).unwrap().metrics;
         assert_eq!(
@@ -251,7 +261,11 @@ mod tests {
                 status: [0, 1, 0, 1, 0]
             }
         );
-        assert_eq!(w.restore_offset(), Some(3), "only the 40s window is open");
+        assert_eq!(
+            w.restore_offset(),
+            Some(2),
+            "source 1's open window starts at offset 2"
+        );
     }
 
     #[test]
@@ -265,7 +279,23 @@ mod tests {
             "[10s,20s) still open"
         );
         assert_eq!(w.late_count(), 1);
-        assert_eq!(w.closed_through_ms(), Some(10_000));
+        assert_eq!(w.closed_through_ms(0), Some(10_000));
+    }
+
+    #[test]
+    fn each_source_has_its_own_watermark() {
+        // Source 0 was backfilled first and reached 45s; source 1 starts at 0s
+        // in the same partition and must not be late.
+        let mut w = PartitionWindows::new(SPEC);
+        w.record(hit(0, 45_000, 200, 0));
+        assert_eq!(w.record(hit(1, 1_000, 200, 1)), Recorded::Added);
+        let mut out = vec![];
+        w.drain(false, false, &mut out);
+        assert!(out.is_empty(), "source 1's watermark is at -29s");
+        w.record(hit(1, 41_000, 200, 2));
+        w.drain(false, false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].source, out[0].start_ms), (1, 0));
     }
 
     #[test]

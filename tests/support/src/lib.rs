@@ -1,1 +1,35 @@
+//! Test harness for logpipe: real components only, each test with its own
+//! topic, group and database.
 //!
+//! - [`influx`]: a real `influxd` (Debian package `influxdb`) as a child process.
+//! - [`kafka`]: Kafka three ways — the mock cluster in-process
+//!   ([`logpipe_consumer::MockBroker`]), the `logpipe broker` process, and an
+//!   independent broker, Tansu, as a process.
+//! - [`truth`]: expected windows computed from generated requests, not by parsing.
+//! - [`process`]: child processes that are killed on drop, and polling helpers.
+
+pub mod influx;
+pub mod kafka;
+pub mod process;
+pub mod truth;
+
+pub use influx::Influx;
+pub use kafka::{LogpipeBroker, Tansu};
+pub use process::{free_port, wait_until, Child};
+pub use truth::{diff, Expected, WindowTruth};
+
+/// True when running under CI: missing components fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A name unique to this test run, for topics, groups and databases.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,271 @@
+//! End-to-end: `logpipe produce` and two `logpipe analyze` processes against a
+//! Kafka-protocol broker process and a real InfluxDB; every window must equal
+//! the independent truth exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use logpipe_testkit::{diff, unique, wait_until, Child, Expected, Influx, LogpipeBroker, Tansu};
+
+const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
+const WINDOW_MS: i64 = 10_000;
+/// 2024-01-01T00:00:00Z: a fixed past, so nothing depends on the clock.
+const START_MS: i64 = 1_704_067_200_000;
+
+/// Three sources with known truth: 3 × 2500 lines at 20 lines/s (~125 s of
+/// event time each, so windows both close and stay open at the end).
+fn write_logs(dir: &Path) -> (Vec<PathBuf>, Expected) {
+    let mut expected = Expected::default();
+    let mut paths = vec![];
+    for (i, name) in ["shop", "api", "blog"].iter().enumerate() {
+        let p = dir.join(format!("{name}.log"));
+        expected.generate_file(
+            &p,
+            &p.display().to_string(),
+            100 + i as u64,
+            START_MS,
+            20.0,
+            2500,
+            WINDOW_MS,
+        );
+        paths.push(p);
+    }
+    (paths, expected)
+}
+
+struct Analyzer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Analyzer {
+    fn start(
+        dir: &Path,
+        n: usize,
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        influx: &Influx,
+        db: &str,
+    ) -> Analyzer {
+        let log = dir.join(format!("analyzer-{n}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Child::spawn(
+            "logpipe analyze",
+            Command::new(BIN)
+                .args([
+                    "analyze",
+                    "--brokers",
+                    brokers,
+                    "--topic",
+                    topic,
+                    "--group",
+                    group,
+                ])
+                .args([
+                    "--influx-url",
+                    &influx.url,
+                    "--influx-db",
+                    db,
+                    "--flush-interval",
+                    "300ms",
+                ])
+                .args(["--analyzer-id", &format!("a{n}")])
+                .args([
+                    "--kafka",
+                    "session.timeout.ms=6000",
+                    "--kafka",
+                    "heartbeat.interval.ms=500",
+                ])
+                .stdout(Stdio::null())
+                .stderr(f),
+        );
+        Analyzer { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Partitions owned now, from the analyzer's own assignment log lines.
+    fn owned(&self) -> usize {
+        let mut owned = 0usize;
+        for line in self.log().lines() {
+            let count = || {
+                line.split("count=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|c| c.parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            if line.contains("partitions assigned") {
+                owned += count();
+            } else if line.contains("partitions revoked") {
+                owned = owned.saturating_sub(count());
+            }
+        }
+        owned
+    }
+}
+
+fn produce(brokers: &str, topic: &str, paths: &[PathBuf], extra: &[&str]) {
+    let out = Command::new(BIN)
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--host",
+            "testhost",
+            "--from-beginning",
+            "--exit-on-eof",
+        ])
+        .args(extra)
+        .args(paths)
+        .output()
+        .expect("run logpipe produce");
+    assert!(
+        out.status.success(),
+        "logpipe produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sum over analyzers of the latest `malformed` self-metric.
+fn malformed_counted(influx: &Influx, db: &str) -> u64 {
+    influx
+        .query(db, "SELECT last(malformed) FROM logpipe GROUP BY analyzer")
+        .iter()
+        .map(|s| s["values"][0][1].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn run_pipeline(brokers: &str, topic: &str, partitions: usize, produce_extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, expected) = write_logs(dir.path());
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("e2e"));
+    let group = unique("group");
+    let mut analyzers: Vec<Analyzer> = (0..2)
+        .map(|n| Analyzer::start(dir.path(), n, brokers, topic, &group, &influx, &db))
+        .collect();
+    // Both members own partitions before the first line arrives (no rebalance mid-stream here).
+    wait_until(Duration::from_secs(60), || {
+        let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
+        (owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == partitions).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "consumer group did not settle:\n{}\n---\n{}",
+            analyzers[0].log(),
+            analyzers[1].log()
+        )
+    });
+
+    produce(brokers, topic, &paths, produce_extra);
+
+    let mut got = BTreeMap::new();
+    let matched = wait_until(Duration::from_secs(90), || {
+        got = Expected::from_influx(&influx, &db);
+        (got == expected.windows && malformed_counted(&influx, &db) == expected.malformed)
+            .then_some(())
+    });
+    if matched.is_none() {
+        panic!(
+            "InfluxDB does not match the truth ({} windows expected, {} found; malformed expected {}, counted {}):\n{}\nself-metrics: {:?}\nanalyzer logs:\n{}\n---\n{}",
+            expected.windows.len(),
+            got.len(),
+            expected.malformed,
+            malformed_counted(&influx, &db),
+            diff(&expected.windows, &got),
+            influx.query(&db, "SELECT last(*) FROM logpipe GROUP BY analyzer"),
+            analyzers[0].log(),
+            analyzers[1].log()
+        );
+    }
+    assert!(
+        expected.malformed > 0 && expected.windows.len() > 30,
+        "the workload has malformed lines and many windows"
+    );
+    // Every window carries the full field set and the producer's host tag.
+    let rows = influx.query(&db, "SELECT count(qps), count(error_rate), count(status_2xx) FROM access_log WHERE host = 'testhost'");
+    let counts: Vec<u64> = rows[0]["values"][0].as_array().unwrap()[1..]
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![expected.windows.len() as u64; 3]);
+    for a in &mut analyzers {
+        let st = a.child.terminate(Duration::from_secs(20));
+        assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+    }
+}
+
+/// The mock cluster as a separate `logpipe broker` process.
+#[test]
+fn exact_windows_through_logpipe_broker_process() {
+    let topic = unique("logs");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 6);
+    run_pipeline(&broker.bootstrap, &topic, 6, &[]);
+}
+
+/// Tansu, an independent Kafka-protocol broker (sqlite storage, lz4 batches).
+#[test]
+fn exact_windows_through_tansu() {
+    let Some(tansu) = Tansu::start() else { return };
+    let topic = unique("logs");
+    tansu.create_topic(&topic, 6);
+    run_pipeline(&tansu.bootstrap, &topic, 6, &[]);
+    let _ = tansu.pid();
+}
+
+/// `logpipe demo --input F --from-beginning --exit-on-eof` gives the same numbers, all final.
+#[test]
+fn demo_one_shot_analysis_matches_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut expected = Expected::default();
+    expected.generate_file(
+        &path,
+        &path.display().to_string(),
+        7,
+        START_MS,
+        50.0,
+        6000,
+        WINDOW_MS,
+    );
+    let influx = Influx::start();
+    let db = unique("demo");
+    let out = Command::new(BIN)
+        .args(["demo", "--input"])
+        .arg(&path)
+        .args([
+            "--from-beginning",
+            "--exit-on-eof",
+            "--influx-url",
+            &influx.url,
+            "--influx-db",
+            &db,
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("run logpipe demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let got = Expected::from_influx(&influx, &db);
+    assert!(
+        got == expected.windows,
+        "demo windows differ:\n{}",
+        diff(&expected.windows, &got)
+    );
+    assert!(
+        stderr.contains(&format!("{} malformed", expected.malformed)),
+        "{stderr}"
+    );
+    // Every window was printed once as a table line (plus headers).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows = stdout.lines().filter(|l| l.contains("access.log")).count();
+    assert_eq!(rows, expected.windows.len(), "{stdout}");
+}

@@ -1,0 +1,173 @@
+//! Kafka-protocol brokers as separate processes: `logpipe broker` (the mock
+//! cluster) and Tansu (an independent implementation, sqlite storage).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::process::{free_port, wait_until, Child};
+
+/// The `logpipe broker` process: a mock cluster reachable over loopback.
+pub struct LogpipeBroker {
+    pub bootstrap: String,
+    _child: Child,
+}
+
+impl LogpipeBroker {
+    /// Starts `bin broker` with `topics`, each with `partitions`, and reads the
+    /// bootstrap address from its first line of stdout.
+    pub fn start(bin: &Path, topics: &[&str], partitions: i32) -> LogpipeBroker {
+        let mut cmd = Command::new(bin);
+        cmd.arg("broker")
+            .arg("--partitions")
+            .arg(partitions.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for t in topics {
+            cmd.arg("--topic").arg(t);
+        }
+        let mut child = Child::spawn("logpipe broker", &mut cmd);
+        let mut line = String::new();
+        BufReader::new(child.stdout().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read bootstrap line");
+        let bootstrap = line.trim().to_string();
+        assert!(
+            bootstrap.contains(':'),
+            "logpipe broker printed {line:?} instead of a bootstrap address"
+        );
+        LogpipeBroker {
+            bootstrap,
+            _child: child,
+        }
+    }
+}
+
+/// A Tansu broker process with sqlite storage in a temp dir.
+pub struct Tansu {
+    pub bootstrap: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Where the `tansu` binary is, if installed.
+pub fn tansu_path() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("LOGPIPE_TANSU").ok().map(PathBuf::from),
+        std::env::var("CARGO_HOME")
+            .ok()
+            .map(|h| PathBuf::from(h).join("bin/tansu")),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| PathBuf::from(h).join(".cargo/bin/tansu")),
+        Some(PathBuf::from("tansu")),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+impl Tansu {
+    /// Starts Tansu, or returns `None` (outside CI, with a message) when it is
+    /// not installed and `LOGPIPE_SKIP_TANSU=1` says to skip. Under `CI=true`,
+    /// or without that variable, a missing Tansu fails the test.
+    pub fn start() -> Option<Tansu> {
+        let Some(bin) = tansu_path() else {
+            let msg = "Tansu 0.6.0 is not installed: run ./scripts/test (it installs it with \
+                       `cargo install tansu --version 0.6.0 --features dynostore,libsql`) or set LOGPIPE_TANSU";
+            if !crate::in_ci() && std::env::var("LOGPIPE_SKIP_TANSU").is_ok_and(|v| v == "1") {
+                eprintln!("SKIPPED (LOGPIPE_SKIP_TANSU=1): {msg}");
+                return None;
+            }
+            panic!("{msg}");
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Child::spawn(
+            "tansu",
+            Command::new(bin)
+                .arg("broker")
+                .arg("--listener-url")
+                .arg(&url)
+                .arg("--advertised-listener-url")
+                .arg(&url)
+                .arg("--storage-engine")
+                .arg("sqlite://tansu.db")
+                .current_dir(dir.path())
+                .env("RUST_LOG", "warn")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        );
+        let bootstrap = format!("127.0.0.1:{port}");
+        let b = bootstrap.clone();
+        wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&b).ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "Tansu did not listen on {b} within 30 s: {}",
+                std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
+            )
+        });
+        Some(Tansu {
+            bootstrap,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Creates a topic through the CreateTopics API and waits until its
+    /// metadata shows every partition.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        create_topic(&self.bootstrap, name, partitions);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Creates a topic on a broker that implements CreateTopics (not the mock).
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let res = futures_executor::block_on(admin.create_topics([&topic], &opts))
+        .expect("create_topics request");
+    for r in res {
+        if let Err((t, e)) = r {
+            if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                panic!("creating topic {t}: {e}");
+            }
+        }
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || {
+        let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
+        (md.topics().first()?.partitions().len() == partitions as usize).then_some(())
+    })
+    .unwrap_or_else(|| panic!("topic {name} did not show {partitions} partitions"));
+}
