@@ -17,7 +17,7 @@ const START_MS: i64 = 1_704_067_200_000;
 /// Three sources with known truth: 3 × 2500 lines at 20 lines/s (~125 s of
 /// event time each, so windows both close and stay open at the end).
 fn write_logs(dir: &Path) -> (Vec<PathBuf>, Expected) {
-    let mut expected = Expected::default();
+    let mut expected = Expected::new(WINDOW_MS);
     let mut paths = vec![];
     for (i, name) in ["shop", "api", "blog"].iter().enumerate() {
         let p = dir.join(format!("{name}.log"));
@@ -28,7 +28,6 @@ fn write_logs(dir: &Path) -> (Vec<PathBuf>, Expected) {
             START_MS,
             20.0,
             2500,
-            WINDOW_MS,
         );
         paths.push(p);
     }
@@ -190,6 +189,15 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, produce_extra: &[
         expected.malformed > 0 && expected.windows.len() > 30,
         "the workload has malformed lines and many windows"
     );
+    let late: u64 = influx
+        .query(&db, "SELECT last(late) FROM logpipe GROUP BY analyzer")
+        .iter()
+        .map(|s| s["values"][0][1].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        late, 0,
+        "lines out of order by a few seconds are within --lateness"
+    );
     // Every window carries the full field set and the producer's host tag.
     let rows = influx.query(&db, "SELECT count(qps), count(error_rate), count(status_2xx) FROM access_log WHERE host = 'testhost'");
     let counts: Vec<u64> = rows[0]["values"][0].as_array().unwrap()[1..]
@@ -226,16 +234,8 @@ fn exact_windows_through_tansu() {
 fn demo_one_shot_analysis_matches_truth() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
-    let mut expected = Expected::default();
-    expected.generate_file(
-        &path,
-        &path.display().to_string(),
-        7,
-        START_MS,
-        50.0,
-        6000,
-        WINDOW_MS,
-    );
+    let mut expected = Expected::new(WINDOW_MS);
+    expected.generate_file(&path, &path.display().to_string(), 7, START_MS, 50.0, 6000);
     let influx = Influx::start();
     let db = unique("demo");
     let out = Command::new(BIN)
@@ -268,4 +268,73 @@ fn demo_one_shot_analysis_matches_truth() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let rows = stdout.lines().filter(|l| l.contains("access.log")).count();
     assert_eq!(rows, expected.windows.len(), "{stdout}");
+}
+
+/// The real 10 000-line Apache log of `shared/data`, analysed by the demo,
+/// against an independent count (a regex and chrono, not logpipe's parser).
+#[test]
+fn demo_on_real_access_log_matches_an_independent_count() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/apache_combined_10k.log");
+    let text = std::fs::read_to_string(&data).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared test data must sit beside the repo)",
+            data.display()
+        )
+    });
+    let re =
+        regex::Regex::new(r#"^(\S+) \S+ (.+?) \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-)"#)
+            .unwrap();
+    let source = data.display().to_string();
+    let mut expected = BTreeMap::new();
+    let mut unmatched = 0u64;
+    for line in text.lines() {
+        let Some(c) = re.captures(line) else {
+            unmatched += 1;
+            continue;
+        };
+        let t = chrono::DateTime::parse_from_str(&c[3], "%d/%b/%Y:%H:%M:%S %z")
+            .expect("time")
+            .timestamp_millis();
+        let status: u16 = c[5].parse().unwrap();
+        let w: &mut logpipe_testkit::WindowTruth = expected
+            .entry((source.clone(), t.div_euclid(WINDOW_MS) * WINDOW_MS))
+            .or_default();
+        w.count += 1;
+        w.traffic += c[6].parse::<u64>().unwrap_or(0);
+        w.status[(status / 100 - 1) as usize] += 1;
+    }
+    let influx = Influx::start();
+    let db = unique("real");
+    let out = Command::new(BIN)
+        .args(["demo", "--input"])
+        .arg(&data)
+        .args([
+            "--from-beginning",
+            "--exit-on-eof",
+            "--influx-url",
+            &influx.url,
+            "--influx-db",
+            &db,
+            "--lateness",
+            "1h",
+        ])
+        .output()
+        .expect("run logpipe demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let got = Expected::from_influx(&influx, &db);
+    assert!(
+        got == expected,
+        "windows differ from the independent count:\n{}",
+        diff(&expected, &got)
+    );
+    assert!(
+        stderr.contains(&format!("{unmatched} malformed")),
+        "{stderr}"
+    );
+    assert!(
+        expected.len() > 100 && unmatched == 0,
+        "{} windows, {unmatched} unmatched",
+        expected.len()
+    );
 }

@@ -148,3 +148,58 @@ impl GroupConsumer {
         &self.topic
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MockBroker;
+    use std::time::Instant;
+
+    fn member(broker: &MockBroker, group: &str) -> GroupConsumer {
+        GroupConsumer::new(&GroupConfig {
+            brokers: broker.bootstrap().to_string(),
+            topic: "t".into(),
+            group: group.into(),
+            extra: vec![
+                ("session.timeout.ms".into(), "2000".into()),
+                ("heartbeat.interval.ms".into(), "500".into()),
+            ],
+        })
+        .unwrap()
+    }
+
+    /// Polls both members until `done` holds on their owned partition sets.
+    fn settle(ms: &[&GroupConsumer], owned: &mut [Vec<i32>], done: impl Fn(&[Vec<i32>]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(owned) {
+            assert!(Instant::now() < deadline, "group did not settle: {owned:?}");
+            for (m, own) in ms.iter().zip(owned.iter_mut()) {
+                let _ = m.poll(Duration::from_millis(50));
+                while let Some(ev) = m.take_rebalance() {
+                    match ev {
+                        RebalanceEvent::Assigned(ps) => own.extend(ps),
+                        RebalanceEvent::Revoked(ps) => own.retain(|p| !ps.contains(p)),
+                        RebalanceEvent::Lost => own.clear(),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn second_member_takes_half_the_partitions_through_revoke_and_assign() {
+        let broker = MockBroker::start(1).unwrap();
+        broker.create_topic("t", 4).unwrap();
+        let a = member(&broker, "g");
+        let mut owned = vec![vec![], vec![]];
+        settle(&[&a], &mut owned[..1], |o| o[0].len() == 4);
+        let b = member(&broker, "g");
+        settle(&[&a, &b], &mut owned, |o| {
+            o[0].len() == 2 && o[1].len() == 2
+        });
+        let mut all: Vec<i32> = owned.concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+        assert!(a.commit(&[(owned[0][0], 0)]).is_ok());
+    }
+}

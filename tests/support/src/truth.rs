@@ -17,16 +17,27 @@ pub struct WindowTruth {
 }
 
 /// Expected windows keyed by (source, window start ms), plus malformed lines.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
+    /// Window length the truth is computed for (the analyzer's `--window`).
+    pub window_ms: i64,
     pub windows: BTreeMap<(String, i64), WindowTruth>,
     pub malformed: u64,
     pub lines: u64,
 }
 
 impl Expected {
+    pub fn new(window_ms: i64) -> Self {
+        Expected {
+            window_ms,
+            windows: BTreeMap::new(),
+            malformed: 0,
+            lines: 0,
+        }
+    }
+
     /// Writes `lines` generated lines (seed, start, rate) to `path`, adding
-    /// their truth under `source` with windows of `window_ms`.
+    /// their truth under `source`.
     pub fn generate_file(
         &mut self,
         path: &Path,
@@ -35,7 +46,6 @@ impl Expected {
         start_ms: i64,
         lines_per_sec: f64,
         lines: usize,
-        window_ms: i64,
     ) {
         let mut g = Generator::new(seed, start_ms, lines_per_sec).malformed_one_in(100);
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create log"));
@@ -46,7 +56,7 @@ impl Expected {
             match req {
                 None => self.malformed += 1,
                 Some(r) => {
-                    let start = r.time_ms.div_euclid(window_ms) * window_ms;
+                    let start = r.time_ms.div_euclid(self.window_ms) * self.window_ms;
                     let w = self.windows.entry((source.to_string(), start)).or_default();
                     w.count += 1;
                     w.traffic += r.body_bytes.unwrap_or(0);
