@@ -158,6 +158,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
         total.malformed += c.malformed;
         total.late += c.late;
         total.windows_written += c.windows_written;
+        total.offsets_skipped += c.offsets_skipped;
+    }
+    if total.offsets_skipped > 0 {
+        eprintln!(
+            "logpipe demo: WARNING: {} lines were deleted by the embedded broker before the analyzers read them \
+             (it keeps about 5 MiB per partition); the numbers above miss them",
+            total.offsets_skipped
+        );
     }
     eprintln!(
         "logpipe demo: {} lines produced; {} read, {} parsed, {} malformed, {} late; {} windows written to {out_desc}",

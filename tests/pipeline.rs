@@ -40,15 +40,7 @@ struct Analyzer {
 }
 
 impl Analyzer {
-    fn start(
-        dir: &Path,
-        n: usize,
-        brokers: &str,
-        topic: &str,
-        group: &str,
-        influx: &Influx,
-        db: &str,
-    ) -> Analyzer {
+    fn start(dir: &Path, n: usize, m: &Membership, influx: &Influx, db: &str) -> Analyzer {
         let log = dir.join(format!("analyzer-{n}.log"));
         let f = std::fs::File::create(&log).unwrap();
         let child = Child::spawn(
@@ -57,11 +49,11 @@ impl Analyzer {
                 .args([
                     "analyze",
                     "--brokers",
-                    brokers,
+                    &m.brokers,
                     "--topic",
-                    topic,
+                    &m.topic,
                     "--group",
-                    group,
+                    &m.group,
                 ])
                 .args([
                     "--influx-url",
@@ -72,11 +64,10 @@ impl Analyzer {
                     "300ms",
                 ])
                 .args(["--analyzer-id", &format!("a{n}")])
+                .args(["--kafka", &format!("session.timeout.ms={}", m.session_ms)])
                 .args([
                     "--kafka",
-                    "session.timeout.ms=6000",
-                    "--kafka",
-                    "heartbeat.interval.ms=500",
+                    &format!("heartbeat.interval.ms={}", m.session_ms / 6),
                 ])
                 .stdout(Stdio::null())
                 .stderr(f),
@@ -109,7 +100,7 @@ impl Analyzer {
     }
 }
 
-fn produce(brokers: &str, topic: &str, paths: &[PathBuf], extra: &[&str]) {
+fn produce(brokers: &str, topic: &str, paths: &[PathBuf]) {
     let out = Command::new(BIN)
         .args([
             "produce",
@@ -122,7 +113,6 @@ fn produce(brokers: &str, topic: &str, paths: &[PathBuf], extra: &[&str]) {
             "--from-beginning",
             "--exit-on-eof",
         ])
-        .args(extra)
         .args(paths)
         .output()
         .expect("run logpipe produce");
@@ -142,14 +132,30 @@ fn malformed_counted(influx: &Influx, db: &str) -> u64 {
         .sum()
 }
 
-fn run_pipeline(brokers: &str, topic: &str, partitions: usize, produce_extra: &[&str]) {
+/// Where the analyzers consume and how fast a dead member is noticed.
+struct Membership {
+    brokers: String,
+    topic: String,
+    group: String,
+    /// `session.timeout.ms`: short for the mock (its rebalance waits about one
+    /// session), longer for Tansu (its coordinator answers heartbeats slowly
+    /// on a loaded machine, and a spurious session timeout means a rebalance).
+    session_ms: u64,
+}
+
+fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (paths, expected) = write_logs(dir.path());
     let influx = Influx::start();
     let db = influx.create_db(&unique("e2e"));
-    let group = unique("group");
+    let m = Membership {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        group: unique("group"),
+        session_ms,
+    };
     let mut analyzers: Vec<Analyzer> = (0..2)
-        .map(|n| Analyzer::start(dir.path(), n, brokers, topic, &group, &influx, &db))
+        .map(|n| Analyzer::start(dir.path(), n, &m, &influx, &db))
         .collect();
     // Both members own partitions before the first line arrives (no rebalance mid-stream here).
     wait_until(Duration::from_secs(60), || {
@@ -164,7 +170,7 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, produce_extra: &[
         )
     });
 
-    produce(brokers, topic, &paths, produce_extra);
+    produce(brokers, topic, &paths);
 
     let mut got = BTreeMap::new();
     let matched = wait_until(Duration::from_secs(90), || {
@@ -216,7 +222,7 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, produce_extra: &[
 fn exact_windows_through_logpipe_broker_process() {
     let topic = unique("logs");
     let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 6);
-    run_pipeline(&broker.bootstrap, &topic, 6, &[]);
+    run_pipeline(&broker.bootstrap, &topic, 6, 6_000);
 }
 
 /// Tansu, an independent Kafka-protocol broker (sqlite storage, lz4 batches).
@@ -225,7 +231,7 @@ fn exact_windows_through_tansu() {
     let Some(tansu) = Tansu::start() else { return };
     let topic = unique("logs");
     tansu.create_topic(&topic, 6);
-    run_pipeline(&tansu.bootstrap, &topic, 6, &[]);
+    run_pipeline(&tansu.bootstrap, &topic, 6, 30_000);
     let _ = tansu.pid();
 }
 

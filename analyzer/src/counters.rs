@@ -18,6 +18,8 @@ pub struct Counters {
     pub windows_written: u64,
     /// Sink writes that failed and were retried.
     pub write_retries: u64,
+    /// Offsets that were gone from the broker when read (retention outran us).
+    pub offsets_skipped: u64,
 }
 
 impl Counters {
@@ -35,6 +37,7 @@ impl Counters {
                 ("late", self.late),
                 ("windows_written", self.windows_written),
                 ("write_retries", self.write_retries),
+                ("offsets_skipped", self.offsets_skipped),
             ],
             now_ns,
         );
