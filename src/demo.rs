@@ -57,7 +57,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
                 group: GROUP.to_string(),
                 extra: vec![
-                    ("session.timeout.ms".into(), "6000".into()),
+                    ("session.timeout.ms".into(), "2000".into()),
                     ("heartbeat.interval.ms".into(), "500".into()),
                 ],
             },
