@@ -235,6 +235,29 @@ fn exact_windows_through_tansu() {
     let _ = tansu.pid();
 }
 
+/// Runs `logpipe demo --input F --from-beginning --exit-on-eof` into `db`;
+/// returns its stdout and stderr after checking it succeeded.
+fn one_shot_demo(input: &Path, influx: &Influx, db: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["demo", "--input"])
+        .arg(input)
+        .args([
+            "--from-beginning",
+            "--exit-on-eof",
+            "--influx-url",
+            &influx.url,
+            "--influx-db",
+            db,
+        ])
+        .args(extra)
+        .current_dir(input.parent().expect("input has a directory"))
+        .output()
+        .expect("run logpipe demo");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "demo failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
 /// `logpipe demo --input F --from-beginning --exit-on-eof` gives the same numbers, all final.
 #[test]
 fn demo_one_shot_analysis_matches_truth() {
@@ -244,22 +267,7 @@ fn demo_one_shot_analysis_matches_truth() {
     expected.generate_file(&path, &path.display().to_string(), 7, START_MS, 50.0, 6000);
     let influx = Influx::start();
     let db = unique("demo");
-    let out = Command::new(BIN)
-        .args(["demo", "--input"])
-        .arg(&path)
-        .args([
-            "--from-beginning",
-            "--exit-on-eof",
-            "--influx-url",
-            &influx.url,
-            "--influx-db",
-            &db,
-        ])
-        .current_dir(dir.path())
-        .output()
-        .expect("run logpipe demo");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
+    let (stdout, stderr) = one_shot_demo(&path, &influx, &db, &[]);
     let got = Expected::from_influx(&influx, &db);
     assert!(
         got == expected.windows,
@@ -271,7 +279,6 @@ fn demo_one_shot_analysis_matches_truth() {
         "{stderr}"
     );
     // Every window was printed once as a table line (plus headers).
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let rows = stdout.lines().filter(|l| l.contains("access.log")).count();
     assert_eq!(rows, expected.windows.len(), "{stdout}");
 }
@@ -311,23 +318,7 @@ fn demo_on_real_access_log_matches_an_independent_count() {
     }
     let influx = Influx::start();
     let db = unique("real");
-    let out = Command::new(BIN)
-        .args(["demo", "--input"])
-        .arg(&data)
-        .args([
-            "--from-beginning",
-            "--exit-on-eof",
-            "--influx-url",
-            &influx.url,
-            "--influx-db",
-            &db,
-            "--lateness",
-            "1h",
-        ])
-        .output()
-        .expect("run logpipe demo");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
+    let (_, stderr) = one_shot_demo(&data, &influx, &db, &["--lateness", "1h"]);
     let got = Expected::from_influx(&influx, &db);
     assert!(
         got == expected,
