@@ -106,13 +106,35 @@ pub struct InfluxArgs {
     /// InfluxDB base URL, e.g. http://127.0.0.1:8086.
     #[arg(long, env = "LOGPIPE_INFLUX_URL")]
     pub influx_url: Option<String>,
-    /// InfluxDB database.
-    #[arg(long, env = "LOGPIPE_INFLUX_DB")]
+    /// InfluxDB 1.x database (writes go to /write?db=).
+    #[arg(long, env = "LOGPIPE_INFLUX_DB", conflicts_with = "influx_bucket")]
     pub influx_db: Option<String>,
+    /// InfluxDB 1.x user (basic auth).
     #[arg(long, env = "LOGPIPE_INFLUX_USER")]
     pub influx_user: Option<String>,
     #[arg(long, env = "LOGPIPE_INFLUX_PASSWORD", hide_env_values = true)]
     pub influx_password: Option<String>,
+    /// InfluxDB 2.x/3.x bucket (writes go to /api/v2/write; needs --influx-org and --influx-token).
+    #[arg(long, env = "LOGPIPE_INFLUX_BUCKET")]
+    pub influx_bucket: Option<String>,
+    /// InfluxDB 2.x/3.x organization.
+    #[arg(long, env = "LOGPIPE_INFLUX_ORG", requires = "influx_bucket")]
+    pub influx_org: Option<String>,
+    /// InfluxDB 2.x/3.x API token.
+    #[arg(
+        long,
+        env = "LOGPIPE_INFLUX_TOKEN",
+        hide_env_values = true,
+        requires = "influx_bucket"
+    )]
+    pub influx_token: Option<String>,
+    /// Create the 1.x database at start-up if it does not exist (otherwise a
+    /// missing database is an error).
+    #[arg(long, env = "LOGPIPE_INFLUX_CREATE_DB")]
+    pub influx_create_db: bool,
+    /// Timeout of one InfluxDB request.
+    #[arg(long, env = "LOGPIPE_INFLUX_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub influx_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +151,9 @@ pub struct AnalyzeArgs {
     /// Name of this analyzer in the self-metrics (default: hostname-pid).
     #[arg(long, env = "LOGPIPE_ANALYZER_ID")]
     pub analyzer_id: Option<String>,
+    /// Files remembered per partition to drop producer re-sends by (file, offset).
+    #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
+    pub dedup_files: usize,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.window.window
     );
 
+    // The embedded topic is new on every run, so restore points of earlier
+    // runs (in the same database or state file) must not apply: one group per run.
+    let group = format!("{GROUP}-{}", chrono::Utc::now().timestamp_millis());
     // Analyzers first, so the group is settled before the first line arrives.
     let control = Control::new();
     let table = Arc::new(Mutex::new(Table::default()));
@@ -55,7 +58,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             group: GroupConfig {
                 brokers: broker.bootstrap().to_string(),
                 topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
-                group: GROUP.to_string(),
+                group: group.clone(),
                 extra: vec![
                     ("session.timeout.ms".into(), "2000".into()),
                     ("heartbeat.interval.ms".into(), "500".into()),
@@ -64,6 +67,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             spec,
             flush_interval: a.window.flush_interval,
             analyzer_id: format!("demo-{i}"),
+            dedup_files: 65_536,
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));
@@ -153,7 +157,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let mut total = logpipe_analyzer::Counters::default();
     for h in analyzers {
         let c = h.join().expect("analyzer thread")?;
-        total.lines_read += c.lines_read;
+        total.consumed += c.consumed;
         total.parsed += c.parsed;
         total.malformed += c.malformed;
         total.late += c.late;
@@ -169,7 +173,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     eprintln!(
         "logpipe demo: {} lines produced; {} read, {} parsed, {} malformed, {} late; {} windows written to {out_desc}",
-        produced.lines, total.lines_read, total.parsed, total.malformed, total.late, total.windows_written
+        produced.lines, total.consumed, total.parsed, total.malformed, total.late, total.windows_written
     );
     Ok(())
 }

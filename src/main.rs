@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{AnalyzeArgs, BrokerArgs, Cli, Command, InfluxArgs, ProduceArgs, WindowArgs};
-use logpipe_analyzer::{AnalyzerConfig, Control, InfluxConfig, InfluxSink, WindowSpec};
+use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
 
 fn main() {
@@ -81,19 +81,34 @@ pub fn influx_sink(i: &InfluxArgs) -> Result<Option<InfluxSink>> {
     let Some(url) = &i.influx_url else {
         return Ok(None);
     };
-    let db = i
-        .influx_db
-        .clone()
-        .context("--influx-url needs --influx-db")?;
-    if i.influx_password.is_some() && i.influx_user.is_none() {
-        bail!("--influx-password needs --influx-user");
-    }
+    let api = match (&i.influx_db, &i.influx_bucket) {
+        (Some(db), None) => {
+            if i.influx_password.is_some() && i.influx_user.is_none() {
+                bail!("--influx-password needs --influx-user");
+            }
+            InfluxApi::V1 {
+                db: db.clone(),
+                user: i.influx_user.clone(),
+                password: i.influx_password.clone(),
+            }
+        }
+        (None, Some(bucket)) => InfluxApi::V2 {
+            org: i
+                .influx_org
+                .clone()
+                .context("--influx-bucket needs --influx-org")?,
+            bucket: bucket.clone(),
+            token: i
+                .influx_token
+                .clone()
+                .context("--influx-bucket needs --influx-token")?,
+        },
+        _ => bail!("--influx-url needs --influx-db (InfluxDB 1.x) or --influx-bucket (2.x/3.x)"),
+    };
     let cfg = InfluxConfig {
         url: url.clone(),
-        db,
-        user: i.influx_user.clone(),
-        password: i.influx_password.clone(),
-        timeout: Duration::from_secs(10),
+        api,
+        timeout: i.influx_timeout,
     };
     Ok(Some(InfluxSink::new(cfg)?))
 }
@@ -121,8 +136,10 @@ fn produce(a: ProduceArgs) -> Result<()> {
 
 fn analyze(a: AnalyzeArgs) -> Result<()> {
     let spec = window_spec(&a.window)?;
-    let sink =
-        influx_sink(&a.influx)?.context("logpipe analyze needs --influx-url and --influx-db")?;
+    let sink = influx_sink(&a.influx)?
+        .context("logpipe analyze needs --influx-url and --influx-db (or --influx-bucket)")?;
+    // Wrong URL, credentials or database: say so now, before joining the group.
+    sink.check_ready(a.influx.influx_create_db)?;
     let cfg = AnalyzerConfig {
         group: GroupConfig {
             brokers: a.kafka.brokers,
@@ -135,17 +152,21 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         analyzer_id: a
             .analyzer_id
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        dedup_files: a.dedup_files,
     };
     let control = Control::new();
     let c = control.clone();
     on_shutdown(shutdown_flag()?, move || c.stop());
     let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
     eprintln!(
-        "logpipe analyze: {} lines read, {} parsed, {} malformed, {} late, {} windows written",
-        counters.lines_read,
+        "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} malformed, {} counted, {} late, {} replayed, {} final windows written",
+        counters.consumed,
+        counters.duplicates,
         counters.parsed,
         counters.malformed,
+        counters.counted,
         counters.late,
+        counters.replayed,
         counters.windows_written
     );
     Ok(())

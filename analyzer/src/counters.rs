@@ -1,25 +1,36 @@
 //! The analyzer's self-metrics: one place where they are counted and encoded
 //! as the `logpipe` measurement.
+//!
+//! They reconcile: `consumed = parsed + malformed + duplicates` and
+//! `parsed = counted + late + replayed`.
 
 use crate::line_protocol::{encode_counters, SELF_METRICS};
 
 /// Cumulative counts since this analyzer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Records consumed from `logs`.
-    pub lines_read: u64,
+    /// Records consumed from `logs` (of owned partitions).
+    pub consumed: u64,
+    /// Records dropped as producer re-sends (same `file` and `offset`).
+    pub duplicates: u64,
     /// Lines parsed into a request.
     pub parsed: u64,
     /// Lines that did not parse (counted and logged, not added).
     pub malformed: u64,
+    /// Parsed lines added to a window.
+    pub counted: u64,
     /// Parsed lines whose window had already closed.
     pub late: u64,
+    /// Parsed lines re-read after a restore whose window was already final.
+    pub replayed: u64,
     /// Final windows accepted by the sink.
     pub windows_written: u64,
     /// Sink writes that failed and were retried.
     pub write_retries: u64,
     /// Offsets that were gone from the broker when read (retention outran us).
     pub offsets_skipped: u64,
+    /// Records on the broker not consumed yet (owned partitions, at the last flush).
+    pub lag: u64,
 }
 
 impl Counters {
@@ -31,13 +42,17 @@ impl Counters {
             SELF_METRICS,
             &[("analyzer", analyzer)],
             &[
-                ("lines_read", self.lines_read),
-                ("parsed", self.parsed),
-                ("malformed", self.malformed),
+                ("consumed", self.consumed),
+                ("counted", self.counted),
+                ("duplicates", self.duplicates),
+                ("lag", self.lag),
                 ("late", self.late),
+                ("malformed", self.malformed),
+                ("offsets_skipped", self.offsets_skipped),
+                ("parsed", self.parsed),
+                ("replayed", self.replayed),
                 ("windows_written", self.windows_written),
                 ("write_retries", self.write_retries),
-                ("offsets_skipped", self.offsets_skipped),
             ],
             now_ns,
         );

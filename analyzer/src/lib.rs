@@ -2,23 +2,28 @@
 //!
 //! - [`parse`]: the nginx/Apache `combined` parser, byte-level, borrowing.
 //! - [`window`]: event-time tumbling windows of one partition (pure core:
-//!   watermark, closing, late lines, restore offset).
+//!   watermark, closing, late lines, restore points, latency and client sketches).
 //! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
-//! - [`sink`]: where points go — InfluxDB (`/write`) or a line-protocol file.
+//! - [`dedup`]: drops producer re-sends by (`file`, `offset`), bounded.
+//! - [`sink`]: where points go — InfluxDB (v1 `/write`, v2 `/api/v2/write`)
+//!   or a line-protocol file.
+//! - [`state`]: restore points stored beside the windows they vouch for.
 //! - [`counters`]: the analyzer's self-metrics (`logpipe` measurement).
 //! - [`run`]: the I/O shell — consume as a group member, aggregate, flush,
 //!   commit only what the sink accepted.
 //! - [`generate`]: deterministic realistic traffic for the demo, tests, benchmarks.
 
 pub mod counters;
+pub mod dedup;
 pub mod generate;
 pub mod line_protocol;
 pub mod parse;
 pub mod run;
 pub mod sink;
+pub mod state;
 pub mod window;
 
 pub use counters::Counters;
 pub use run::{run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport};
-pub use sink::{InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
+pub use sink::{InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
 pub use window::{Metrics, WindowSpec, WindowValue};

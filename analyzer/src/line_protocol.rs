@@ -83,6 +83,19 @@ pub fn encode_window(
     }
     out.push(b',');
     push_int(out, "traffic", m.traffic);
+    out.push(b',');
+    push_int(out, "unique_clients", m.unique_clients);
+    if let Some(l) = &m.latency {
+        for (name, v) in [
+            ("latency_max", l.max),
+            ("latency_p50", l.p50),
+            ("latency_p90", l.p90),
+            ("latency_p99", l.p99),
+        ] {
+            out.push(b',');
+            push_float(out, name, v);
+        }
+    }
     out.push(b' ');
     out.extend_from_slice(
         itoa::Buffer::new()
@@ -119,6 +132,7 @@ pub fn encode_counters(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::Latency;
 
     #[test]
     fn window_point_has_full_field_set_and_escaped_tags() {
@@ -130,6 +144,13 @@ mod tests {
                 traffic: 1234,
                 errors: 1,
                 status: [0, 2, 1, 1, 0],
+                unique_clients: 3,
+                latency: Some(Latency {
+                    p50: 0.012,
+                    p90: 0.5,
+                    p99: 2.0,
+                    max: 2.5,
+                }),
             },
             is_final: true,
         };
@@ -138,7 +159,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "access_log,host=web\\ 1,source=/var/log/a\\,b\\=c.log count=4i,error_rate=0.25,qps=0.4,\
-             status_1xx=0i,status_2xx=2i,status_3xx=1i,status_4xx=1i,status_5xx=0i,traffic=1234i \
+             status_1xx=0i,status_2xx=2i,status_3xx=1i,status_4xx=1i,status_5xx=0i,traffic=1234i,\
+             unique_clients=3i,latency_max=2.5,latency_p50=0.012,latency_p90=0.5,latency_p99=2 \
              1431857100000000000\n"
         );
     }
@@ -158,7 +180,8 @@ mod tests {
         encode_window(&mut out, b"", b"a\nb", 1000, &v);
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.starts_with("access_log,host=-,source=a\\nb count=1i,error_rate=0,qps=1,"),
+            s.starts_with("access_log,host=-,source=a\\nb count=1i,error_rate=0,qps=1,")
+                && s.contains(",unique_clients=0i 0\n"),
             "{s}"
         );
         assert_eq!(s.matches('\n').count(), 1);

@@ -18,7 +18,7 @@
 use std::fmt;
 
 /// One parsed access-log line, borrowing from the raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLine<'a> {
     pub client: &'a [u8],
     pub user: Option<&'a [u8]>,
@@ -32,6 +32,9 @@ pub struct AccessLine<'a> {
     pub body_bytes: u64,
     pub referer: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
+    /// `$request_time` in seconds, when a number follows the user agent
+    /// (the common `combined` + `$request_time` format).
+    pub request_time_s: Option<f64>,
 }
 
 /// Why a line is not an access-log line: what was expected and at which byte.
@@ -192,12 +195,17 @@ pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
         let referer = opt_dash(c.quoted("'\"' opening the referer")?);
         c.space()?;
         let user_agent = opt_dash(c.quoted("'\"' opening the user agent")?);
-        Ok((referer, user_agent))
+        let rest = &line[c.i..];
+        let request_time_s = rest.strip_prefix(b" ").and_then(|r| {
+            let end = memchr::memchr(b' ', r).unwrap_or(r.len());
+            parse_seconds(&r[..end])
+        });
+        Ok((referer, user_agent, request_time_s))
     };
-    let (referer, user_agent) = if more {
-        tail().unwrap_or((None, None))
+    let (referer, user_agent, request_time_s) = if more {
+        tail().unwrap_or((None, None, None))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let (method, path) = split_request(request);
     Ok(AccessLine {
@@ -211,7 +219,20 @@ pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
         body_bytes,
         referer,
         user_agent,
+        request_time_s,
     })
+}
+
+/// `0.123`, `12`, `1.5` → seconds; anything else (`-`, names) → `None`.
+fn parse_seconds(b: &[u8]) -> Option<f64> {
+    let ok = !b.is_empty()
+        && b[0].is_ascii_digit()
+        && b.iter().all(|&c| c.is_ascii_digit() || c == b'.')
+        && b.iter().filter(|&&c| c == b'.').count() <= 1;
+    if !ok {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// `GET /path HTTP/1.1` → method and path; `None` for `-` or garbage.
@@ -307,6 +328,18 @@ mod tests {
             Some(&b"http://semicomplete.com/presentations/logstash-monitorama-2013/"[..])
         );
         assert_eq!(l.user_agent, Some(&b"Mozilla/5.0 (Macintosh)"[..]));
+        assert_eq!(l.request_time_s, None);
+    }
+
+    #[test]
+    fn request_time_after_the_agent() {
+        let base =
+            r#"10.0.0.1 - - [17/May/2015:10:05:03 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8""#;
+        assert_eq!(p(&format!("{base} 0.125")).request_time_s, Some(0.125));
+        assert_eq!(p(&format!("{base} 3 upstream")).request_time_s, Some(3.0));
+        assert_eq!(p(&format!("{base} -")).request_time_s, None);
+        assert_eq!(p(&format!("{base} 1.2.3")).request_time_s, None);
+        assert_eq!(p(&format!("{base} example.com")).request_time_s, None);
     }
 
     #[test]

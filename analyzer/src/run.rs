@@ -1,20 +1,34 @@
 //! The analyzer's I/O shell: a group member polled on one thread, feeding the
-//! pure window core, writing window points to a sink every flush interval and
-//! committing offsets only after the sink accepted them.
+//! pure window core, writing window points and restore points to a sink every
+//! flush interval, committing offsets only after the sink accepted them.
+//!
+//! Everything happens on the polling thread, so a rebalance is applied between
+//! two steps: no write is in flight when partitions are revoked, and values of
+//! revoked partitions that were not written yet are dropped, never written
+//! later over the new owner's.
+//!
+//! When a write fails with a retryable error the analyzer pauses its
+//! partitions (it stays in the group), keeps the batch and retries with
+//! backoff for as long as it takes; memory stays at the open windows plus one
+//! batch, offsets stay where the last accepted write put them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use logpipe_consumer::{GroupConfig, GroupConsumer, RebalanceEvent};
-use rdkafka::message::{Headers, Message};
+use logpipe_consumer::{GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::counters::Counters;
+use crate::dedup::Dedup;
 use crate::line_protocol;
 use crate::parse::parse_combined;
 use crate::sink::{Sink, SinkError};
-use crate::window::{Hit, PartitionWindows, Recorded, SourceId, WindowSpec, WindowValue};
+use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
+use crate::window::{
+    Hit, PartitionWindows, Recorded, RestorePoint, SourceId, WindowSpec, WindowValue,
+};
 
 /// Settings of one analyzer.
 #[derive(Debug, Clone)]
@@ -25,6 +39,8 @@ pub struct AnalyzerConfig {
     pub flush_interval: Duration,
     /// Name of this analyzer in the `logpipe` self-metrics (tag `analyzer`).
     pub analyzer_id: String,
+    /// Files remembered per partition for de-duplication.
+    pub dedup_files: usize,
 }
 
 /// How a run is asked to end; shared between the analyzer and whoever controls it.
@@ -87,20 +103,20 @@ pub enum AnalyzeError {
     Consumer(#[from] logpipe_consumer::ConsumerError),
     #[error("writing window points failed: {0}")]
     Sink(SinkError),
+    #[error("cannot take over partitions: {0}")]
+    Restore(String),
 }
 
+/// Sources by record key; names from the first record's headers.
+#[derive(Default)]
 struct SourceTable {
     by_key: HashMap<Box<[u8]>, SourceId>,
-    names: Vec<(String, String)>,
+    /// (host, source, key as text) per id.
+    names: Vec<(String, String, String)>,
 }
 
 impl SourceTable {
-    fn id(
-        &mut self,
-        key: Option<&[u8]>,
-        headers: Option<&rdkafka::message::BorrowedHeaders>,
-    ) -> SourceId {
-        let key = key.unwrap_or(b"");
+    fn id(&mut self, key: &[u8], headers: Option<&rdkafka::message::BorrowedHeaders>) -> SourceId {
         if let Some(&id) = self.by_key.get(key) {
             return id;
         }
@@ -115,277 +131,477 @@ impl SourceTable {
         let source = header(logpipe_wire::SOURCE)
             .unwrap_or_else(|| String::from_utf8_lossy(ks).into_owned());
         let id = self.names.len() as SourceId;
-        self.names.push((host, source));
+        self.names
+            .push((host, source, String::from_utf8_lossy(key).into_owned()));
         self.by_key.insert(key.into(), id);
         id
     }
+
+    fn key(&self, id: SourceId) -> &str {
+        &self.names[id as usize].2
+    }
 }
 
-/// A write that the sink has not accepted yet, kept for the next attempt.
-struct Pending {
-    body: Vec<u8>,
-    finals: Vec<WindowValue>,
-    commits: Vec<(i32, i64)>,
+/// One owned partition.
+struct Part {
+    windows: PartitionWindows,
+    dedup: Dedup,
+    /// Offset after the last record consumed (gap detection, progress).
+    next: Option<i64>,
+    /// (offset, next offset) of the last restore point the sink accepted.
+    written: Option<(i64, i64)>,
+}
+
+/// What the sink has not accepted yet; retried as a whole, newest values win.
+#[derive(Default)]
+struct Batch {
+    windows: BTreeMap<(i32, SourceId, i64), WindowValue>,
+    state: BTreeMap<i32, StateUpdate>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.state.is_empty()
+    }
+    fn drop_partitions(&mut self, ps: &[i32]) {
+        self.windows.retain(|k, _| !ps.contains(&k.0));
+        self.state.retain(|p, _| !ps.contains(p));
+    }
+}
+
+struct Analyzer {
+    cfg: AnalyzerConfig,
+    scope: Scope,
+    sink: Box<dyn Sink>,
+    observer: Option<Observer>,
+    control: Arc<Control>,
+    /// Restore points loaded in the rebalance callback, taken on `Assigned`.
+    loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,
+    parts: HashMap<i32, Part>,
+    sources: SourceTable,
+    counters: Counters,
+    batch: Batch,
+    /// Paused after a failed write until a write succeeds.
+    paused: bool,
 }
 
 /// Runs one analyzer until `control` says stop or finish, or a permanent error.
 pub fn run(
     cfg: AnalyzerConfig,
-    mut sink: Box<dyn Sink>,
-    mut observer: Option<Observer>,
+    sink: Box<dyn Sink>,
+    observer: Option<Observer>,
     control: Arc<Control>,
 ) -> Result<Counters, AnalyzeError> {
-    let consumer = GroupConsumer::new(&cfg.group)?;
-    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), "analyzer started");
-    let mut parts: HashMap<i32, PartitionWindows> = HashMap::new();
-    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
-    let mut sources = SourceTable {
-        by_key: HashMap::new(),
-        names: Vec::new(),
+    let scope = Scope {
+        group: cfg.group.group.clone(),
+        topic: cfg.group.topic.clone(),
     };
-    let mut counters = Counters::default();
-    let mut pending: Option<Pending> = None;
-    let mut last_flush = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut backoff = cfg.flush_interval;
-    let mut owned: HashSet<i32> = HashSet::new();
+    let loaded = Arc::new(Mutex::new(HashMap::new()));
+    let start = start_offsets(
+        sink.state_store(),
+        scope.clone(),
+        loaded.clone(),
+        control.clone(),
+    );
+    let consumer = GroupConsumer::new(&cfg.group, Some(start))?;
+    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), "analyzer started");
+    Analyzer {
+        cfg,
+        scope,
+        sink,
+        observer,
+        control,
+        loaded,
+        parts: HashMap::new(),
+        sources: SourceTable::default(),
+        counters: Counters::default(),
+        batch: Batch::default(),
+        paused: false,
+    }
+    .run(&consumer)
+}
 
-    loop {
-        let finishing = control.mode.load(Ordering::SeqCst);
-        if finishing != RUN {
-            // Final drain: write until accepted (or a permanent error), then leave.
-            let close_all = finishing == FINISH;
-            let mut tries = 0;
-            loop {
-                match flush(
-                    &cfg,
-                    &mut *sink,
-                    &consumer,
-                    &mut parts,
-                    &sources,
-                    &mut counters,
-                    &mut pending,
-                    close_all,
-                    &mut observer,
-                ) {
-                    Ok(()) => break,
-                    Err(SinkError::Retryable(e)) if tries < 10 => {
-                        tries += 1;
-                        counters.write_retries += 1;
-                        tracing::warn!(error = %e, "final write failed, retrying");
-                        std::thread::sleep(Duration::from_millis(200 * tries));
+/// Loads restore points inside the rebalance callback; retries a store that
+/// cannot be reached for up to a minute (the group waits meanwhile).
+fn start_offsets(
+    store: Arc<dyn StateStore>,
+    scope: Scope,
+    loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,
+    control: Arc<Control>,
+) -> StartOffsets {
+    Box::new(move |ps: &[i32]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match store.load(&scope, ps) {
+                Ok(points) => {
+                    let offsets = points.iter().map(|(&p, pt)| (p, pt.offset)).collect();
+                    tracing::info!(partitions = ?ps, restored = points.len(), "restore points loaded");
+                    loaded.lock().unwrap().extend(points);
+                    return Ok(offsets);
+                }
+                Err(SinkError::Retryable(e))
+                    if Instant::now() < deadline && !control.is_stopping() =>
+                {
+                    tracing::warn!(error = %e, "cannot read restore points yet, retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(format!("reading restore points failed: {e}")),
+            }
+        }
+    })
+}
+
+impl Analyzer {
+    fn run(mut self, consumer: &GroupConsumer) -> Result<Counters, AnalyzeError> {
+        let mut last_flush = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut backoff = self.cfg.flush_interval;
+        loop {
+            let mode = self.control.mode.load(Ordering::SeqCst);
+            if mode != RUN {
+                return self.shut_down(consumer, mode == FINISH);
+            }
+            let polled = consumer.poll(Duration::from_millis(100));
+            // Assignment changes made inside this poll come first: a record of
+            // a newly assigned partition needs its restored state.
+            while let Some(ev) = consumer.take_rebalance() {
+                self.apply_rebalance(consumer, ev)?;
+            }
+            match polled {
+                Some(Ok(msg)) => {
+                    let msg: BorrowedMessage<'_> = msg;
+                    handle(&mut self.parts, &mut self.sources, &mut self.counters, &msg);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                None => {}
+            }
+            if last_progress.elapsed() >= Duration::from_millis(100) {
+                last_progress = Instant::now();
+                let mut progress = self.control.progress.lock().unwrap();
+                for (&p, part) in &self.parts {
+                    if let Some(n) = part.next {
+                        progress.insert(p, n);
+                    }
+                }
+            }
+            if last_flush.elapsed() >= backoff {
+                last_flush = Instant::now();
+                match self.flush(consumer, false) {
+                    Ok(()) => {
+                        backoff = self.cfg.flush_interval;
+                        if self.paused {
+                            self.paused = false;
+                            let owned: Vec<i32> = self.parts.keys().copied().collect();
+                            if let Err(e) = consumer.resume(&owned) {
+                                tracing::warn!(error = %e, "resuming partitions failed");
+                            }
+                            tracing::info!("write succeeded again; consuming resumed");
+                        }
+                    }
+                    Err(SinkError::Retryable(e)) => {
+                        self.counters.write_retries += 1;
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+                        if !self.paused {
+                            self.paused = true;
+                            let owned: Vec<i32> = self.parts.keys().copied().collect();
+                            if let Err(e) = consumer.pause(&owned) {
+                                tracing::warn!(error = %e, "pausing partitions failed");
+                            }
+                        }
+                        tracing::warn!(error = %e, retry_in = ?backoff, "write failed; consuming paused, offsets stay put");
                     }
                     Err(e) => return Err(AnalyzeError::Sink(e)),
                 }
             }
-            tracing::info!(analyzer = %cfg.analyzer_id, ?counters, "analyzer stopped");
-            return Ok(counters);
         }
+    }
 
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                while let Some(ev) = consumer.take_rebalance() {
-                    apply_rebalance(
-                        ev,
-                        &mut parts,
-                        &mut next_offsets,
-                        &mut owned,
-                        &cfg.analyzer_id,
-                        &control,
-                    );
-                }
-                counters.lines_read += 1;
-                let partition = msg.partition();
-                let offset = msg.offset();
-                if let Some(expected) = next_offsets.insert(partition, offset + 1) {
-                    if offset > expected {
-                        // Records vanished between two we read: the broker deleted
-                        // them (retention; the mock keeps ~5 MiB per partition).
-                        counters.offsets_skipped += (offset - expected) as u64;
-                        tracing::error!(partition, from = expected, to = offset, "records were deleted by the broker before they were read; their lines are lost");
-                    }
-                }
-                let windows = parts
-                    .entry(partition)
-                    .or_insert_with(|| PartitionWindows::new(cfg.spec));
-                let source = sources.id(msg.key(), msg.headers());
-                let line = msg.payload().unwrap_or(b"");
-                match parse_combined(line) {
-                    Ok(l) => {
-                        counters.parsed += 1;
-                        let hit = Hit {
-                            source,
-                            time_ms: l.time_ms,
-                            status: l.status,
-                            body_bytes: l.body_bytes,
-                            offset,
-                        };
-                        if windows.record(hit) == Recorded::Late {
-                            counters.late += 1;
-                        }
-                    }
-                    Err(e) => {
-                        counters.malformed += 1;
-                        windows.skip(offset);
-                        if counters.malformed <= 20 || counters.malformed % 1000 == 0 {
-                            let (host, src) = &sources.names[source as usize];
-                            tracing::warn!(%host, source = %src, partition, offset, error = %e, malformed_so_far = counters.malformed,
-                                line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "malformed line");
-                        }
-                    }
-                }
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
-            None => {}
-        }
-        while let Some(ev) = consumer.take_rebalance() {
-            apply_rebalance(
-                ev,
-                &mut parts,
-                &mut next_offsets,
-                &mut owned,
-                &cfg.analyzer_id,
-                &control,
-            );
-        }
-        if last_progress.elapsed() >= Duration::from_millis(100) {
-            last_progress = Instant::now();
-            control
-                .progress
-                .lock()
-                .unwrap()
-                .extend(next_offsets.iter().map(|(&p, &o)| (p, o)));
-        }
-        if last_flush.elapsed() >= backoff {
-            last_flush = Instant::now();
-            match flush(
-                &cfg,
-                &mut *sink,
-                &consumer,
-                &mut parts,
-                &sources,
-                &mut counters,
-                &mut pending,
-                false,
-                &mut observer,
-            ) {
-                Ok(()) => backoff = cfg.flush_interval,
-                Err(SinkError::Retryable(e)) => {
-                    counters.write_retries += 1;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in = ?backoff, "write failed; offsets stay uncommitted");
+    /// Writes every open window (final with `close_all`) until accepted, then
+    /// returns; dropping the consumer leaves the group.
+    fn shut_down(
+        mut self,
+        consumer: &GroupConsumer,
+        close_all: bool,
+    ) -> Result<Counters, AnalyzeError> {
+        let mut tries = 0;
+        loop {
+            match self.flush(consumer, close_all) {
+                Ok(()) => break,
+                Err(SinkError::Retryable(e)) if tries < 10 => {
+                    tries += 1;
+                    self.counters.write_retries += 1;
+                    tracing::warn!(error = %e, "final write failed, retrying");
+                    std::thread::sleep(Duration::from_millis(200 * tries));
                 }
                 Err(e) => return Err(AnalyzeError::Sink(e)),
             }
         }
+        tracing::info!(analyzer = %self.cfg.analyzer_id, counters = ?self.counters, "analyzer stopped");
+        Ok(self.counters)
     }
-}
 
-fn apply_rebalance(
-    ev: RebalanceEvent,
-    parts: &mut HashMap<i32, PartitionWindows>,
-    next: &mut HashMap<i32, i64>,
-    owned: &mut HashSet<i32>,
-    analyzer_id: &str,
-    control: &Control,
-) {
-    match ev {
-        // Open windows of a revoked partition are dropped, not written: the new
-        // owner rebuilds them from the committed restore offset.
-        RebalanceEvent::Revoked(ps) => {
-            tracing::info!(count = ps.len(), partitions = ?ps, "partitions revoked");
-            for p in ps {
-                parts.remove(&p);
-                next.remove(&p);
-                owned.remove(&p);
-                control.progress.lock().unwrap().remove(&p);
+    fn apply_rebalance(
+        &mut self,
+        consumer: &GroupConsumer,
+        ev: RebalanceEvent,
+    ) -> Result<(), AnalyzeError> {
+        match ev {
+            RebalanceEvent::Revoked(ps) => {
+                tracing::info!(count = ps.len(), partitions = ?ps, "partitions revoked");
+                self.forget(&ps);
+            }
+            RebalanceEvent::Lost => {
+                tracing::warn!("partition assignment lost");
+                let ps: Vec<i32> = self.parts.keys().copied().collect();
+                self.forget(&ps);
+            }
+            RebalanceEvent::Assigned(ps) => {
+                tracing::info!(count = ps.len(), partitions = ?ps, "partitions assigned");
+                let mut loaded = self.loaded.lock().unwrap();
+                for &p in &ps {
+                    let windows = match loaded.remove(&p) {
+                        Some(pt) => {
+                            let point = RestorePoint {
+                                offset: pt.offset,
+                                next_offset: pt.next_offset,
+                                max_event_ms: pt
+                                    .sources
+                                    .iter()
+                                    .map(|(k, m)| (self.sources.id(k.as_bytes(), None), *m))
+                                    .collect(),
+                            };
+                            PartitionWindows::restored(self.cfg.spec, &point)
+                        }
+                        None => PartitionWindows::new(self.cfg.spec),
+                    };
+                    self.parts.insert(
+                        p,
+                        Part {
+                            windows,
+                            dedup: Dedup::new(self.cfg.dedup_files),
+                            next: None,
+                            written: None,
+                        },
+                    );
+                }
+                drop(loaded);
+                if self.paused {
+                    let _ = consumer.pause(&ps);
+                }
+            }
+            RebalanceEvent::AssignFailed(e) => return Err(AnalyzeError::Restore(e)),
+        }
+        self.control
+            .assignments
+            .lock()
+            .unwrap()
+            .insert(self.cfg.analyzer_id.clone(), self.parts.len());
+        Ok(())
+    }
+
+    /// Drops revoked partitions' state and unwritten values: the new owner
+    /// rebuilds them from the last restore point the sink accepted.
+    fn forget(&mut self, ps: &[i32]) {
+        let mut progress = self.control.progress.lock().unwrap();
+        for p in ps {
+            self.parts.remove(p);
+            progress.remove(p);
+        }
+        self.batch.drop_partitions(ps);
+    }
+
+    /// Writes the batch plus every closed window and changed partial and the
+    /// restore points they allow, then commits the restore offsets.
+    fn flush(&mut self, consumer: &GroupConsumer, close_all: bool) -> Result<(), SinkError> {
+        let mut values = Vec::new();
+        let mut changed = Vec::new();
+        for (&partition, part) in self.parts.iter_mut() {
+            values.clear();
+            changed.clear();
+            part.windows.drain(true, close_all, &mut values);
+            part.windows.take_changed_sources(&mut changed);
+            for v in &values {
+                self.batch
+                    .windows
+                    .insert((partition, v.source, v.start_ms), *v);
+            }
+            let Some(point) = part.windows.restore_point() else {
+                continue;
+            };
+            if changed.is_empty()
+                && part.written == Some((point.offset, point.next_offset))
+                && !self.batch.state.contains_key(&partition)
+            {
+                continue;
+            }
+            let u = self
+                .batch
+                .state
+                .entry(partition)
+                .or_insert_with(|| StateUpdate {
+                    partition,
+                    offset: 0,
+                    next_offset: 0,
+                    sources: Vec::new(),
+                });
+            u.offset = point.offset;
+            u.next_offset = point.next_offset;
+            for &(s, m) in &changed {
+                let key = self.sources.key(s);
+                match u.sources.iter_mut().find(|(k, _)| k == key) {
+                    Some(e) => e.1 = m,
+                    None => u.sources.push((key.to_string(), m)),
+                }
             }
         }
-        RebalanceEvent::Lost => {
-            tracing::warn!("partition assignment lost");
-            parts.clear();
-            next.clear();
-            owned.clear();
+        if self.batch.is_empty() {
+            return Ok(());
         }
-        RebalanceEvent::Assigned(ps) => {
-            tracing::info!(count = ps.len(), partitions = ?ps, "partitions assigned");
-            owned.extend(ps);
+        let mut lp = Vec::with_capacity(self.batch.windows.len() * 256);
+        for v in self.batch.windows.values() {
+            let (host, source, _) = &self.sources.names[v.source as usize];
+            line_protocol::encode_window(
+                &mut lp,
+                host.as_bytes(),
+                source.as_bytes(),
+                self.cfg.spec.window_ms,
+                v,
+            );
         }
+        let finals = self.batch.windows.values().filter(|v| v.is_final).count() as u64;
+        let mut counters = self.counters;
+        counters.windows_written += finals;
+        counters.lag = self.lag(consumer);
+        counters.encode(&mut lp, &self.cfg.analyzer_id);
+        let updates: Vec<StateUpdate> = self.batch.state.values().cloned().collect();
+        self.sink.write(
+            &lp,
+            &StateBatch {
+                scope: &self.scope,
+                analyzer: &self.cfg.analyzer_id,
+                updates: &updates,
+            },
+        )?;
+        self.counters.windows_written = counters.windows_written;
+        self.counters.lag = counters.lag;
+        let batch = std::mem::take(&mut self.batch);
+        for u in &updates {
+            if let Some(part) = self.parts.get_mut(&u.partition) {
+                part.written = Some((u.offset, u.next_offset));
+            }
+        }
+        if let Some(obs) = self.observer.as_mut() {
+            for v in batch.windows.values().filter(|v| v.is_final) {
+                let (host, source, _) = &self.sources.names[v.source as usize];
+                obs(&WindowReport {
+                    host,
+                    source,
+                    window_ms: self.cfg.spec.window_ms,
+                    value: v,
+                });
+            }
+        }
+        // For lag tools; the restore point in the sink is what resumes.
+        let commits: Vec<(i32, i64)> = updates.iter().map(|u| (u.partition, u.offset)).collect();
+        if let Err(e) = consumer.commit(&commits) {
+            tracing::debug!(error = %e, "offset commit failed; the next flush commits again");
+        }
+        Ok(())
     }
-    control
-        .assignments
-        .lock()
-        .unwrap()
-        .insert(analyzer_id.to_string(), owned.len());
+
+    /// Records on the broker not consumed yet, over owned partitions.
+    fn lag(&self, consumer: &GroupConsumer) -> u64 {
+        self.parts
+            .iter()
+            .filter_map(|(&p, part)| {
+                let hi = consumer.cached_high_watermark(p)?;
+                Some((hi - part.next?).max(0) as u64)
+            })
+            .sum()
+    }
 }
 
-/// Writes what is pending plus every closed window and changed partial, then
-/// commits each partition's restore offset.
-#[allow(clippy::too_many_arguments)]
-fn flush(
-    cfg: &AnalyzerConfig,
-    sink: &mut dyn Sink,
-    consumer: &GroupConsumer,
-    parts: &mut HashMap<i32, PartitionWindows>,
-    sources: &SourceTable,
+fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+/// One record: de-duplicate, parse, aggregate.
+fn handle(
+    parts: &mut HashMap<i32, Part>,
+    sources: &mut SourceTable,
     counters: &mut Counters,
-    pending: &mut Option<Pending>,
-    close_all: bool,
-    observer: &mut Option<Observer>,
-) -> Result<(), SinkError> {
-    let p = pending.get_or_insert_with(|| Pending {
-        body: Vec::new(),
-        finals: Vec::new(),
-        commits: Vec::new(),
-    });
-    let mut values = Vec::new();
-    for (&partition, w) in parts.iter_mut() {
-        w.drain(true, close_all, &mut values);
-        if let Some(o) = w.restore_offset() {
-            p.commits.retain(|&(q, _)| q != partition);
-            p.commits.push((partition, o));
+    msg: &BorrowedMessage<'_>,
+) {
+    let partition = msg.partition();
+    let offset = msg.offset();
+    // A record of a partition not owned (fetched before a revoke) is not ours.
+    let Some(part) = parts.get_mut(&partition) else {
+        return;
+    };
+    counters.consumed += 1;
+    if let Some(expected) = part.next {
+        if offset > expected {
+            // Records vanished between two we read: the broker deleted them
+            // (retention; the mock keeps ~5 MiB per partition).
+            counters.offsets_skipped += (offset - expected) as u64;
+            tracing::error!(
+                partition,
+                from = expected,
+                to = offset,
+                "records were deleted by the broker before they were read; their lines are lost"
+            );
         }
     }
-    for v in &values {
-        let (host, source) = &sources.names[v.source as usize];
-        line_protocol::encode_window(
-            &mut p.body,
-            host.as_bytes(),
-            source.as_bytes(),
-            cfg.spec.window_ms,
-            v,
-        );
+    part.next = Some(offset + 1);
+    if let (Some(file), Some(at)) = (
+        header(msg, logpipe_wire::FILE),
+        header(msg, logpipe_wire::OFFSET).and_then(parse_u64),
+    ) {
+        if part.dedup.is_duplicate(file, at) {
+            counters.duplicates += 1;
+            part.windows.skip(offset);
+            return;
+        }
     }
-    p.finals.extend(values.into_iter().filter(|v| v.is_final));
-    if p.body.is_empty() && p.commits.is_empty() {
-        *pending = None;
-        return Ok(());
-    }
-    counters.windows_written += p.finals.len() as u64;
-    let mut body = std::mem::take(&mut p.body);
-    let data_len = body.len();
-    counters.encode(&mut body, &cfg.analyzer_id);
-    let result = sink.write(&body);
-    body.truncate(data_len);
-    p.body = body;
-    if let Err(e) = result {
-        counters.windows_written -= p.finals.len() as u64;
-        return Err(e);
-    }
-    let p = pending.take().expect("pending set above");
-    if let Some(obs) = observer.as_mut() {
-        for v in &p.finals {
-            let (host, source) = &sources.names[v.source as usize];
-            obs(&WindowReport {
-                host,
+    let key = msg.key().unwrap_or(b"");
+    let source = sources.id(key, msg.headers());
+    let line = msg.payload().unwrap_or(b"");
+    match parse_combined(line) {
+        Ok(l) => {
+            counters.parsed += 1;
+            let hit = Hit {
                 source,
-                window_ms: cfg.spec.window_ms,
-                value: v,
-            });
+                time_ms: l.time_ms,
+                status: l.status,
+                body_bytes: l.body_bytes,
+                client: l.client,
+                request_time_s: l.request_time_s,
+                offset,
+            };
+            match part.windows.record(&hit) {
+                Recorded::Added => counters.counted += 1,
+                Recorded::Late => counters.late += 1,
+                Recorded::Replayed => counters.replayed += 1,
+            }
+        }
+        Err(e) => {
+            counters.malformed += 1;
+            part.windows.skip(offset);
+            if counters.malformed <= 20 || counters.malformed.is_multiple_of(1000) {
+                let (host, src, _) = &sources.names[source as usize];
+                tracing::warn!(%host, source = %src, partition, offset, error = %e, malformed_so_far = counters.malformed,
+                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "malformed line");
+            }
         }
     }
-    if let Err(e) = consumer.commit(&p.commits) {
-        tracing::debug!(error = %e, "offset commit failed; the next flush commits again");
-    }
-    Ok(())
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
 }

@@ -4,14 +4,16 @@
 //! Rebalance callbacks run inside `poll`, on the same thread as the caller's
 //! state, so a revoke is seen before any record of the new assignment.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 /// Settings of a group member.
@@ -32,6 +34,9 @@ pub enum RebalanceEvent {
     Revoked(Vec<i32>),
     /// The assignment was lost (e.g. session timeout); state must be dropped.
     Lost,
+    /// Partitions were offered but their start offsets could not be found
+    /// (see [`StartOffsets`]); they were not taken.
+    AssignFailed(String),
 }
 
 /// Why the group member failed.
@@ -45,9 +50,16 @@ pub enum ConsumerError {
     Kafka(#[from] KafkaError),
 }
 
-#[derive(Default)]
+/// Where each newly assigned partition starts, asked inside the rebalance
+/// callback before the partitions are assigned (so no record is fetched from
+/// anywhere else first). Partitions it leaves out start at the group's
+/// committed offset. An `Err` leaves the partitions unassigned and surfaces
+/// as [`RebalanceEvent::AssignFailed`]: the member must leave the group.
+pub type StartOffsets = Box<dyn Fn(&[i32]) -> Result<HashMap<i32, i64>, String> + Send + Sync>;
+
 pub struct Ctx {
     events: Mutex<VecDeque<RebalanceEvent>>,
+    start: Option<StartOffsets>,
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
@@ -56,37 +68,99 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
 
 impl ClientContext for Ctx {}
 
-impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        let ev = match r {
-            Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(partitions(tpl)),
-            Rebalance::Assign(_) => return,
-            Rebalance::Error(_) => RebalanceEvent::Lost,
-        };
+impl Ctx {
+    fn push(&self, ev: RebalanceEvent) {
         self.events.lock().unwrap().push_back(ev);
     }
+}
 
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = r {
-            self.events
-                .lock()
-                .unwrap()
-                .push_back(RebalanceEvent::Assigned(partitions(tpl)));
+impl ConsumerContext for Ctx {
+    /// The default callback, plus: start offsets for assigned partitions, and
+    /// every change queued as an event for the caller's thread.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let ps = partitions(tpl);
+                if let Some(start) = &self.start {
+                    match start(&ps) {
+                        Ok(offsets) => {
+                            for (p, o) in offsets {
+                                if let Some(mut e) = tpl.find_partition(&tpl_topic(tpl), p) {
+                                    let _ = e.set_offset(Offset::Offset(o));
+                                }
+                            }
+                        }
+                        Err(msg) => {
+                            self.push(RebalanceEvent::AssignFailed(msg));
+                            return;
+                        }
+                    }
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match r {
+                    Ok(()) => self.push(RebalanceEvent::Assigned(ps)),
+                    Err(e) => self.push(RebalanceEvent::AssignFailed(format!(
+                        "assigning partitions {ps:?} failed: {e}"
+                    ))),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Queued before unassigning: the caller drops the partitions'
+                // state at its next step, and writes nothing for them after.
+                let lost = consumer.assignment_lost();
+                self.push(if lost {
+                    RebalanceEvent::Lost
+                } else {
+                    RebalanceEvent::Revoked(partitions(tpl))
+                });
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                self.push(RebalanceEvent::Lost);
+            }
         }
     }
+}
+
+fn tpl_topic(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .first()
+        .map(|e| e.topic().to_string())
+        .unwrap_or_default()
 }
 
 /// One member of a consumer group on one topic.
 pub struct GroupConsumer {
     consumer: BaseConsumer<Ctx>,
     topic: String,
+    topic_c: CString,
 }
 
 impl GroupConsumer {
     /// Joins the group and subscribes. Offsets are committed only by
-    /// [`GroupConsumer::commit`]; a partition without a commit starts at the
-    /// earliest record, so nothing on the topic is skipped.
-    pub fn new(cfg: &GroupConfig) -> Result<Self, ConsumerError> {
+    /// [`GroupConsumer::commit`]; a partition without a commit (and without a
+    /// start offset from `start`) starts at the earliest record, so nothing on
+    /// the topic is skipped.
+    pub fn new(cfg: &GroupConfig, start: Option<StartOffsets>) -> Result<Self, ConsumerError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group)
@@ -98,7 +172,10 @@ impl GroupConsumer {
             cc.set(k, v);
         }
         let consumer: BaseConsumer<Ctx> = cc
-            .create_with_context(Ctx::default())
+            .create_with_context(Ctx {
+                events: Mutex::default(),
+                start,
+            })
             .map_err(ConsumerError::Config)?;
         consumer
             .subscribe(&[&cfg.topic])
@@ -109,6 +186,7 @@ impl GroupConsumer {
         Ok(GroupConsumer {
             consumer,
             topic: cfg.topic.clone(),
+            topic_c: CString::new(cfg.topic.clone()).unwrap_or_default(),
         })
     }
 
@@ -130,11 +208,46 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
+        self.consumer.commit(&self.tpl(offsets)?, CommitMode::Async)
+    }
+
+    fn tpl(&self, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for &(p, o) in offsets {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Async)
+        Ok(tpl)
+    }
+
+    /// Stops fetching `partitions` (records already fetched are discarded and
+    /// fetched again after [`GroupConsumer::resume`]); the member keeps its
+    /// group membership while paused.
+    pub fn pause(&self, partitions: &[i32]) -> Result<(), KafkaError> {
+        let tpl = self.tpl(&partitions.iter().map(|&p| (p, 0)).collect::<Vec<_>>())?;
+        self.consumer.pause(&tpl)
+    }
+
+    pub fn resume(&self, partitions: &[i32]) -> Result<(), KafkaError> {
+        let tpl = self.tpl(&partitions.iter().map(|&p| (p, 0)).collect::<Vec<_>>())?;
+        self.consumer.resume(&tpl)
+    }
+
+    /// The high watermark librdkafka last saw for `partition` in a fetch
+    /// response (no request is made); `None` before the first fetch.
+    pub fn cached_high_watermark(&self, partition: i32) -> Option<i64> {
+        let (mut lo, mut hi) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid for the consumer's lifetime and
+        // the topic name is a NUL-terminated string that outlives the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic_c.as_ptr(),
+                partition,
+                &mut lo,
+                &mut hi,
+            )
+        };
+        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
     }
 
     /// High watermarks (the next offset to be written) of `partition`.
@@ -156,15 +269,18 @@ mod tests {
     use std::time::Instant;
 
     fn member(broker: &MockBroker, group: &str) -> GroupConsumer {
-        GroupConsumer::new(&GroupConfig {
-            brokers: broker.bootstrap().to_string(),
-            topic: "t".into(),
-            group: group.into(),
-            extra: vec![
-                ("session.timeout.ms".into(), "2000".into()),
-                ("heartbeat.interval.ms".into(), "500".into()),
-            ],
-        })
+        GroupConsumer::new(
+            &GroupConfig {
+                brokers: broker.bootstrap().to_string(),
+                topic: "t".into(),
+                group: group.into(),
+                extra: vec![
+                    ("session.timeout.ms".into(), "2000".into()),
+                    ("heartbeat.interval.ms".into(), "500".into()),
+                ],
+            },
+            None,
+        )
         .unwrap()
     }
 
@@ -180,6 +296,7 @@ mod tests {
                         RebalanceEvent::Assigned(ps) => own.extend(ps),
                         RebalanceEvent::Revoked(ps) => own.retain(|p| !ps.contains(p)),
                         RebalanceEvent::Lost => own.clear(),
+                        RebalanceEvent::AssignFailed(e) => panic!("{e}"),
                     }
                 }
             }

@@ -10,5 +10,5 @@
 pub mod group;
 pub mod mock;
 
-pub use group::{ConsumerError, GroupConfig, GroupConsumer, RebalanceEvent};
+pub use group::{ConsumerError, GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets};
 pub use mock::MockBroker;

@@ -1,0 +1,408 @@
+//! Restore points as stored next to the data — see docs/design.md, "Where the
+//! restore point lives".
+//!
+//! In InfluxDB, per (group, topic, partition):
+//!
+//! ```text
+//! logpipe_state,group=G,partition=P,topic=T analyzer="a1",next_offset=812i,restore_offset=640i 0
+//! logpipe_state_source,group=G,partition=P,src=web1:/var/log/a.log,topic=T max_event_ms=1704067290000i 0
+//! ```
+//!
+//! All at timestamp 0, so each write replaces the previous value of its series
+//! and the state never grows with time. A source's point is written only when
+//! its max event time changed; the latest value of every series together is
+//! the restore point. These lines are appended after the window points of the
+//! same request, so a restore point is never stored before the windows it
+//! vouches for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::line_protocol::push_tag;
+use crate::sink::SinkError;
+
+/// Measurement of the per-partition restore offsets.
+pub const STATE: &str = "logpipe_state";
+/// Measurement of the per-source max event times.
+pub const STATE_SOURCE: &str = "logpipe_state_source";
+
+/// Whose restore points: one consumer group on one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub group: String,
+    pub topic: String,
+}
+
+/// The restore point of one partition as it changed since the last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub partition: i32,
+    /// First offset a new owner must read.
+    pub offset: i64,
+    /// Offset after the last record the state had seen.
+    pub next_offset: i64,
+    /// Sources (record key) whose max event time changed, with it.
+    pub sources: Vec<(String, i64)>,
+}
+
+/// What goes with one write.
+#[derive(Debug, Clone, Copy)]
+pub struct StateBatch<'a> {
+    pub scope: &'a Scope,
+    pub analyzer: &'a str,
+    pub updates: &'a [StateUpdate],
+}
+
+/// A restore point as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPoint {
+    pub offset: i64,
+    pub next_offset: i64,
+    pub sources: Vec<(String, i64)>,
+}
+
+/// Reads restore points back (on assignment).
+pub trait StateStore: Send + Sync {
+    fn load(
+        &self,
+        scope: &Scope,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, StoredPoint>, SinkError>;
+}
+
+fn push_int_field(out: &mut Vec<u8>, name: &str, v: i64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    out.push(b'i');
+}
+
+fn push_scope_tags(out: &mut Vec<u8>, scope: &Scope, partition: i32) {
+    out.extend_from_slice(b",group=");
+    push_tag(out, scope.group.as_bytes());
+    out.extend_from_slice(b",partition=");
+    out.extend_from_slice(itoa::Buffer::new().format(partition).as_bytes());
+}
+
+/// Appends the batch's state points as line protocol.
+pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
+    for u in st.updates {
+        for (key, m) in &u.sources {
+            out.extend_from_slice(STATE_SOURCE.as_bytes());
+            push_scope_tags(out, st.scope, u.partition);
+            out.extend_from_slice(b",src=");
+            push_tag(out, if key.is_empty() { b"-" } else { key.as_bytes() });
+            out.extend_from_slice(b",topic=");
+            push_tag(out, st.scope.topic.as_bytes());
+            out.push(b' ');
+            push_int_field(out, "max_event_ms", *m);
+            out.extend_from_slice(b" 0\n");
+        }
+        out.extend_from_slice(STATE.as_bytes());
+        push_scope_tags(out, st.scope, u.partition);
+        out.extend_from_slice(b",topic=");
+        push_tag(out, st.scope.topic.as_bytes());
+        out.extend_from_slice(b" analyzer=\"");
+        for c in st.analyzer.bytes() {
+            if c == b'"' || c == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+        out.extend_from_slice(b"\",");
+        push_int_field(out, "next_offset", u.next_offset);
+        out.push(b',');
+        push_int_field(out, "restore_offset", u.offset);
+        out.extend_from_slice(b" 0\n");
+    }
+}
+
+/// `"name"` for InfluxQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The two InfluxQL queries that read a scope's restore points.
+pub fn queries(scope: &Scope) -> (String, String) {
+    let filter = format!(
+        "WHERE \"group\" = {} AND \"topic\" = {}",
+        quote_str(&scope.group),
+        quote_str(&scope.topic)
+    );
+    (
+        format!("SELECT \"restore_offset\", \"next_offset\" FROM \"{STATE}\" {filter} GROUP BY \"partition\""),
+        format!("SELECT \"max_event_ms\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
+    )
+}
+
+/// Builds restore points from the two queries' series (JSON as InfluxDB
+/// answers), keeping only `partitions`.
+pub fn from_series(
+    parts: &[serde_json::Value],
+    sources: &[serde_json::Value],
+    partitions: &[i32],
+) -> HashMap<i32, StoredPoint> {
+    let partition_of = |s: &serde_json::Value| -> Option<i32> {
+        let p: i32 = s["tags"]["partition"].as_str()?.parse().ok()?;
+        partitions.contains(&p).then_some(p)
+    };
+    let last_row = |s: &serde_json::Value| -> Option<Vec<i64>> {
+        let row = s["values"].as_array()?.last()?.as_array()?;
+        row[1..].iter().map(|v| v.as_i64()).collect()
+    };
+    let mut out: HashMap<i32, StoredPoint> = HashMap::new();
+    for s in parts {
+        if let (Some(p), Some(row)) = (partition_of(s), last_row(s)) {
+            if let [offset, next_offset] = row[..] {
+                let e = out.entry(p).or_default();
+                e.offset = offset;
+                e.next_offset = next_offset;
+            }
+        }
+    }
+    for s in sources {
+        if let (Some(p), Some(row)) = (partition_of(s), last_row(s)) {
+            let key = s["tags"]["src"].as_str().unwrap_or_default().to_string();
+            // Source points without a partition point are not trusted: the
+            // request that wrote them did not complete.
+            if let (Some(e), [m]) = (out.get_mut(&p), &row[..]) {
+                e.sources.push((key, *m));
+            }
+        }
+    }
+    out
+}
+
+/// Restore points of the line-protocol file sink, in a JSON file replaced
+/// atomically. One instance per path in a process (the demo's analyzers share
+/// one output file).
+pub struct FileState {
+    path: PathBuf,
+    data: Mutex<FileData>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileData {
+    version: u32,
+    /// `group`, `topic`, partition → point.
+    points: BTreeMap<String, BTreeMap<String, BTreeMap<i32, FilePoint>>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FilePoint {
+    offset: i64,
+    next_offset: i64,
+    sources: BTreeMap<String, i64>,
+}
+
+impl FileState {
+    pub fn open(path: PathBuf) -> Result<Arc<FileState>, SinkError> {
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<FileState>>>> = OnceLock::new();
+        let mut open = OPEN.get_or_init(Default::default).lock().unwrap();
+        if let Some(s) = open.get(&path) {
+            return Ok(s.clone());
+        }
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<FileData>(&bytes).map_err(|e| {
+                SinkError::Permanent(format!(
+                    "{} is not a logpipe state file ({e}); move it away to start afresh",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileData {
+                version: 1,
+                ..Default::default()
+            },
+            Err(e) => {
+                return Err(SinkError::Permanent(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        if data.version != 1 {
+            return Err(SinkError::Permanent(format!(
+                "{} has state format version {}, this logpipe reads version 1",
+                path.display(),
+                data.version
+            )));
+        }
+        let s = Arc::new(FileState {
+            path: path.clone(),
+            data: Mutex::new(data),
+        });
+        open.insert(path, s.clone());
+        Ok(s)
+    }
+
+    pub fn save(&self, st: &StateBatch<'_>) -> Result<(), SinkError> {
+        if st.updates.is_empty() {
+            return Ok(());
+        }
+        let mut data = self.data.lock().unwrap();
+        let parts = data
+            .points
+            .entry(st.scope.group.clone())
+            .or_default()
+            .entry(st.scope.topic.clone())
+            .or_default();
+        for u in st.updates {
+            let p = parts.entry(u.partition).or_default();
+            p.offset = u.offset;
+            p.next_offset = u.next_offset;
+            p.sources.extend(u.sources.iter().cloned());
+        }
+        let bytes = serde_json::to_vec(&*data).expect("state serializes");
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| SinkError::Retryable(format!("writing {}: {e}", self.path.display())))
+    }
+}
+
+impl StateStore for FileState {
+    fn load(
+        &self,
+        scope: &Scope,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, StoredPoint>, SinkError> {
+        let data = self.data.lock().unwrap();
+        let Some(parts) = data
+            .points
+            .get(&scope.group)
+            .and_then(|t| t.get(&scope.topic))
+        else {
+            return Ok(HashMap::new());
+        };
+        Ok(partitions
+            .iter()
+            .filter_map(|p| {
+                let fp = parts.get(p)?;
+                Some((
+                    *p,
+                    StoredPoint {
+                        offset: fp.offset,
+                        next_offset: fp.next_offset,
+                        sources: fp.sources.iter().map(|(k, &m)| (k.clone(), m)).collect(),
+                    },
+                ))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> Scope {
+        Scope {
+            group: "logpipe-analyzers".into(),
+            topic: "logs".into(),
+        }
+    }
+
+    #[test]
+    fn state_lines_are_exact_and_escaped() {
+        let s = scope();
+        let updates = [StateUpdate {
+            partition: 3,
+            offset: 640,
+            next_offset: 812,
+            sources: vec![("web 1:/var/log/a,b.log".into(), 1_704_067_290_000)],
+        }];
+        let mut out = vec![];
+        encode(
+            &mut out,
+            &StateBatch {
+                scope: &s,
+                analyzer: "a\"1",
+                updates: &updates,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs max_event_ms=1704067290000i 0\n\
+             logpipe_state,group=logpipe-analyzers,partition=3,topic=logs analyzer=\"a\\\"1\",next_offset=812i,restore_offset=640i 0\n"
+        );
+    }
+
+    #[test]
+    fn restore_points_round_trip_through_influx_json() {
+        let parts: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"name":"logpipe_state","tags":{"partition":"3"},"columns":["time","restore_offset","next_offset"],"values":[[0,640,812]]},
+                {"name":"logpipe_state","tags":{"partition":"4"},"columns":["time","restore_offset","next_offset"],"values":[[0,1,2]]}]"#,
+        )
+        .unwrap();
+        let srcs: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms"],"values":[[0,1704067290000]]},
+                {"name":"logpipe_state_source","tags":{"partition":"5","src":"orphan"},"columns":["time","max_event_ms"],"values":[[0,1]]}]"#,
+        )
+        .unwrap();
+        let got = from_series(&parts, &srcs, &[3, 5]);
+        assert_eq!(
+            got.len(),
+            1,
+            "partition 4 not asked for, 5 has no partition point"
+        );
+        assert_eq!(
+            got[&3],
+            StoredPoint {
+                offset: 640,
+                next_offset: 812,
+                sources: vec![("web 1:/a".into(), 1_704_067_290_000)],
+            }
+        );
+    }
+
+    #[test]
+    fn file_state_merges_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.lp.state.json");
+        let s = scope();
+        let st = FileState::open(path.clone()).unwrap();
+        let u1 = [StateUpdate {
+            partition: 0,
+            offset: 5,
+            next_offset: 9,
+            sources: vec![("a".into(), 10), ("b".into(), 20)],
+        }];
+        st.save(&StateBatch {
+            scope: &s,
+            analyzer: "x",
+            updates: &u1,
+        })
+        .unwrap();
+        let u2 = [StateUpdate {
+            partition: 0,
+            offset: 7,
+            next_offset: 12,
+            sources: vec![("b".into(), 30)],
+        }];
+        st.save(&StateBatch {
+            scope: &s,
+            analyzer: "x",
+            updates: &u2,
+        })
+        .unwrap();
+        let data: FileData = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let p = &data.points["logpipe-analyzers"]["logs"][&0];
+        assert_eq!((p.offset, p.next_offset), (7, 12));
+        assert_eq!(p.sources.get("a"), Some(&10));
+        assert_eq!(p.sources.get("b"), Some(&30));
+        let got = st.load(&s, &[0, 1]).unwrap();
+        assert_eq!(got[&0].sources, vec![("a".into(), 10), ("b".into(), 30)]);
+    }
+}
