@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use logpipe_testkit::{diff, unique, wait_until, Child, Expected, Influx, LogpipeBroker, Tansu};
+use logpipe_testkit::{
+    diff, produce_cmd, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
+    Tansu,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
 const WINDOW_MS: i64 = 10_000;
@@ -34,88 +37,17 @@ fn write_logs(dir: &Path) -> (Vec<PathBuf>, Expected) {
     (paths, expected)
 }
 
-struct Analyzer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Analyzer {
-    fn start(dir: &Path, n: usize, m: &Membership, influx: &Influx, db: &str) -> Analyzer {
-        let log = dir.join(format!("analyzer-{n}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Child::spawn(
-            "logpipe analyze",
-            Command::new(BIN)
-                .args([
-                    "analyze",
-                    "--brokers",
-                    &m.brokers,
-                    "--topic",
-                    &m.topic,
-                    "--group",
-                    &m.group,
-                ])
-                .args([
-                    "--influx-url",
-                    &influx.url,
-                    "--influx-db",
-                    db,
-                    "--flush-interval",
-                    "300ms",
-                ])
-                .args(["--analyzer-id", &format!("a{n}")])
-                .args(["--kafka", &format!("session.timeout.ms={}", m.session_ms)])
-                .args([
-                    "--kafka",
-                    &format!("heartbeat.interval.ms={}", m.session_ms / 6),
-                ])
-                .stdout(Stdio::null())
-                .stderr(f),
-        );
-        Analyzer { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Partitions owned now, from the analyzer's own assignment log lines.
-    fn owned(&self) -> usize {
-        let mut owned = 0usize;
-        for line in self.log().lines() {
-            let count = || {
-                line.split("count=")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|c| c.parse::<usize>().ok())
-                    .unwrap_or(0)
-            };
-            if line.contains("partitions assigned") {
-                owned += count();
-            } else if line.contains("partitions revoked") {
-                owned = owned.saturating_sub(count());
-            }
-        }
-        owned
-    }
-}
-
-fn produce(brokers: &str, topic: &str, paths: &[PathBuf]) {
-    let out = Command::new(BIN)
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--topic",
-            topic,
-            "--host",
-            "testhost",
-            "--from-beginning",
-            "--exit-on-eof",
-        ])
-        .args(paths)
-        .output()
-        .expect("run logpipe produce");
+fn produce(brokers: &str, topic: &str, paths: &[PathBuf], dir: &Path) {
+    let out = produce_cmd(
+        Path::new(BIN),
+        brokers,
+        topic,
+        &dir.join("checkpoints"),
+        paths,
+        true,
+    )
+    .output()
+    .expect("run logpipe produce");
     assert!(
         out.status.success(),
         "logpipe produce failed: {}",
@@ -132,17 +64,6 @@ fn malformed_counted(influx: &Influx, db: &str) -> u64 {
         .sum()
 }
 
-/// Where the analyzers consume and how fast a dead member is noticed.
-struct Membership {
-    brokers: String,
-    topic: String,
-    group: String,
-    /// `session.timeout.ms`: short for the mock (its rebalance waits about one
-    /// session), longer for Tansu (its coordinator answers heartbeats slowly
-    /// on a loaded machine, and a spurious session timeout means a rebalance).
-    session_ms: u64,
-}
-
 fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (paths, expected) = write_logs(dir.path());
@@ -155,7 +76,10 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         session_ms,
     };
     let mut analyzers: Vec<Analyzer> = (0..2)
-        .map(|n| Analyzer::start(dir.path(), n, &m, &influx, &db))
+        .map(|n| {
+            let id = format!("a{n}");
+            Analyzer::start(Path::new(BIN), dir.path(), &id, &id, &m, &influx.url, &db)
+        })
         .collect();
     // Both members own partitions before the first line arrives (no rebalance mid-stream here).
     wait_until(Duration::from_secs(60), || {
@@ -170,7 +94,7 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         )
     });
 
-    produce(brokers, topic, &paths);
+    produce(brokers, topic, &paths, dir.path());
 
     let mut got = BTreeMap::new();
     let matched = wait_until(Duration::from_secs(90), || {

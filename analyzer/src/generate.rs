@@ -25,13 +25,15 @@ pub struct Request {
     pub body_bytes: Option<u64>,
     pub referer: String,
     pub user_agent: String,
+    /// `$request_time` in ms, logged after the agent as seconds (`0.042`).
+    pub request_time_ms: Option<u32>,
 }
 
 impl Request {
     /// The nginx `combined` line for this request (time zone `+0000`).
     pub fn render(&self) -> String {
         let t = chrono::DateTime::from_timestamp_millis(self.time_ms).expect("time in range");
-        format!(
+        let mut line = format!(
             "{} - {} [{}] \"{}\" {} {} \"{}\" \"{}\"",
             self.client,
             self.user.as_deref().unwrap_or("-"),
@@ -41,7 +43,11 @@ impl Request {
             self.body_bytes.map_or("-".to_string(), |b| b.to_string()),
             self.referer,
             self.user_agent
-        )
+        );
+        if let Some(ms) = self.request_time_ms {
+            line += &format!(" {}.{:03}", ms / 1000, ms % 1000);
+        }
+        line
     }
 }
 
@@ -83,6 +89,7 @@ pub struct Generator {
     step_ms: f64,
     /// One line in this many is malformed (0: never).
     malformed_one_in: u32,
+    request_time: bool,
 }
 
 impl Generator {
@@ -92,7 +99,14 @@ impl Generator {
             t_ms: start_ms as f64,
             step_ms: 1000.0 / lines_per_sec,
             malformed_one_in: 200,
+            request_time: false,
         }
+    }
+
+    /// Appends `$request_time` (1 ms … ~3 s, log-uniform) to every line.
+    pub fn with_request_time(mut self) -> Self {
+        self.request_time = true;
+        self
     }
 
     /// Sets how often a malformed line appears (one in `n`, 0 for never).
@@ -191,6 +205,9 @@ impl Generator {
             )
         };
         let user_agent = AGENTS[r.random_range(0..AGENTS.len())].to_string();
+        let request_time_ms = self
+            .request_time
+            .then(|| r.random_range(0.0f64..8.0).exp() as u32);
         let req = Request {
             client,
             user,
@@ -200,6 +217,7 @@ impl Generator {
             body_bytes,
             referer,
             user_agent,
+            request_time_ms,
         };
         (req.render(), Some(req))
     }
@@ -224,9 +242,13 @@ mod tests {
 
     #[test]
     fn every_request_line_parses_back_to_its_request_and_malformed_ones_do_not() {
-        let mut g = Generator::new(1, 1_700_000_000_000, 1000.0).malformed_one_in(50);
+        let mut plain = Generator::new(1, 1_700_000_000_000, 1000.0).malformed_one_in(50);
+        let mut timed = Generator::new(2, 1_700_000_000_000, 1000.0)
+            .malformed_one_in(50)
+            .with_request_time();
         let (mut good, mut bad) = (0, 0);
-        for _ in 0..20_000 {
+        for i in 0..20_000 {
+            let g = if i % 2 == 0 { &mut plain } else { &mut timed };
             let (line, req) = g.next_line();
             match req {
                 Some(req) => {
@@ -237,6 +259,11 @@ mod tests {
                     assert_eq!(l.body_bytes, req.body_bytes.unwrap_or(0));
                     assert_eq!(l.client, req.client.as_bytes());
                     assert_eq!(l.user, req.user.as_deref().map(str::as_bytes));
+                    assert_eq!(
+                        l.request_time_s,
+                        req.request_time_ms.map(|ms| f64::from(ms) / 1000.0)
+                    );
+                    assert_eq!(req.request_time_ms.is_some(), i % 2 == 1);
                     good += 1;
                 }
                 None => {

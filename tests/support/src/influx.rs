@@ -10,8 +10,11 @@ use crate::process::{free_port, wait_until, Child};
 pub struct Influx {
     pub url: String,
     http: reqwest::blocking::Client,
-    _child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    conf_path: PathBuf,
+    dir: tempfile::TempDir,
+    /// Admin credentials when started with [`Influx::start_with_auth`].
+    auth: Option<(String, String)>,
 }
 
 fn influxd_path() -> PathBuf {
@@ -33,7 +36,22 @@ fn influxd_path() -> PathBuf {
 impl Influx {
     /// Starts `influxd` and waits until `/ping` answers.
     pub fn start() -> Influx {
-        let bin = influxd_path();
+        Influx::start_inner(false)
+    }
+
+    /// Starts `influxd` with `auth-enabled = true` and an admin user
+    /// `admin` / `secret`, used by the harness's own queries.
+    pub fn start_with_auth() -> Influx {
+        let mut i = Influx::start_inner(true);
+        i.query_raw(
+            None,
+            "CREATE USER admin WITH PASSWORD 'secret' WITH ALL PRIVILEGES",
+        );
+        i.auth = Some(("admin".into(), "secret".into()));
+        i
+    }
+
+    fn start_inner(auth: bool) -> Influx {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http_port, rpc_port) = (free_port(), free_port());
         let d = dir.path().display();
@@ -49,6 +67,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
+  auth-enabled = {auth}
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -57,23 +76,49 @@ bind-address = "127.0.0.1:{rpc_port}"
         );
         let conf_path = dir.path().join("influxdb.conf");
         std::fs::write(&conf_path, config).expect("write influxdb.conf");
-        let log = std::fs::File::create(dir.path().join("influxd.log")).expect("log file");
-        let child = Child::spawn(
-            "influxd",
-            Command::new(bin)
-                .arg("-config")
-                .arg(&conf_path)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        );
-        let url = format!("http://127.0.0.1:{http_port}");
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let ping = format!("{url}/ping");
+        let mut i = Influx {
+            url: format!("http://127.0.0.1:{http_port}"),
+            http,
+            child: None,
+            conf_path,
+            dir,
+            auth: None,
+        };
+        i.resume();
+        i
+    }
+
+    /// Stops the server (SIGTERM, data kept): writes fail until [`Influx::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.terminate(Duration::from_secs(20));
+        }
+    }
+
+    /// Starts the server again on the same port and data and waits for `/ping`.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "influxd is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("influxd.log"))
+            .expect("log file");
+        self.child = Some(Child::spawn(
+            "influxd",
+            Command::new(influxd_path())
+                .arg("-config")
+                .arg(&self.conf_path)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        ));
+        let ping = format!("{}/ping", self.url);
         wait_until(Duration::from_secs(20), || {
-            http.get(&ping)
+            self.http
+                .get(&ping)
                 .send()
                 .ok()
                 .filter(|r| r.status().is_success())
@@ -81,15 +126,9 @@ bind-address = "127.0.0.1:{rpc_port}"
         .unwrap_or_else(|| {
             panic!(
                 "influxd did not answer /ping within 20 s; log: {}",
-                std::fs::read_to_string(dir.path().join("influxd.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
             )
         });
-        Influx {
-            url,
-            http,
-            _child: child,
-            _dir: dir,
-        }
     }
 
     /// Creates a database (unique per test) and returns its name.
@@ -103,12 +142,11 @@ bind-address = "127.0.0.1:{rpc_port}"
         if let Some(db) = db {
             params.push(("db", db));
         }
-        let resp = self
-            .http
-            .post(format!("{}/query", self.url))
-            .form(&params)
-            .send()
-            .expect("InfluxDB query");
+        let mut rb = self.http.post(format!("{}/query", self.url)).form(&params);
+        if let Some((u, p)) = &self.auth {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        let resp = rb.send().expect("InfluxDB query");
         assert!(
             resp.status().is_success(),
             "query {q:?} failed: {}",

@@ -10,13 +10,17 @@
 
 pub mod influx;
 pub mod kafka;
+pub mod logpipe;
 pub mod process;
 pub mod truth;
 
 pub use influx::Influx;
 pub use kafka::{LogpipeBroker, Tansu};
+pub use logpipe::{produce_cmd, Analyzer, Membership};
 pub use process::{free_port, wait_until, Child};
-pub use truth::{diff, Expected, WindowTruth};
+pub use truth::{
+    diff, diff_points, points_from_influx, reference_points, Expected, Point, WindowTruth,
+};
 
 /// True when running under CI: missing components fail instead of skipping.
 pub fn in_ci() -> bool {

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::Path;
 
 use logpipe_analyzer::generate::Generator;
+use logpipe_analyzer::parse::parse_combined;
+use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
 
 /// Expected aggregates of one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,11 +49,23 @@ impl Expected {
         lines_per_sec: f64,
         lines: usize,
     ) {
-        let mut g = Generator::new(seed, start_ms, lines_per_sec).malformed_one_in(100);
+        let g = Generator::new(seed, start_ms, lines_per_sec);
+        let text = self.generate(g, source, lines);
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create log"));
+        for line in text {
+            writeln!(f, "{line}").unwrap();
+        }
+        f.flush().unwrap();
+    }
+
+    /// Draws `lines` lines from `g` (one in 100 malformed), adding their truth
+    /// under `source`; returns the lines.
+    pub fn generate(&mut self, g: Generator, source: &str, lines: usize) -> Vec<String> {
+        let mut g = g.malformed_one_in(100);
+        let mut out = Vec::with_capacity(lines);
         for _ in 0..lines {
             let (line, req) = g.next_line();
-            writeln!(f, "{line}").unwrap();
+            out.push(line);
             self.lines += 1;
             match req {
                 None => self.malformed += 1,
@@ -66,7 +80,7 @@ impl Expected {
                 }
             }
         }
-        f.flush().unwrap();
+        out
     }
 
     /// The `access_log` windows in `db` in the same shape, read with InfluxQL.
@@ -110,6 +124,145 @@ pub fn diff(
     }
     for k in got.keys().filter(|k| !expected.contains_key(*k)) {
         out += &format!("window {k:?}: unexpected\n");
+    }
+    out
+}
+
+/// Every field of one `access_log` point. Floats compare equal within one
+/// part in 10^12: InfluxDB 1.6's float parser is not correctly rounded, so a
+/// value can come back one unit in the last place off what was written.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub count: u64,
+    pub traffic: u64,
+    pub status: [u64; 5],
+    pub error_rate: f64,
+    pub qps: f64,
+    pub unique_clients: u64,
+    /// p50, p90, p99, max.
+    pub latency: Option<[f64; 4]>,
+}
+
+impl PartialEq for Point {
+    fn eq(&self, o: &Point) -> bool {
+        let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        let lat = match (self.latency, o.latency) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.iter().zip(&b).all(|(x, y)| close(*x, *y)),
+            _ => false,
+        };
+        self.count == o.count
+            && self.traffic == o.traffic
+            && self.status == o.status
+            && self.unique_clients == o.unique_clients
+            && close(self.error_rate, o.error_rate)
+            && close(self.qps, o.qps)
+            && lat
+    }
+}
+
+/// The points an uninterrupted analyzer writes for these sources' lines (fed
+/// in file order): the reference every interrupted run must equal in every
+/// field, sketches included. Uses the analyzer's parser and window core; the
+/// independent check of counts is [`Expected`].
+pub fn reference_points(
+    spec: WindowSpec,
+    sources: &[(String, Vec<String>)],
+) -> BTreeMap<(String, i64), Point> {
+    let mut out = BTreeMap::new();
+    for (name, lines) in sources {
+        let mut w = PartitionWindows::new(spec);
+        for (i, line) in lines.iter().enumerate() {
+            if let Ok(l) = parse_combined(line.as_bytes()) {
+                w.record(&Hit {
+                    source: 0,
+                    time_ms: l.time_ms,
+                    status: l.status,
+                    body_bytes: l.body_bytes,
+                    client: l.client,
+                    request_time_s: l.request_time_s,
+                    offset: i as i64,
+                });
+            }
+        }
+        let mut values = vec![];
+        w.drain(true, true, &mut values);
+        for v in values {
+            let m = v.metrics;
+            out.insert(
+                (name.clone(), v.start_ms),
+                Point {
+                    count: m.count,
+                    traffic: m.traffic,
+                    status: m.status,
+                    error_rate: if m.count == 0 {
+                        0.0
+                    } else {
+                        m.errors as f64 / m.count as f64
+                    },
+                    qps: m.count as f64 * 1000.0 / spec.window_ms as f64,
+                    unique_clients: m.unique_clients,
+                    latency: m.latency.map(|l| [l.p50, l.p90, l.p99, l.max]),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Every `access_log` point in `db`, all fields.
+pub fn points_from_influx(influx: &crate::Influx, db: &str) -> BTreeMap<(String, i64), Point> {
+    let mut out = BTreeMap::new();
+    let q = "SELECT count, traffic, status_1xx, status_2xx, status_3xx, status_4xx, status_5xx, \
+             error_rate, qps, unique_clients, latency_p50, latency_p90, latency_p99, latency_max \
+             FROM access_log GROUP BY source";
+    for series in influx.query(db, q) {
+        let source = series["tags"]["source"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let n = |i: usize| row[i].as_u64().unwrap_or(u64::MAX);
+            let f = |i: usize| row[i].as_f64();
+            let latency = match (f(11), f(12), f(13), f(14)) {
+                (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+                _ => None,
+            };
+            out.insert(
+                (source.clone(), row[0].as_i64().expect("time")),
+                Point {
+                    count: n(1),
+                    traffic: n(2),
+                    status: [n(3), n(4), n(5), n(6), n(7)],
+                    error_rate: f(8).unwrap_or(f64::NAN),
+                    qps: f(9).unwrap_or(f64::NAN),
+                    unique_clients: n(10),
+                    latency,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Describes the first differences between two point maps.
+pub fn diff_points(
+    expected: &BTreeMap<(String, i64), Point>,
+    got: &BTreeMap<(String, i64), Point>,
+) -> String {
+    let mut out = String::new();
+    for (k, e) in expected {
+        match got.get(k) {
+            Some(g) if g == e => {}
+            Some(g) => out += &format!("point {k:?}:\n  expected {e:?}\n  got      {g:?}\n"),
+            None => out += &format!("point {k:?}: missing\n"),
+        }
+        if out.len() > 4000 {
+            return out;
+        }
+    }
+    for k in got.keys().filter(|k| !expected.contains_key(*k)) {
+        out += &format!("point {k:?}: unexpected\n");
     }
     out
 }

@@ -1,0 +1,497 @@
+//! Exactly-once effect, end to end: real `logpipe produce` and `logpipe
+//! analyze` processes, a real InfluxDB, against the `logpipe broker` process
+//! and against Tansu. Log files grow while the pipeline runs; analyzers are
+//! killed, restarted, added and removed, the producer is killed — and the
+//! final `access_log` points must equal the independent truth (count,
+//! traffic, status classes) and the uninterrupted reference in every field
+//! (error rate, QPS, unique clients, latency quantiles).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use logpipe_analyzer::generate::Generator;
+use logpipe_analyzer::window::WindowSpec;
+use logpipe_testkit::{
+    diff, diff_points, points_from_influx, produce_cmd, reference_points, unique, wait_until,
+    Analyzer, Child, Expected, Influx, LogpipeBroker, Membership, Point, Tansu,
+};
+use rand::{Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
+const WINDOW_MS: i64 = 10_000;
+/// 2024-01-01T00:00:00Z: a fixed past, so nothing depends on the clock.
+const START_MS: i64 = 1_704_067_200_000;
+const SPEC: WindowSpec = WindowSpec {
+    window_ms: WINDOW_MS,
+    lateness_ms: 30_000,
+    error_status: 400,
+};
+/// The files grow in this many steps...
+const CHUNKS: usize = 24;
+/// ...this far apart.
+const CHUNK_EVERY: Duration = Duration::from_millis(400);
+
+#[derive(Clone, Copy, Debug)]
+enum Broker {
+    Mock,
+    Tansu,
+}
+
+/// A broker, a topic, an InfluxDB and three growing logs with their truth.
+struct Stack {
+    dir: tempfile::TempDir,
+    membership: Membership,
+    influx: Influx,
+    db: String,
+    paths: Vec<PathBuf>,
+    /// Per file, the lines in CHUNKS pieces.
+    chunks: Vec<Vec<Vec<String>>>,
+    expected: Expected,
+    reference: BTreeMap<(String, i64), Point>,
+    _broker: Box<dyn std::any::Any>,
+}
+
+impl Stack {
+    fn new(kind: Broker) -> Option<Stack> {
+        let topic = unique("logs");
+        let (bootstrap, session_ms, broker): (String, u64, Box<dyn std::any::Any>) = match kind {
+            Broker::Mock => {
+                let b = LogpipeBroker::start(Path::new(BIN), &[&topic], 6);
+                (b.bootstrap.clone(), 3_000, Box::new(b))
+            }
+            Broker::Tansu => {
+                let t = Tansu::start()?;
+                t.create_topic(&topic, 6);
+                (t.bootstrap.clone(), 10_000, Box::new(t))
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = Expected::new(WINDOW_MS);
+        let mut paths = vec![];
+        let mut chunks = vec![];
+        let mut sources = vec![];
+        for (i, name) in ["shop", "api", "blog"].iter().enumerate() {
+            let p = dir.path().join(format!("{name}.log"));
+            std::fs::File::create(&p).unwrap();
+            let source = p.display().to_string();
+            let g = Generator::new(200 + i as u64, START_MS, 20.0).with_request_time();
+            let lines = expected.generate(g, &source, 2400);
+            chunks.push(
+                lines
+                    .chunks(lines.len() / CHUNKS)
+                    .map(<[String]>::to_vec)
+                    .collect(),
+            );
+            sources.push((source, lines));
+            paths.push(p);
+        }
+        let reference = reference_points(SPEC, &sources);
+        let influx = Influx::start();
+        let db = influx.create_db(&unique("exact"));
+        Some(Stack {
+            membership: Membership {
+                brokers: bootstrap,
+                topic,
+                group: unique("group"),
+                session_ms,
+            },
+            dir,
+            influx,
+            db,
+            paths,
+            chunks,
+            expected,
+            reference,
+            _broker: broker,
+        })
+    }
+
+    /// Appends the logs chunk by chunk on a thread, as a web server would.
+    fn start_writing(&self) -> std::thread::JoinHandle<()> {
+        let paths = self.paths.clone();
+        let chunks = self.chunks.clone();
+        std::thread::spawn(move || {
+            for step in 0..CHUNKS {
+                for (p, c) in paths.iter().zip(&chunks) {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                    for line in &c[step] {
+                        writeln!(f, "{line}").unwrap();
+                    }
+                }
+                std::thread::sleep(CHUNK_EVERY);
+            }
+        })
+    }
+
+    fn producer(&self, n: usize) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("producer-{n}.log"))).unwrap();
+        Child::spawn(
+            "logpipe produce",
+            produce_cmd(
+                Path::new(BIN),
+                &self.membership.brokers,
+                &self.membership.topic,
+                &self.dir.path().join("checkpoints"),
+                &self.paths,
+                false,
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log),
+        )
+    }
+
+    fn analyzer(&self, id: &str, incarnation: usize) -> Analyzer {
+        Analyzer::start(
+            Path::new(BIN),
+            self.dir.path(),
+            id,
+            &format!("{id}-{incarnation}"),
+            &self.membership,
+            &self.influx.url,
+            &self.db,
+        )
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.path().extension().is_some_and(|x| x == "log")
+                    && e.path()
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains('-'))
+            })
+            .collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out += &format!("--- {} (last lines)\n", e.path().display());
+            for l in tail.into_iter().rev() {
+                out += l;
+                out += "\n";
+            }
+        }
+        out
+    }
+
+    /// Waits until InfluxDB holds exactly the reference points, then checks
+    /// the truth and the self-metrics; panics with the differences otherwise.
+    fn assert_exact(&self, what: &str) {
+        let mut got = BTreeMap::new();
+        let ok = wait_until(Duration::from_secs(150), || {
+            got = points_from_influx(&self.influx, &self.db);
+            (got == self.reference).then_some(())
+        });
+        if ok.is_none() {
+            panic!(
+                "{what}: InfluxDB differs from the uninterrupted reference ({} points expected, {} found):\n{}\nself-metrics: {:?}\n{}",
+                self.reference.len(),
+                got.len(),
+                diff_points(&self.reference, &got),
+                self.influx.query(&self.db, "SELECT last(*) FROM logpipe GROUP BY analyzer"),
+                self.logs()
+            );
+        }
+        // The independent truth (computed from the generated requests).
+        let counts = logpipe_testkit::Expected::from_influx(&self.influx, &self.db);
+        assert!(
+            counts == self.expected.windows,
+            "{what}: counts differ from the truth:\n{}",
+            diff(&self.expected.windows, &counts)
+        );
+        assert!(
+            self.reference.len() >= 3 * 12,
+            "the workload spans many windows"
+        );
+        assert!(
+            self.reference
+                .values()
+                .all(|p| p.latency.is_some() && p.unique_clients > 0),
+            "every point has latency quantiles and unique clients"
+        );
+        // Self-metrics reconcile for every analyzer's latest report.
+        for s in self.influx.query(
+            &self.db,
+            "SELECT last(consumed), last(parsed), last(malformed), last(duplicates), last(counted), last(late), last(replayed) FROM logpipe GROUP BY analyzer",
+        ) {
+            let v: Vec<u64> = s["values"][0].as_array().unwrap()[1..]
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
+            let [consumed, parsed, malformed, dups, counted, late, replayed] = v[..] else {
+                panic!("{s}")
+            };
+            assert_eq!(consumed, parsed + malformed + dups, "{what}: {s}");
+            assert_eq!(parsed, counted + late + replayed, "{what}: {s}");
+            assert_eq!(late, 0, "{what}: nothing is out of order beyond --lateness: {s}");
+        }
+    }
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Stops analyzers gracefully and checks they exit 0.
+fn stop_all(analyzers: &mut [Analyzer]) {
+    for a in analyzers {
+        let st = a.child.terminate(Duration::from_secs(30));
+        assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+    }
+}
+
+/// Waits until the analyzers together own all six partitions.
+fn settled(analyzers: &[Analyzer]) {
+    wait_until(Duration::from_secs(90), || {
+        (analyzers.iter().map(Analyzer::owned).sum::<usize>() == 6).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "group did not settle: {}",
+            analyzers
+                .iter()
+                .map(Analyzer::log)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        )
+    });
+}
+
+/// (a) One analyzer, never interrupted.
+fn one_analyzer(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a = vec![s.analyzer("a0", 0)];
+    let mut producer = s.producer(0);
+    s.start_writing().join().unwrap();
+    s.assert_exact("one analyzer");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+/// (b) Three analyzers sharing the partitions.
+fn three_analyzers(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a: Vec<Analyzer> = (0..3).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    let mut producer = s.producer(0);
+    s.start_writing().join().unwrap();
+    s.assert_exact("three analyzers");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+/// (c) Three analyzers; one of them `kill -9`ed and restarted at random
+/// moments, five times.
+fn analyzers_killed_and_restarted(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a: Vec<Analyzer> = (0..3).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    settled(&a);
+    let mut producer = s.producer(0);
+    let writer = s.start_writing();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id().into());
+    for round in 1..=5 {
+        sleep_ms(rng.random_range(300..2_500));
+        let k = rng.random_range(0..3);
+        a[k].child.kill();
+        eprintln!("round {round}: killed a{k}");
+        sleep_ms(rng.random_range(0..1_500));
+        a[k] = s.analyzer(&format!("a{k}"), round);
+    }
+    writer.join().unwrap();
+    s.assert_exact("analyzers killed and restarted");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+/// (d) Analyzers added and removed while lines flow (rebalances).
+fn analyzers_added_and_removed(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a = vec![s.analyzer("a0", 0)];
+    settled(&a);
+    let mut producer = s.producer(0);
+    let writer = s.start_writing();
+    sleep_ms(1_500);
+    a.push(s.analyzer("a1", 0));
+    sleep_ms(1_500);
+    a.push(s.analyzer("a2", 0));
+    sleep_ms(1_500);
+    let mut gone = a.remove(0);
+    assert!(
+        gone.child.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        gone.log()
+    );
+    sleep_ms(1_500);
+    a.push(s.analyzer("a3", 0));
+    sleep_ms(1_500);
+    let mut gone = a.remove(0);
+    assert!(
+        gone.child.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        gone.log()
+    );
+    writer.join().unwrap();
+    s.assert_exact("analyzers added and removed");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+/// (e) The producer `kill -9`ed and restarted mid-stream (it re-sends what
+/// its checkpoint had not recorded; the analyzers drop the duplicates).
+fn producer_killed_and_restarted(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    settled(&a);
+    let mut producer = s.producer(0);
+    let writer = s.start_writing();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(std::process::id()) + 1);
+    for round in 1..=3 {
+        sleep_ms(rng.random_range(500..2_500));
+        producer.kill();
+        eprintln!("round {round}: killed the producer");
+        producer = s.producer(round);
+    }
+    writer.join().unwrap();
+    s.assert_exact("producer killed and restarted");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+#[test]
+fn mock_a_one_analyzer() {
+    one_analyzer(Broker::Mock);
+}
+#[test]
+fn mock_b_three_analyzers() {
+    three_analyzers(Broker::Mock);
+}
+#[test]
+fn mock_c_analyzers_killed_and_restarted() {
+    analyzers_killed_and_restarted(Broker::Mock);
+}
+#[test]
+fn mock_d_analyzers_added_and_removed() {
+    analyzers_added_and_removed(Broker::Mock);
+}
+#[test]
+fn mock_e_producer_killed_and_restarted() {
+    producer_killed_and_restarted(Broker::Mock);
+}
+#[test]
+fn tansu_a_one_analyzer() {
+    one_analyzer(Broker::Tansu);
+}
+#[test]
+fn tansu_b_three_analyzers() {
+    three_analyzers(Broker::Tansu);
+}
+#[test]
+fn tansu_c_analyzers_killed_and_restarted() {
+    analyzers_killed_and_restarted(Broker::Tansu);
+}
+#[test]
+fn tansu_d_analyzers_added_and_removed() {
+    analyzers_added_and_removed(Broker::Tansu);
+}
+#[test]
+fn tansu_e_producer_killed_and_restarted() {
+    producer_killed_and_restarted(Broker::Tansu);
+}
+
+/// InfluxDB stopped for 30 s mid-stream: the analyzers pause and retry; no
+/// window is missing or wrong afterwards.
+#[test]
+fn influx_outage_of_30_seconds_loses_nothing() {
+    let Some(mut s) = Stack::new(Broker::Mock) else {
+        return;
+    };
+    let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    settled(&a);
+    let mut producer = s.producer(0);
+    let writer = s.start_writing();
+    sleep_ms(2_000);
+    s.influx.stop();
+    let stopped = Instant::now();
+    sleep_ms(30_000);
+    s.influx.resume();
+    eprintln!("InfluxDB was down for {:?}", stopped.elapsed());
+    writer.join().unwrap();
+    s.assert_exact("InfluxDB outage");
+    let retries: u64 = s
+        .influx
+        .query(
+            &s.db,
+            "SELECT last(write_retries) FROM logpipe GROUP BY analyzer",
+        )
+        .iter()
+        .map(|x| x["values"][0][1].as_u64().unwrap())
+        .sum();
+    assert!(retries > 0, "the analyzers saw the outage");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
+/// Runs `logpipe analyze` expected to fail at start-up; returns its stderr.
+fn analyze_fails(influx: &Influx, brokers: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["analyze", "--brokers", brokers, "--topic", "logs"])
+        .args(["--influx-url", &influx.url])
+        .args(extra)
+        .output()
+        .expect("run logpipe analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "analyze should fail: {stderr}");
+    assert!(
+        !stderr.contains("partitions assigned"),
+        "it must not join the group: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn bad_credentials_and_unknown_database_are_named() {
+    let broker = LogpipeBroker::start(Path::new(BIN), &["logs"], 2);
+    let influx = Influx::start_with_auth();
+    let db = influx.create_db("metrics");
+    let e = analyze_fails(
+        &influx,
+        &broker.bootstrap,
+        &[
+            "--influx-db",
+            &db,
+            "--influx-user",
+            "admin",
+            "--influx-password",
+            "wrong",
+        ],
+    );
+    assert!(
+        e.contains("401") && e.contains("credentials were refused"),
+        "names the cause: {e}"
+    );
+    let e = analyze_fails(
+        &influx,
+        &broker.bootstrap,
+        &[
+            "--influx-db",
+            "nosuchdb",
+            "--influx-user",
+            "admin",
+            "--influx-password",
+            "secret",
+        ],
+    );
+    assert!(
+        e.contains("\"nosuchdb\" does not exist") && e.contains("--influx-create-db"),
+        "names the database and the fix: {e}"
+    );
+    assert_eq!(
+        e.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "one error line: {e}"
+    );
+}

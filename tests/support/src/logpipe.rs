@@ -1,0 +1,104 @@
+//! `logpipe analyze` and `logpipe produce` as child processes, the way an
+//! operator runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::process::Child;
+
+/// Where analyzers consume and how fast a dead member is noticed.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    /// `session.timeout.ms`: short for the mock (its rebalance waits about one
+    /// session), longer for Tansu (its coordinator answers heartbeats slowly
+    /// on a loaded machine, and a spurious session timeout means a rebalance).
+    pub session_ms: u64,
+}
+
+/// A running `logpipe analyze`, its stderr in a file.
+pub struct Analyzer {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Analyzer {
+    /// Starts `logpipe analyze` as analyzer id `id`, logging to `dir/<log_name>.log`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        id: &str,
+        log_name: &str,
+        m: &Membership,
+        influx_url: &str,
+        db: &str,
+    ) -> Analyzer {
+        let log = dir.join(format!("{log_name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Child::spawn(
+            "logpipe analyze",
+            Command::new(bin)
+                .args(["analyze", "--brokers", &m.brokers, "--topic", &m.topic])
+                .args(["--group", &m.group, "--analyzer-id", id])
+                .args(["--influx-url", influx_url, "--influx-db", db])
+                .args(["--flush-interval", "300ms"])
+                .args(["--kafka", &format!("session.timeout.ms={}", m.session_ms)])
+                .args([
+                    "--kafka",
+                    &format!("heartbeat.interval.ms={}", m.session_ms / 6),
+                ])
+                .stdout(Stdio::null())
+                .stderr(f),
+        );
+        Analyzer { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Partitions owned now, from the analyzer's own assignment log lines.
+    pub fn owned(&self) -> usize {
+        let mut owned = 0usize;
+        for line in self.log().lines() {
+            let count = || {
+                line.split("count=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|c| c.parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            if line.contains("partitions assigned") {
+                owned += count();
+            } else if line.contains("partitions revoked") {
+                owned = owned.saturating_sub(count());
+            }
+        }
+        owned
+    }
+}
+
+/// `logpipe produce --from-beginning` following `paths`, checkpoints in
+/// `checkpoints`, host `testhost`; `exit_on_eof` makes it a one-shot run.
+pub fn produce_cmd(
+    bin: &Path,
+    brokers: &str,
+    topic: &str,
+    checkpoints: &Path,
+    paths: &[PathBuf],
+    exit_on_eof: bool,
+) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["produce", "--brokers", brokers, "--topic", topic])
+        .args(["--host", "testhost", "--from-beginning"])
+        .arg("--checkpoint-dir")
+        .arg(checkpoints)
+        .args(["--poll-interval", "100ms"]);
+    if exit_on_eof {
+        c.arg("--exit-on-eof");
+    }
+    c.args(paths);
+    c
+}
