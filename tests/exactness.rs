@@ -169,7 +169,12 @@ impl Stack {
         entries.sort_by_key(|e| e.path());
         for e in entries {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("malformed line"))
+                .rev()
+                .take(25)
+                .collect();
             out += &format!("--- {} (last lines)\n", e.path().display());
             for l in tail.into_iter().rev() {
                 out += l;
@@ -245,10 +250,11 @@ fn stop_all(analyzers: &mut [Analyzer]) {
     }
 }
 
-/// Waits until the analyzers together own all six partitions.
+/// Waits until the analyzers together own all six partitions, each some.
 fn settled(analyzers: &[Analyzer]) {
     wait_until(Duration::from_secs(90), || {
-        (analyzers.iter().map(Analyzer::owned).sum::<usize>() == 6).then_some(())
+        let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
+        (owned.iter().sum::<usize>() == 6 && owned.iter().all(|&n| n > 0)).then_some(())
     })
     .unwrap_or_else(|| {
         panic!(

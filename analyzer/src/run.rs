@@ -222,7 +222,9 @@ pub fn run(
 }
 
 /// Loads restore points inside the rebalance callback; retries a store that
-/// cannot be reached for up to a minute (the group waits meanwhile).
+/// cannot be reached for up to four minutes (the group waits meanwhile; below
+/// librdkafka's default `max.poll.interval.ms` of five minutes), then gives up
+/// and the analyzer exits with the cause.
 fn start_offsets(
     store: Arc<dyn StateStore>,
     scope: Scope,
@@ -230,7 +232,7 @@ fn start_offsets(
     control: Arc<Control>,
 ) -> StartOffsets {
     Box::new(move |ps: &[i32]| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(240);
         let mut wait = Duration::from_millis(200);
         loop {
             match store.load(&scope, ps) {
