@@ -92,7 +92,9 @@ impl Agg {
         if (100..600).contains(&hit.status) {
             self.status[usize::from(hit.status / 100 - 1)] += 1;
         }
-        self.clients.insert(hit.client);
+        // One-shot WyHash of the address bytes (fixed seed: the same
+        // estimate in every run).
+        self.clients.insert_hash(wyhash::wyhash(hit.client, 0));
         if let Some(t) = hit.request_time_s {
             if t.is_finite() && t >= 0.0 {
                 self.latency
