@@ -577,14 +577,13 @@ mod tests {
         let run = |cut_every: usize, restore_at_flush: bool| {
             let mut finals: BTreeMap<(SourceId, i64), Metrics> = BTreeMap::new();
             let mut w = PartitionWindows::new(SPEC);
-            let mut saved: Option<RestorePoint> = None;
             let mut i = 0usize;
             let mut flushes = 0usize;
             let mut high = 0usize;
             while i < records.len() {
                 w.record(&records[i]);
                 i += 1;
-                if i % 50 == 0 && i > high {
+                if i.is_multiple_of(50) && i > high {
                     high = i;
                     let mut out = vec![];
                     w.drain(false, false, &mut out);
@@ -595,11 +594,11 @@ mod tests {
                             "final rewritten differently"
                         );
                     }
-                    saved = w.restore_point();
+                    let saved = w.restore_point();
                     flushes += 1;
-                    if restore_at_flush && flushes % cut_every == 0 {
+                    if restore_at_flush && flushes.is_multiple_of(cut_every) {
                         // Crash some records later, restore from the saved point.
-                        let p = saved.clone().unwrap();
+                        let p = saved.unwrap();
                         w = PartitionWindows::restored(SPEC, &p);
                         i = p.offset as usize;
                     }
