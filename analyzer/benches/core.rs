@@ -33,15 +33,7 @@ fn run(lines: &[String], sources: u32) -> f64 {
     let t = Instant::now();
     for (i, line) in lines.iter().enumerate() {
         if let Ok(l) = parse_combined(line.as_bytes()) {
-            w.record(&Hit {
-                source: i as u32 % sources,
-                time_ms: l.time_ms,
-                status: l.status,
-                body_bytes: l.body_bytes,
-                client: l.client,
-                request_time_s: l.request_time_s,
-                offset: i as i64,
-            });
+            w.record(&Hit::from_line(i as u32 % sources, &l, i as i64));
         }
         if i % 100_000 == 99_999 {
             out.clear();
@@ -90,15 +82,7 @@ fn main() {
     let mut most_open = 0;
     for (i, line) in ls.iter().enumerate() {
         if let Ok(l) = parse_combined(line.as_bytes()) {
-            w.record(&Hit {
-                source: i as u32 % 10_000,
-                time_ms: l.time_ms,
-                status: l.status,
-                body_bytes: l.body_bytes,
-                client: l.client,
-                request_time_s: l.request_time_s,
-                offset: i as i64,
-            });
+            w.record(&Hit::from_line(i as u32 % 10_000, &l, i as i64));
         }
         if i % 10_000 == 9_999 {
             most_open = most_open.max(w.open_windows());

@@ -25,7 +25,7 @@ pub fn push_tag(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-fn push_int(out: &mut Vec<u8>, name: &str, v: u64) {
+pub(crate) fn push_int(out: &mut Vec<u8>, name: &str, v: impl itoa::Integer) {
     out.extend_from_slice(name.as_bytes());
     out.push(b'=');
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());

@@ -577,15 +577,7 @@ fn handle(
     match parse_combined(line) {
         Ok(l) => {
             counters.parsed += 1;
-            let hit = Hit {
-                source,
-                time_ms: l.time_ms,
-                status: l.status,
-                body_bytes: l.body_bytes,
-                client: l.client,
-                request_time_s: l.request_time_s,
-                offset,
-            };
+            let hit = Hit::from_line(source, &l, offset);
             match part.windows.record(&hit) {
                 Recorded::Added => counters.counted += 1,
                 Recorded::Late => counters.late += 1,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::line_protocol::push_tag;
+use crate::line_protocol::{push_int, push_tag};
 use crate::sink::SinkError;
 
 /// Measurement of the per-partition restore offsets.
@@ -73,13 +73,6 @@ pub trait StateStore: Send + Sync {
     ) -> Result<HashMap<i32, StoredPoint>, SinkError>;
 }
 
-fn push_int_field(out: &mut Vec<u8>, name: &str, v: i64) {
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'=');
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-    out.push(b'i');
-}
-
 fn push_scope_tags(out: &mut Vec<u8>, scope: &Scope, partition: i32) {
     out.extend_from_slice(b",group=");
     push_tag(out, scope.group.as_bytes());
@@ -98,7 +91,7 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             out.extend_from_slice(b",topic=");
             push_tag(out, st.scope.topic.as_bytes());
             out.push(b' ');
-            push_int_field(out, "max_event_ms", *m);
+            push_int(out, "max_event_ms", *m);
             out.extend_from_slice(b" 0\n");
         }
         out.extend_from_slice(STATE.as_bytes());
@@ -113,9 +106,9 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             out.push(c);
         }
         out.extend_from_slice(b"\",");
-        push_int_field(out, "next_offset", u.next_offset);
+        push_int(out, "next_offset", u.next_offset);
         out.push(b',');
-        push_int_field(out, "restore_offset", u.offset);
+        push_int(out, "restore_offset", u.offset);
         out.extend_from_slice(b" 0\n");
     }
 }

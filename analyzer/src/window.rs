@@ -168,6 +168,21 @@ pub struct Hit<'a> {
     pub offset: i64,
 }
 
+impl<'a> Hit<'a> {
+    /// The hit of a parsed line of `source` at Kafka `offset`.
+    pub fn from_line(source: SourceId, l: &crate::parse::AccessLine<'a>, offset: i64) -> Self {
+        Hit {
+            source,
+            time_ms: l.time_ms,
+            status: l.status,
+            body_bytes: l.body_bytes,
+            client: l.client,
+            request_time_s: l.request_time_s,
+            offset,
+        }
+    }
+}
+
 /// A window's value as written to the sink.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowValue {

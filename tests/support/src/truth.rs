@@ -174,15 +174,7 @@ pub fn reference_points(
         let mut w = PartitionWindows::new(spec);
         for (i, line) in lines.iter().enumerate() {
             if let Ok(l) = parse_combined(line.as_bytes()) {
-                w.record(&Hit {
-                    source: 0,
-                    time_ms: l.time_ms,
-                    status: l.status,
-                    body_bytes: l.body_bytes,
-                    client: l.client,
-                    request_time_s: l.request_time_s,
-                    offset: i as i64,
-                });
+                w.record(&Hit::from_line(0, &l, i as i64));
             }
         }
         let mut values = vec![];
