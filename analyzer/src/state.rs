@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! logpipe_state,group=G,partition=P,topic=T analyzer="a1",next_offset=812i,restore_offset=640i 0
-//! logpipe_state_source,group=G,partition=P,src=web1:/var/log/a.log,topic=T max_event_ms=1704067290000i 0
+//! logpipe_state_source,group=G,partition=P,src=web1:/var/log/a.log,topic=T max_event_ms=1704067290000i,next_offset=812i 0
 //! ```
 //!
 //! All at timestamp 0, so each write replaces the previous value of its series
@@ -62,6 +62,11 @@ pub struct StoredPoint {
     pub offset: i64,
     pub next_offset: i64,
     pub sources: Vec<(String, i64)>,
+    /// Sources whose max event time was written by a writer that had read
+    /// further than `next_offset` (a former owner still writing during a
+    /// rebalance), with how far it had read. Its records up to there in
+    /// windows that max closes were counted in final points by that writer.
+    pub ahead: Vec<(String, i64)>,
 }
 
 /// Reads restore points back (on assignment).
@@ -92,6 +97,8 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             push_tag(out, st.scope.topic.as_bytes());
             out.push(b' ');
             push_int(out, "max_event_ms", *m);
+            out.push(b',');
+            push_int(out, "next_offset", u.next_offset);
             out.extend_from_slice(b" 0\n");
         }
         out.extend_from_slice(STATE.as_bytes());
@@ -131,7 +138,7 @@ pub fn queries(scope: &Scope) -> (String, String) {
     );
     (
         format!("SELECT \"restore_offset\", \"next_offset\" FROM \"{STATE}\" {filter} GROUP BY \"partition\""),
-        format!("SELECT \"max_event_ms\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
+        format!("SELECT \"max_event_ms\", \"next_offset\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
     )
 }
 
@@ -146,9 +153,10 @@ pub fn from_series(
         let p: i32 = s["tags"]["partition"].as_str()?.parse().ok()?;
         partitions.contains(&p).then_some(p)
     };
+    // A missing field (a point from before the field existed) reads as -1.
     let last_row = |s: &serde_json::Value| -> Option<Vec<i64>> {
         let row = s["values"].as_array()?.last()?.as_array()?;
-        row[1..].iter().map(|v| v.as_i64()).collect()
+        Some(row[1..].iter().map(|v| v.as_i64().unwrap_or(-1)).collect())
     };
     let mut out: HashMap<i32, StoredPoint> = HashMap::new();
     for s in parts {
@@ -165,7 +173,10 @@ pub fn from_series(
             let key = s["tags"]["src"].as_str().unwrap_or_default().to_string();
             // Source points without a partition point are not trusted: the
             // request that wrote them did not complete.
-            if let (Some(e), [m]) = (out.get_mut(&p), &row[..]) {
+            if let (Some(e), [m, at, ..]) = (out.get_mut(&p), &row[..]) {
+                if *at > e.next_offset {
+                    e.ahead.push((key.clone(), *at));
+                }
                 e.sources.push((key, *m));
             }
         }
@@ -289,6 +300,9 @@ impl StateStore for FileState {
                         offset: fp.offset,
                         next_offset: fp.next_offset,
                         sources: fp.sources.iter().map(|(k, &m)| (k.clone(), m)).collect(),
+                        // One file, one writer at a time (the demo's
+                        // analyzers share it inside one process).
+                        ahead: Vec::new(),
                     },
                 ))
             })
@@ -327,7 +341,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs max_event_ms=1704067290000i 0\n\
+            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs max_event_ms=1704067290000i,next_offset=812i 0\n\
              logpipe_state,group=logpipe-analyzers,partition=3,topic=logs analyzer=\"a\\\"1\",next_offset=812i,restore_offset=640i 0\n"
         );
     }
@@ -340,8 +354,10 @@ mod tests {
         )
         .unwrap();
         let srcs: Vec<serde_json::Value> = serde_json::from_str(
-            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms"],"values":[[0,1704067290000]]},
-                {"name":"logpipe_state_source","tags":{"partition":"5","src":"orphan"},"columns":["time","max_event_ms"],"values":[[0,1]]}]"#,
+            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067290000,700]]},
+                {"name":"logpipe_state_source","tags":{"partition":"3","src":"zombie"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067300000,900]]},
+                {"name":"logpipe_state_source","tags":{"partition":"3","src":"old"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067280000,null]]},
+                {"name":"logpipe_state_source","tags":{"partition":"5","src":"orphan"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1,1]]}]"#,
         )
         .unwrap();
         let got = from_series(&parts, &srcs, &[3, 5]);
@@ -355,7 +371,12 @@ mod tests {
             StoredPoint {
                 offset: 640,
                 next_offset: 812,
-                sources: vec![("web 1:/a".into(), 1_704_067_290_000)],
+                sources: vec![
+                    ("web 1:/a".into(), 1_704_067_290_000),
+                    ("zombie".into(), 1_704_067_300_000),
+                    ("old".into(), 1_704_067_280_000),
+                ],
+                ahead: vec![("zombie".into(), 900)],
             }
         );
     }

@@ -229,6 +229,10 @@ pub struct RestorePoint {
     pub next_offset: i64,
     /// Max event time per source.
     pub max_event_ms: Vec<(SourceId, i64)>,
+    /// Sources whose max was stored by a writer that had read further than
+    /// `next_offset`, with how far: their records before that in windows
+    /// the max closes were counted by that writer, so they are replayed.
+    pub ahead: Vec<(SourceId, i64)>,
 }
 
 /// Open windows of one partition, ordered by (start, source) so closing pops
@@ -245,6 +249,9 @@ pub struct PartitionWindows {
     next_offset: Option<i64>,
     /// Records before this offset were seen by a previous owner.
     replay_until: i64,
+    /// Per source, when a previous writer had seen further (see
+    /// [`RestorePoint::ahead`]).
+    replay_until_source: HashMap<SourceId, i64>,
     late: u64,
 }
 
@@ -257,6 +264,7 @@ impl PartitionWindows {
             changed: Vec::new(),
             next_offset: None,
             replay_until: i64::MIN,
+            replay_until_source: HashMap::new(),
             late: 0,
         }
     }
@@ -268,6 +276,7 @@ impl PartitionWindows {
         let mut w = PartitionWindows::new(spec);
         w.max_event_ms.extend(point.max_event_ms.iter().copied());
         w.replay_until = point.next_offset;
+        w.replay_until_source.extend(point.ahead.iter().copied());
         w
     }
 
@@ -298,7 +307,12 @@ impl PartitionWindows {
         let start = self.window_start(hit.time_ms);
         if let Some(c) = self.closed_through_ms(hit.source) {
             if start + self.spec.window_ms <= c {
-                if hit.offset < self.replay_until {
+                if hit.offset < self.replay_until
+                    || self
+                        .replay_until_source
+                        .get(&hit.source)
+                        .is_some_and(|&u| hit.offset < u)
+                {
                     return Recorded::Replayed;
                 }
                 self.late += 1;
@@ -395,6 +409,7 @@ impl PartitionWindows {
             offset: self.restore_offset().unwrap_or(next_offset),
             next_offset,
             max_event_ms: self.max_event_ms.iter().map(|(&s, &m)| (s, m)).collect(),
+            ahead: Vec::new(),
         })
     }
 
@@ -482,6 +497,30 @@ mod tests {
         );
         assert_eq!(w.late_count(), 1);
         assert_eq!(w.closed_through_ms(0), Some(10_000));
+    }
+
+    #[test]
+    fn records_a_writer_ahead_already_counted_are_replayed_not_late() {
+        // The partition's point says next_offset 2, but source 0's max (45s,
+        // which closes [0,10s)) was stored by a former owner that had read to
+        // offset 4. Its offsets 2 and 3 in [0,10s) were in that owner's final
+        // point; offset 4 on is new and late for real.
+        let point = RestorePoint {
+            offset: 1,
+            next_offset: 2,
+            max_event_ms: vec![(0, 45_000), (1, 45_000)],
+            ahead: vec![(0, 4)],
+        };
+        let mut w = PartitionWindows::restored(SPEC, &point);
+        assert_eq!(w.record(&hit(0, 9_000, 200, 2)), Recorded::Replayed);
+        assert_eq!(w.record(&hit(0, 9_000, 200, 3)), Recorded::Replayed);
+        assert_eq!(
+            w.record(&hit(1, 9_000, 200, 3)),
+            Recorded::Late,
+            "source 1 was not ahead"
+        );
+        assert_eq!(w.record(&hit(0, 9_000, 200, 4)), Recorded::Late);
+        assert_eq!(w.late_count(), 2);
     }
 
     #[test]
