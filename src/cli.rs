@@ -144,6 +144,12 @@ pub struct AnalyzeArgs {
     /// Consumer group; analyzers in one group share the partitions.
     #[arg(long, env = "LOGPIPE_GROUP", default_value = logpipe_wire::DEFAULT_GROUP)]
     pub group: String,
+    /// Consume exactly these partitions (e.g. `0,1`) instead of sharing them
+    /// through the group coordinator: no rebalances; each partition must be
+    /// given to exactly one analyzer. For brokers whose group coordination is
+    /// unreliable, or placement managed outside Kafka.
+    #[arg(long, env = "LOGPIPE_PARTITIONS", value_delimiter = ',')]
+    pub partitions: Option<Vec<i32>>,
     #[command(flatten)]
     pub window: WindowArgs,
     #[command(flatten)]
@@ -154,6 +160,11 @@ pub struct AnalyzeArgs {
     /// Files remembered per partition to drop producer re-sends by (file, offset).
     #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
     pub dedup_files: usize,
+    /// How often consumed offsets are committed to the group, for lag tools
+    /// (kafka-consumer-groups, Burrow). Resuming does not depend on them: the
+    /// restore points stored with the windows do.
+    #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub commit_interval: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -63,11 +63,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
                     ("session.timeout.ms".into(), "2000".into()),
                     ("heartbeat.interval.ms".into(), "500".into()),
                 ],
+                partitions: None,
             },
             spec,
             flush_interval: a.window.flush_interval,
             analyzer_id: format!("demo-{i}"),
             dedup_files: 65_536,
+            commit_interval: Duration::from_secs(5),
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));

@@ -146,6 +146,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             topic: a.kafka.topic,
             group: a.group,
             extra: a.kafka.kafka,
+            partitions: a.partitions,
         },
         spec,
         flush_interval: a.window.flush_interval,
@@ -153,6 +154,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             .analyzer_id
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         dedup_files: a.dedup_files,
+        commit_interval: a.commit_interval,
     };
     let control = Control::new();
     let c = control.clone();

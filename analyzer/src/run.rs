@@ -41,6 +41,9 @@ pub struct AnalyzerConfig {
     pub analyzer_id: String,
     /// Files remembered per partition for de-duplication.
     pub dedup_files: usize,
+    /// How often restore offsets are committed to the group (for lag tools;
+    /// resuming uses the restore points in the sink).
+    pub commit_interval: Duration,
 }
 
 /// How a run is asked to end; shared between the analyzer and whoever controls it.
@@ -183,6 +186,9 @@ struct Analyzer {
     batch: Batch,
     /// Paused after a failed write until a write succeeds.
     paused: bool,
+    /// Restore offsets accepted by the sink and not yet committed.
+    uncommitted: BTreeMap<i32, i64>,
+    last_commit: Instant,
 }
 
 /// Runs one analyzer until `control` says stop or finish, or a permanent error.
@@ -217,6 +223,8 @@ pub fn run(
         counters: Counters::default(),
         batch: Batch::default(),
         paused: false,
+        uncommitted: BTreeMap::new(),
+        last_commit: Instant::now(),
     }
     .run(&consumer)
 }
@@ -341,6 +349,7 @@ impl Analyzer {
                 Err(e) => return Err(AnalyzeError::Sink(e)),
             }
         }
+        self.commit(consumer, true);
         tracing::info!(analyzer = %self.cfg.analyzer_id, counters = ?self.counters, "analyzer stopped");
         Ok(self.counters)
     }
@@ -373,6 +382,11 @@ impl Analyzer {
                                     .sources
                                     .iter()
                                     .map(|(k, m)| (self.sources.id(k.as_bytes(), None), *m))
+                                    .collect(),
+                                ahead: pt
+                                    .ahead
+                                    .iter()
+                                    .map(|(k, u)| (self.sources.id(k.as_bytes(), None), *u))
                                     .collect(),
                             };
                             PartitionWindows::restored(self.cfg.spec, &point)
@@ -411,6 +425,8 @@ impl Analyzer {
         for p in ps {
             self.parts.remove(p);
             progress.remove(p);
+            // The next owner commits; ours would be refused or stale.
+            self.uncommitted.remove(p);
         }
         self.batch.drop_partitions(ps);
     }
@@ -506,12 +522,30 @@ impl Analyzer {
                 });
             }
         }
-        // For lag tools; the restore point in the sink is what resumes.
-        let commits: Vec<(i32, i64)> = updates.iter().map(|u| (u.partition, u.offset)).collect();
-        if let Err(e) = consumer.commit(&commits) {
-            tracing::debug!(error = %e, "offset commit failed; the next flush commits again");
-        }
+        self.uncommitted
+            .extend(updates.iter().map(|u| (u.partition, u.offset)));
+        self.commit(consumer, false);
         Ok(())
+    }
+
+    /// Commits accepted restore offsets, at most every `commit_interval`
+    /// unless `now`. Only for lag tools: the restore point in the sink is
+    /// what resumes, so a failed commit is retried at the next one. (Rarely,
+    /// too: every commit is a group-coordinator request.)
+    fn commit(&mut self, consumer: &GroupConsumer, now: bool) {
+        if self.uncommitted.is_empty()
+            || (!now && self.last_commit.elapsed() < self.cfg.commit_interval)
+        {
+            return;
+        }
+        self.last_commit = Instant::now();
+        let commits: Vec<(i32, i64)> = std::mem::take(&mut self.uncommitted).into_iter().collect();
+        if let Err(e) = consumer.commit(&commits) {
+            tracing::debug!(error = %e, "offset commit failed; the next commit retries");
+            if !now {
+                self.uncommitted.extend(commits);
+            }
+        }
     }
 
     /// Records on the broker not consumed yet, over owned partitions.

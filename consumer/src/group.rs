@@ -25,6 +25,11 @@ pub struct GroupConfig {
     pub group: String,
     /// Extra librdkafka properties (`--kafka key=value`), applied last.
     pub extra: Vec<(String, String)>,
+    /// Fixed partitions instead of group membership: the member assigns these
+    /// itself at start and never rebalances (the group id still names the
+    /// commits). For brokers whose group coordinator cannot be trusted, or
+    /// deployments that place partitions themselves.
+    pub partitions: Option<Vec<i32>>,
 }
 
 /// An assignment change, in the order the group coordinator made it.
@@ -48,6 +53,8 @@ pub enum ConsumerError {
     Subscribe { topic: String, source: KafkaError },
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Start(String),
 }
 
 /// Where each newly assigned partition starts, asked inside the rebalance
@@ -177,12 +184,34 @@ impl GroupConsumer {
                 start,
             })
             .map_err(ConsumerError::Config)?;
-        consumer
-            .subscribe(&[&cfg.topic])
-            .map_err(|source| ConsumerError::Subscribe {
-                topic: cfg.topic.clone(),
-                source,
-            })?;
+        match &cfg.partitions {
+            None => {
+                consumer
+                    .subscribe(&[&cfg.topic])
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: cfg.topic.clone(),
+                        source,
+                    })?
+            }
+            Some(ps) => {
+                let ctx = consumer.context();
+                let offsets = match &ctx.start {
+                    Some(start) => start(ps).map_err(ConsumerError::Start)?,
+                    None => HashMap::new(),
+                };
+                let mut tpl = TopicPartitionList::new();
+                for &p in ps {
+                    // Without a start offset: the group's committed offset,
+                    // else `auto.offset.reset` (earliest).
+                    let o = offsets
+                        .get(&p)
+                        .map_or(Offset::Stored, |&o| Offset::Offset(o));
+                    tpl.add_partition_offset(&cfg.topic, p, o)?;
+                }
+                consumer.assign(&tpl)?;
+                ctx.push(RebalanceEvent::Assigned(ps.clone()));
+            }
+        }
         Ok(GroupConsumer {
             consumer,
             topic: cfg.topic.clone(),
@@ -278,6 +307,7 @@ mod tests {
                     ("session.timeout.ms".into(), "2000".into()),
                     ("heartbeat.interval.ms".into(), "500".into()),
                 ],
+                partitions: None,
             },
             None,
         )
@@ -318,5 +348,43 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3]);
         assert!(a.commit(&[(owned[0][0], 0)]).is_ok());
+    }
+
+    #[test]
+    fn fixed_partitions_are_assigned_at_start_with_their_start_offsets() {
+        let broker = MockBroker::start(1).unwrap();
+        broker.create_topic("t", 4).unwrap();
+        let cfg = |ps: Vec<i32>| GroupConfig {
+            brokers: broker.bootstrap().to_string(),
+            topic: "t".into(),
+            group: "g".into(),
+            extra: vec![],
+            partitions: Some(ps),
+        };
+        let asked = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let a2 = asked.clone();
+        let m = GroupConsumer::new(
+            &cfg(vec![1, 3]),
+            Some(Box::new(move |ps: &[i32]| {
+                a2.lock().unwrap().extend_from_slice(ps);
+                Ok(HashMap::from([(1, 0)]))
+            })),
+        )
+        .unwrap();
+        assert_eq!(
+            m.take_rebalance(),
+            Some(RebalanceEvent::Assigned(vec![1, 3]))
+        );
+        assert_eq!(*asked.lock().unwrap(), vec![1, 3]);
+        let _ = m.poll(Duration::from_millis(200));
+        assert_eq!(m.take_rebalance(), None, "no group, no rebalance");
+
+        let err = GroupConsumer::new(
+            &cfg(vec![0]),
+            Some(Box::new(|_: &[i32]| Err("state store down".to_string()))),
+        )
+        .err()
+        .expect("a start-offset failure is an error");
+        assert_eq!(err.to_string(), "state store down");
     }
 }
