@@ -50,6 +50,8 @@ struct Stack {
     chunks: Vec<Vec<Vec<String>>>,
     expected: Expected,
     reference: BTreeMap<(String, i64), Point>,
+    /// Analyzers take fixed partitions (`--partitions`) instead of a group.
+    fixed_partitions: bool,
     _broker: Box<dyn std::any::Any>,
 }
 
@@ -104,6 +106,7 @@ impl Stack {
             chunks,
             expected,
             reference,
+            fixed_partitions: false,
             _broker: broker,
         })
     }
@@ -143,7 +146,12 @@ impl Stack {
     }
 
     fn analyzer(&self, id: &str, incarnation: usize) -> Analyzer {
-        Analyzer::start(
+        // With fixed partitions, analyzer aK consumes partitions 2K and 2K+1.
+        let extra: Vec<String> = match (self.fixed_partitions, id[1..].parse::<i32>()) {
+            (true, Ok(k)) => vec!["--partitions".into(), format!("{},{}", 2 * k, 2 * k + 1)],
+            _ => vec![],
+        };
+        Analyzer::start_with(
             Path::new(BIN),
             self.dir.path(),
             id,
@@ -151,6 +159,7 @@ impl Stack {
             &self.membership,
             &self.influx.url,
             &self.db,
+            &extra,
         )
     }
 
@@ -167,6 +176,15 @@ impl Stack {
             })
             .collect();
         entries.sort_by_key(|e| e.path());
+        if let Some(t) = self._broker.downcast_ref::<Tansu>() {
+            let log = t.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            out += "--- tansu (last lines)\n";
+            for l in tail.into_iter().rev() {
+                out += l;
+                out += "\n";
+            }
+        }
         for e in entries {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let tail: Vec<&str> = text
@@ -233,7 +251,12 @@ impl Stack {
             };
             assert_eq!(consumed, parsed + malformed + dups, "{what}: {s}");
             assert_eq!(parsed, counted + late + replayed, "{what}: {s}");
-            assert_eq!(late, 0, "{what}: nothing is out of order beyond --lateness: {s}");
+            assert_eq!(
+                late,
+                0,
+                "{what}: nothing is out of order beyond --lateness: {s}\n{}",
+                self.logs()
+            );
         }
     }
 }
@@ -251,21 +274,12 @@ fn stop_all(analyzers: &mut [Analyzer]) {
 }
 
 /// Waits until the analyzers together own all six partitions, each some.
-fn settled(analyzers: &[Analyzer]) {
+fn settled(s: &Stack, analyzers: &[Analyzer]) {
     wait_until(Duration::from_secs(90), || {
         let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
         (owned.iter().sum::<usize>() == 6 && owned.iter().all(|&n| n > 0)).then_some(())
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "group did not settle: {}",
-            analyzers
-                .iter()
-                .map(Analyzer::log)
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        )
-    });
+    .unwrap_or_else(|| panic!("group did not settle:\n{}", s.logs()));
 }
 
 /// (a) One analyzer, never interrupted.
@@ -293,9 +307,20 @@ fn three_analyzers(kind: Broker) {
 /// (c) Three analyzers; one of them `kill -9`ed and restarted at random
 /// moments, five times.
 fn analyzers_killed_and_restarted(kind: Broker) {
-    let Some(s) = Stack::new(kind) else { return };
+    let Some(mut s) = Stack::new(kind) else {
+        return;
+    };
+    // Against Tansu each analyzer consumes fixed partitions (`--partitions`):
+    // Tansu 0.6.0's group coordinator does not survive members dying
+    // mid-generation — seen, with dynamic and with static membership: every
+    // live member assigned nothing, partitions left to a dead member, the
+    // group reset to generation 0, for minutes (docs/design.md, "Facts about
+    // the brokers"). What is under test here, resuming exactly from the
+    // restore point after `kill -9`, is the same; the mock runs these kills
+    // through the group coordinator, and (d) runs rebalances against Tansu.
+    s.fixed_partitions = matches!(kind, Broker::Tansu);
     let mut a: Vec<Analyzer> = (0..3).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
-    settled(&a);
+    settled(&s, &a);
     let mut producer = s.producer(0);
     let writer = s.start_writing();
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id().into());
@@ -317,7 +342,7 @@ fn analyzers_killed_and_restarted(kind: Broker) {
 fn analyzers_added_and_removed(kind: Broker) {
     let Some(s) = Stack::new(kind) else { return };
     let mut a = vec![s.analyzer("a0", 0)];
-    settled(&a);
+    settled(&s, &a);
     let mut producer = s.producer(0);
     let writer = s.start_writing();
     sleep_ms(1_500);
@@ -351,7 +376,7 @@ fn analyzers_added_and_removed(kind: Broker) {
 fn producer_killed_and_restarted(kind: Broker) {
     let Some(s) = Stack::new(kind) else { return };
     let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
-    settled(&a);
+    settled(&s, &a);
     let mut producer = s.producer(0);
     let writer = s.start_writing();
     let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(std::process::id()) + 1);
@@ -416,7 +441,7 @@ fn influx_outage_of_30_seconds_loses_nothing() {
         return;
     };
     let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
-    settled(&a);
+    settled(&s, &a);
     let mut producer = s.producer(0);
     let writer = s.start_writing();
     sleep_ms(2_000);

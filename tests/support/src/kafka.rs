@@ -107,7 +107,10 @@ impl Tansu {
                 .arg("--storage-engine")
                 .arg("sqlite://tansu.db")
                 .current_dir(dir.path())
-                .env("RUST_LOG", "warn")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("LOGPIPE_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(log.try_clone().unwrap())
                 .stderr(log),
         );

@@ -35,6 +35,21 @@ impl Analyzer {
         influx_url: &str,
         db: &str,
     ) -> Analyzer {
+        Self::start_with(bin, dir, id, log_name, m, influx_url, db, &[])
+    }
+
+    /// [`Analyzer::start`] with more arguments for `logpipe analyze`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        id: &str,
+        log_name: &str,
+        m: &Membership,
+        influx_url: &str,
+        db: &str,
+        extra: &[String],
+    ) -> Analyzer {
         let log = dir.join(format!("{log_name}.log"));
         let f = std::fs::File::create(&log).unwrap();
         let child = Child::spawn(
@@ -49,6 +64,7 @@ impl Analyzer {
                     "--kafka",
                     &format!("heartbeat.interval.ms={}", m.session_ms / 6),
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(f),
         );
