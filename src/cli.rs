@@ -150,6 +150,13 @@ pub struct AnalyzeArgs {
     /// unreliable, or placement managed outside Kafka.
     #[arg(long, env = "LOGPIPE_PARTITIONS", value_delimiter = ',')]
     pub partitions: Option<Vec<i32>>,
+    /// Log format: `combined` (nginx, plus an optional trailing
+    /// `$request_time`), `common`, `apache-combined`, or a format pasted from
+    /// the server's config — an nginx `log_format` line or its quoted string
+    /// (`'$remote_addr - $remote_user [$time_local] "$request" $status ...'`),
+    /// or an Apache `LogFormat` (`"%h %l %u %t \"%r\" %>s %b ... %D"`).
+    #[arg(long, env = "LOGPIPE_FORMAT", default_value = "combined")]
+    pub format: String,
     #[command(flatten)]
     pub window: WindowArgs,
     #[command(flatten)]

@@ -70,6 +70,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             analyzer_id: format!("demo-{i}"),
             dedup_files: 65_536,
             commit_interval: Duration::from_secs(5),
+            format: None,
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));

@@ -136,6 +136,13 @@ fn produce(a: ProduceArgs) -> Result<()> {
 
 fn analyze(a: AnalyzeArgs) -> Result<()> {
     let spec = window_spec(&a.window)?;
+    let format = match a.format.trim() {
+        "combined" => None,
+        f => Some(std::sync::Arc::new(
+            logpipe_analyzer::format::LogFormat::new(f)
+                .map_err(|e| anyhow::anyhow!("--format: {e}"))?,
+        )),
+    };
     let sink = influx_sink(&a.influx)?
         .context("logpipe analyze needs --influx-url and --influx-db (or --influx-bucket)")?;
     // Wrong URL, credentials or database: say so now, before joining the group.
@@ -155,6 +162,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         dedup_files: a.dedup_files,
         commit_interval: a.commit_interval,
+        format,
     };
     let control = Control::new();
     let c = control.clone();

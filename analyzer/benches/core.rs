@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use logpipe_analyzer::format::LogFormat;
 use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::parse::parse_combined;
 use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
@@ -59,8 +60,56 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Parses every line (no windows); returns lines/s.
+fn parse_only(lines: &[String], parse: &dyn Fn(&[u8]) -> Option<u16>) -> f64 {
+    let t = Instant::now();
+    let mut ok = 0u64;
+    for line in lines {
+        if let Some(s) = parse(line.as_bytes()) {
+            ok += u64::from(s);
+        }
+    }
+    std::hint::black_box(ok);
+    lines.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+fn report(what: &str, runs: Vec<f64>) {
+    println!(
+        "{what}: median {:.2} M lines/s (runs: {})",
+        median(runs.clone()) / 1e6,
+        runs.iter()
+            .map(|r| format!("{:.2}", r / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 fn main() {
     let n = 1_000_000;
+    // Parsers alone on the same lines (combined + $request_time).
+    let ls = lines(n, true);
+    let pasted = LogFormat::new(
+        r#"log_format timed '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time';"#,
+    )
+    .unwrap();
+    let compiled_combined = LogFormat::new("combined").unwrap();
+    let built_in = |b: &[u8]| parse_combined(b).ok().map(|l| l.status);
+    let by_pasted = |b: &[u8]| pasted.parse(b).ok().map(|l| l.status);
+    let by_compiled = |b: &[u8]| compiled_combined.parse(b).ok().map(|l| l.status);
+    for (name, f) in [
+        (
+            "built-in combined parser",
+            &built_in as &dyn Fn(&[u8]) -> Option<u16>,
+        ),
+        ("compiled `combined` format", &by_compiled),
+        ("pasted nginx format with $request_time", &by_pasted),
+    ] {
+        report(
+            &format!("parse only, {name}"),
+            (0..5).map(|_| parse_only(&ls, f)).collect(),
+        );
+    }
+
     for (name, request_time) in [("combined", false), ("combined + $request_time", true)] {
         let ls = lines(n, request_time);
         let runs: Vec<f64> = (0..5).map(|_| run(&ls, 3)).collect();

@@ -1,6 +1,8 @@
 //! Everything an analyzer does between a Kafka record and an InfluxDB point.
 //!
 //! - [`parse`]: the nginx/Apache `combined` parser, byte-level, borrowing.
+//! - [`format`]: nginx `log_format` / Apache `LogFormat` strings compiled
+//!   into byte-level matchers.
 //! - [`window`]: event-time tumbling windows of one partition (pure core:
 //!   watermark, closing, late lines, restore points, latency and client sketches).
 //! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
@@ -15,6 +17,7 @@
 
 pub mod counters;
 pub mod dedup;
+pub mod format;
 pub mod generate;
 pub mod line_protocol;
 pub mod parse;

@@ -35,6 +35,10 @@ pub struct AccessLine<'a> {
     /// `$request_time` in seconds, when a number follows the user agent
     /// (the common `combined` + `$request_time` format).
     pub request_time_s: Option<f64>,
+    /// `$upstream_response_time` in seconds, summed over a list (formats only).
+    pub upstream_time_s: Option<f64>,
+    /// `$host` / `%v` (formats only).
+    pub host: Option<&'a [u8]>,
 }
 
 /// Why a line is not an access-log line: what was expected and at which byte.
@@ -220,11 +224,13 @@ pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
         referer,
         user_agent,
         request_time_s,
+        upstream_time_s: None,
+        host: None,
     })
 }
 
 /// `0.123`, `12`, `1.5` → seconds; anything else (`-`, names) → `None`.
-fn parse_seconds(b: &[u8]) -> Option<f64> {
+pub(crate) fn parse_seconds(b: &[u8]) -> Option<f64> {
     let ok = !b.is_empty()
         && b[0].is_ascii_digit()
         && b.iter().all(|&c| c.is_ascii_digit() || c == b'.')
@@ -236,7 +242,7 @@ fn parse_seconds(b: &[u8]) -> Option<f64> {
 }
 
 /// `GET /path HTTP/1.1` → method and path; `None` for `-` or garbage.
-fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+pub(crate) fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let Some(sp) = memchr::memchr(b' ', req) else {
         return (None, None);
     };

@@ -22,6 +22,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::counters::Counters;
 use crate::dedup::Dedup;
+use crate::format::LogFormat;
 use crate::line_protocol;
 use crate::parse::parse_combined;
 use crate::sink::{Sink, SinkError};
@@ -44,6 +45,9 @@ pub struct AnalyzerConfig {
     /// How often restore offsets are committed to the group (for lag tools;
     /// resuming uses the restore points in the sink).
     pub commit_interval: Duration,
+    /// A compiled log format; `None` is the built-in `combined` parser
+    /// (which also reads an optional trailing `$request_time`).
+    pub format: Option<Arc<LogFormat>>,
 }
 
 /// How a run is asked to end; shared between the analyzer and whoever controls it.
@@ -282,7 +286,13 @@ impl Analyzer {
             match polled {
                 Some(Ok(msg)) => {
                     let msg: BorrowedMessage<'_> = msg;
-                    handle(&mut self.parts, &mut self.sources, &mut self.counters, &msg);
+                    handle(
+                        &mut self.parts,
+                        &mut self.sources,
+                        &mut self.counters,
+                        self.cfg.format.as_deref(),
+                        &msg,
+                    );
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
                 None => {}
@@ -572,6 +582,7 @@ fn handle(
     parts: &mut HashMap<i32, Part>,
     sources: &mut SourceTable,
     counters: &mut Counters,
+    format: Option<&LogFormat>,
     msg: &BorrowedMessage<'_>,
 ) {
     let partition = msg.partition();
@@ -608,7 +619,11 @@ fn handle(
     let key = msg.key().unwrap_or(b"");
     let source = sources.id(key, msg.headers());
     let line = msg.payload().unwrap_or(b"");
-    match parse_combined(line) {
+    let parsed = match format {
+        None => parse_combined(line),
+        Some(f) => f.parse(line),
+    };
+    match parsed {
         Ok(l) => {
             counters.parsed += 1;
             let hit = Hit::from_line(source, &l, offset);

@@ -1,0 +1,86 @@
+//! Golden tests of the format compiler: each `tests/golden/*.case` file holds
+//! a format as pasted from a server config (`format:`), raw lines (`< `) and,
+//! after each line, the fields it must parse to (`> `), compared exactly.
+//! `LOGPIPE_BLESS=1 cargo test --test golden` rewrites the `> ` lines (review
+//! the diff before committing it).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use logpipe_analyzer::format::LogFormat;
+use logpipe_analyzer::parse::AccessLine;
+
+fn text(b: Option<&[u8]>) -> String {
+    b.map_or("-".into(), |b| format!("{:?}", String::from_utf8_lossy(b)))
+}
+
+fn render(r: Result<AccessLine<'_>, logpipe_analyzer::parse::ParseError>) -> String {
+    let l = match r {
+        Ok(l) => l,
+        Err(e) => return format!("error: {e}"),
+    };
+    let mut s = String::new();
+    write!(
+        s,
+        "client={} user={} time_ms={} method={} path={} status={} bytes={} referer={} agent={} request_time={:?} upstream_time={:?} host={}",
+        text(Some(l.client)),
+        text(l.user),
+        l.time_ms,
+        text(l.method),
+        text(l.path),
+        l.status,
+        l.body_bytes,
+        text(l.referer),
+        text(l.user_agent),
+        l.request_time_s,
+        l.upstream_time_s,
+        text(l.host),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn every_case_parses_to_its_recorded_fields() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let bless = std::env::var("LOGPIPE_BLESS").is_ok_and(|v| v == "1");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "case"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 10, "golden cases: {cases:?}");
+    let mut failures = Vec::new();
+    for path in cases {
+        let body = std::fs::read_to_string(&path).unwrap();
+        let spec = body
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("format: "))
+            .unwrap_or_else(|| panic!("{}: first line must be 'format: ...'", path.display()));
+        let f = LogFormat::new(spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut out = format!("format: {spec}\n");
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        for line in body.lines().skip(1) {
+            if let Some(raw) = line.strip_prefix("< ") {
+                let r = render(f.parse(raw.as_bytes()));
+                writeln!(out, "< {raw}\n> {r}").unwrap();
+                got.push(r);
+            } else if let Some(e) = line.strip_prefix("> ") {
+                expected.push(e.to_string());
+            }
+        }
+        if bless {
+            std::fs::write(&path, out).unwrap();
+        } else if got != expected {
+            failures.push(format!(
+                "{}:\n  expected {expected:#?}\n  got {got:#?}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
