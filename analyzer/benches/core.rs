@@ -112,14 +112,9 @@ fn main() {
 
     for (name, request_time) in [("combined", false), ("combined + $request_time", true)] {
         let ls = lines(n, request_time);
-        let runs: Vec<f64> = (0..5).map(|_| run(&ls, 3)).collect();
-        println!(
-            "parse + window core, {name}, 3 sources: median {:.2} M lines/s (runs: {})",
-            median(runs.clone()) / 1e6,
-            runs.iter()
-                .map(|r| format!("{:.2}", r / 1e6))
-                .collect::<Vec<_>>()
-                .join(", ")
+        report(
+            &format!("parse + window core, {name}, 3 sources"),
+            (0..5).map(|_| run(&ls, 3)).collect(),
         );
     }
     // Memory with many sources: 10 000 sources (each with a request time,

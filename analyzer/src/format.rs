@@ -35,7 +35,7 @@ enum Var {
     User,
     TimeLocal,
     TimeIso8601,
-    /// Seconds since the epoch with a fraction (`$msec`, Apache `%{msec_frac}`-less `%{sec}t`).
+    /// Seconds since the epoch, maybe with a fraction (`$msec`, Apache `%{sec}t`).
     EpochSeconds,
     Request,
     Method,
@@ -91,6 +91,8 @@ pub struct LogFormat {
     toks: Vec<Tok>,
     /// Per token, what an error at it says is expected.
     expected: Vec<&'static str>,
+    /// Per token, whether it is a field between quotes (its end skips `\"`).
+    quoted: Vec<bool>,
     spec: String,
 }
 
@@ -303,9 +305,13 @@ impl LogFormat {
             }
         }
         let expected = (0..toks.len()).map(|k| describe(&toks, k)).collect();
+        let quoted = (0..toks.len())
+            .map(|k| k > 0 && matches!(&toks[k - 1], Tok::Lit(l) if l.ends_with(b"\"")))
+            .collect();
         Ok(LogFormat {
             toks,
             expected,
+            quoted,
             spec: s.to_string(),
         })
     }
@@ -353,8 +359,7 @@ impl LogFormat {
                         i += l.len();
                     }
                     Tok::Var(var, _) => {
-                        let quoted =
-                            k > 0 && matches!(&self.toks[k - 1], Tok::Lit(l) if l.ends_with(b"\""));
+                        let quoted = self.quoted[k];
                         let end = match self.toks.get(k + 1) {
                             None => line.len(),
                             Some(Tok::Lit(next)) => field_end(line, i, next, quoted, var.is_list())

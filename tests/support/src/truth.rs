@@ -114,16 +114,29 @@ pub fn diff(
     expected: &BTreeMap<(String, i64), WindowTruth>,
     got: &BTreeMap<(String, i64), WindowTruth>,
 ) -> String {
+    diff_maps("window", expected, got)
+}
+
+/// The differences between two maps keyed by (source, window start), cut
+/// after about 4000 characters.
+fn diff_maps<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: &BTreeMap<(String, i64), V>,
+    got: &BTreeMap<(String, i64), V>,
+) -> String {
     let mut out = String::new();
     for (k, e) in expected {
         match got.get(k) {
             Some(g) if g == e => {}
-            Some(g) => out += &format!("window {k:?}: expected {e:?}, got {g:?}\n"),
-            None => out += &format!("window {k:?}: missing (expected {e:?})\n"),
+            Some(g) => out += &format!("{what} {k:?}:\n  expected {e:?}\n  got      {g:?}\n"),
+            None => out += &format!("{what} {k:?}: missing (expected {e:?})\n"),
+        }
+        if out.len() > 4000 {
+            return out;
         }
     }
     for k in got.keys().filter(|k| !expected.contains_key(*k)) {
-        out += &format!("window {k:?}: unexpected\n");
+        out += &format!("{what} {k:?}: unexpected\n");
     }
     out
 }
@@ -242,19 +255,5 @@ pub fn diff_points(
     expected: &BTreeMap<(String, i64), Point>,
     got: &BTreeMap<(String, i64), Point>,
 ) -> String {
-    let mut out = String::new();
-    for (k, e) in expected {
-        match got.get(k) {
-            Some(g) if g == e => {}
-            Some(g) => out += &format!("point {k:?}:\n  expected {e:?}\n  got      {g:?}\n"),
-            None => out += &format!("point {k:?}: missing\n"),
-        }
-        if out.len() > 4000 {
-            return out;
-        }
-    }
-    for k in got.keys().filter(|k| !expected.contains_key(*k)) {
-        out += &format!("point {k:?}: unexpected\n");
-    }
-    out
+    diff_maps("point", expected, got)
 }
