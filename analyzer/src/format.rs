@@ -24,7 +24,7 @@
 
 use std::fmt;
 
-use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, ParseError};
+use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, Escape, ParseError};
 
 /// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,8 @@ pub struct LogFormat {
     expected: Vec<&'static str>,
     /// Per token, whether it is a field between quotes (its end skips `\"`).
     quoted: Vec<bool>,
+    /// nginx `escape=` of the pasted `log_format` (Apache: its own, `Default`).
+    escape: Escape,
     spec: String,
 }
 
@@ -266,12 +268,15 @@ impl LogFormat {
     pub fn new(spec: &str) -> Result<LogFormat, FormatError> {
         let trimmed = spec.trim();
         let unwrapped;
+        let mut escape = Escape::Default;
         let s = match trimmed {
             "combined" => NGINX_COMBINED,
             "common" => APACHE_COMMON,
             "apache-combined" => APACHE_COMBINED,
             _ => {
-                unwrapped = unwrap_config_line(trimmed);
+                let (body, esc) = unwrap_config_line(trimmed)?;
+                unwrapped = body;
+                escape = esc;
                 &unwrapped
             }
         };
@@ -312,6 +317,7 @@ impl LogFormat {
             toks,
             expected,
             quoted,
+            escape,
             spec: s.to_string(),
         })
     }
@@ -337,6 +343,7 @@ impl LogFormat {
             request_time_s: None,
             upstream_time_s: None,
             host: None,
+            escape: self.escape,
         };
         let mut forwarded: Option<&[u8]> = None;
         let mut have_status = false;
@@ -455,8 +462,9 @@ impl LogFormat {
 
 /// The format string out of a line pasted from a server's config:
 /// `log_format main [escape=json] '...' '...';` (nginx joins the quoted
-/// pieces), `LogFormat "..." nickname` (Apache), or a bare `'...'`.
-fn unwrap_config_line(line: &str) -> String {
+/// pieces), `LogFormat "..." nickname` (Apache), or a bare `'...'`; with the
+/// escaping the line declares.
+fn unwrap_config_line(line: &str) -> Result<(String, Escape), FormatError> {
     let mut s = line.trim().trim_end_matches(';').trim();
     if let Some(rest) = s.strip_prefix("log_format") {
         // name, then an optional escape= parameter
@@ -465,8 +473,22 @@ fn unwrap_config_line(line: &str) -> String {
             .split_once(char::is_whitespace)
             .map_or("", |(_, r)| r)
             .trim_start();
+        let mut escape = Escape::Default;
         s = match rest.strip_prefix("escape=") {
-            Some(r) => r.split_once(char::is_whitespace).map_or("", |(_, r)| r),
+            Some(r) => {
+                let (name, r) = r.split_once(char::is_whitespace).unwrap_or((r, ""));
+                escape = match name {
+                    "default" => Escape::Default,
+                    "json" => Escape::Json,
+                    "none" => Escape::None,
+                    _ => {
+                        return Err(FormatError(format!(
+                            "escape={name}: nginx knows escape=default, escape=json and escape=none"
+                        )))
+                    }
+                };
+                r
+            }
             None => rest,
         };
         let mut out = String::new();
@@ -478,17 +500,17 @@ fn unwrap_config_line(line: &str) -> String {
                 out.push_str(piece);
             }
         }
-        return if out.is_empty() { s.to_string() } else { out };
+        return Ok((if out.is_empty() { s.to_string() } else { out }, escape));
     }
     if let Some(rest) = s.strip_prefix("LogFormat") {
         let rest = rest.trim();
         if let Some(body) = rest.strip_prefix('"') {
             // Up to the last quote; a nickname may follow it.
             if let Some(end) = body.rfind('"') {
-                return body[..end].to_string();
+                return Ok((body[..end].to_string(), Escape::Default));
             }
         }
-        return rest.to_string();
+        return Ok((rest.to_string(), Escape::Default));
     }
     for q in ['\'', '"'] {
         if let Some(inner) = s.strip_prefix(q).and_then(|t| t.strip_suffix(q)) {
@@ -496,7 +518,7 @@ fn unwrap_config_line(line: &str) -> String {
             break;
         }
     }
-    s.to_string()
+    Ok((s.to_string(), Escape::Default))
 }
 
 /// Where a field that is followed by literal `next` ends. A quoted field
@@ -537,7 +559,7 @@ fn opt_dash(f: &[u8]) -> Option<&[u8]> {
 
 /// `0.002, 0.010 : 0.5` → 0.512; `-` entries count as 0; `None` if nothing
 /// is a number.
-fn upstream_sum(f: &[u8]) -> Option<f64> {
+pub(crate) fn upstream_sum(f: &[u8]) -> Option<f64> {
     let mut sum = 0.0;
     let mut any = false;
     for part in f.split(|&c| c == b',' || c == b':') {

@@ -39,6 +39,103 @@ pub struct AccessLine<'a> {
     pub upstream_time_s: Option<f64>,
     /// `$host` / `%v` (formats only).
     pub host: Option<&'a [u8]>,
+    /// How the text fields above are escaped; [`AccessLine::decoded`] undoes it.
+    pub escape: Escape,
+}
+
+/// How a server escaped the text it logged. Fields are kept raw (parsing
+/// never copies) and decoded on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Escape {
+    /// nginx's default (`\x22` for a quote, `\xHH` for other bytes) and
+    /// Apache's (`\"`, `\\`, `\xhh`, `\n`, `\t`).
+    #[default]
+    Default,
+    /// JSON string escapes: nginx `escape=json`, JSON lines.
+    Json,
+    /// nginx `escape=none`: bytes as they came.
+    None,
+}
+
+impl<'a> AccessLine<'a> {
+    /// A text field with the server's escapes undone (borrowed when it has none).
+    pub fn decoded(&self, field: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        unescape(self.escape, field)
+    }
+}
+
+/// Undoes `escape` in `raw`; an escape that is not well-formed stays as it is.
+pub fn unescape(escape: Escape, raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if escape == Escape::None || memchr::memchr(b'\\', raw).is_none() {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let hex = |b: &[u8]| -> Option<u32> {
+        let s = std::str::from_utf8(b).ok()?;
+        u32::from_str_radix(s, 16).ok()
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b != b'\\' || i + 1 >= raw.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = raw[i + 1];
+        let simple = match next {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'n' => Some(b'\n'),
+            b't' => Some(b'\t'),
+            b'r' => Some(b'\r'),
+            b'/' if escape == Escape::Json => Some(b'/'),
+            b'b' if escape == Escape::Json => Some(0x08),
+            b'f' if escape == Escape::Json => Some(0x0c),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        match (escape, next) {
+            (Escape::Default, b'x')
+                if i + 4 <= raw.len() && raw[i + 2..i + 4].iter().all(u8::is_ascii_hexdigit) =>
+            {
+                out.push(hex(&raw[i + 2..i + 4]).unwrap_or(0) as u8);
+                i += 4;
+            }
+            (Escape::Json, b'u')
+                if i + 6 <= raw.len() && raw[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
+            {
+                let mut cp = hex(&raw[i + 2..i + 6]).unwrap_or(0);
+                let mut len = 6;
+                // A surrogate pair: \uD83D\uDE00.
+                if (0xD800..0xDC00).contains(&cp)
+                    && raw.get(i + 6..i + 8) == Some(b"\\u")
+                    && raw
+                        .get(i + 8..i + 12)
+                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                {
+                    let lo = hex(&raw[i + 8..i + 12]).unwrap_or(0);
+                    if (0xDC00..0xE000).contains(&lo) {
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        len = 12;
+                    }
+                }
+                let c = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += len;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Why a line is not an access-log line: what was expected and at which byte.
@@ -226,6 +323,7 @@ pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
         request_time_s,
         upstream_time_s: None,
         host: None,
+        escape: Escape::Default,
     })
 }
 

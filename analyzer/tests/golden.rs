@@ -7,11 +7,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use logpipe_analyzer::format::LogFormat;
+use logpipe_analyzer::formats::Parser;
 use logpipe_analyzer::parse::AccessLine;
 
-fn text(b: Option<&[u8]>) -> String {
-    b.map_or("-".into(), |b| format!("{:?}", String::from_utf8_lossy(b)))
+/// Text fields are shown decoded (`escape=json`, `\x22`, ...).
+fn text(b: Option<std::borrow::Cow<'_, [u8]>>) -> String {
+    b.map_or("-".into(), |b| format!("{:?}", String::from_utf8_lossy(&b)))
 }
 
 fn render(r: Result<AccessLine<'_>, logpipe_analyzer::parse::ParseError>) -> String {
@@ -23,18 +24,18 @@ fn render(r: Result<AccessLine<'_>, logpipe_analyzer::parse::ParseError>) -> Str
     write!(
         s,
         "client={} user={} time_ms={} method={} path={} status={} bytes={} referer={} agent={} request_time={:?} upstream_time={:?} host={}",
-        text(Some(l.client)),
-        text(l.user),
+        text(Some(l.decoded(l.client))),
+        text(l.user.map(|f| l.decoded(f))),
         l.time_ms,
-        text(l.method),
-        text(l.path),
+        text(l.method.map(|f| l.decoded(f))),
+        text(l.path.map(|f| l.decoded(f))),
         l.status,
         l.body_bytes,
-        text(l.referer),
-        text(l.user_agent),
+        text(l.referer.map(|f| l.decoded(f))),
+        text(l.user_agent.map(|f| l.decoded(f))),
         l.request_time_s,
         l.upstream_time_s,
-        text(l.host),
+        text(l.host.map(|f| l.decoded(f))),
     )
     .unwrap();
     s
@@ -60,7 +61,7 @@ fn every_case_parses_to_its_recorded_fields() {
             .next()
             .and_then(|l| l.strip_prefix("format: "))
             .unwrap_or_else(|| panic!("{}: first line must be 'format: ...'", path.display()));
-        let f = LogFormat::new(spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let f = Parser::new(spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut out = format!("format: {spec}\n");
         let mut expected = Vec::new();
         let mut got = Vec::new();

@@ -1,0 +1,276 @@
+//! Which parser reads which source: one `--format` for all, or a formats
+//! file (TOML) that maps source names — exact or glob — to formats, so one
+//! analyzer group serves nginx, Apache and JSON sources at once.
+//!
+//! ```toml
+//! default = "combined"            # sources no rule matches
+//!
+//! [[source]]
+//! match = "/var/log/nginx/*.log"  # the `source` header; `*` also crosses `/`
+//! format = '''log_format main '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time';'''
+//!
+//! [[source]]
+//! match = "api"
+//! format = "json"
+//! json = { time = "ts", client = "ip" }   # field names; defaults for the rest
+//! ```
+//!
+//! Rules are tried in file order; the first that matches wins. A source is
+//! resolved once, when its first record arrives.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+
+use crate::format::{FormatError, LogFormat};
+use crate::json::{JsonFields, JsonFormat};
+use crate::parse::{parse_combined, AccessLine, ParseError};
+
+/// A parser for one format.
+#[derive(Debug, Clone)]
+pub enum Parser {
+    /// The hand-written nginx/Apache `combined` parser (also reads an
+    /// optional trailing `$request_time`).
+    Combined,
+    /// A compiled `log_format` / `LogFormat` string.
+    Compiled(LogFormat),
+    /// JSON lines.
+    Json(JsonFormat),
+}
+
+impl Parser {
+    /// `combined`, `json` (default field names) or anything [`LogFormat::new`] takes.
+    pub fn new(spec: &str) -> Result<Parser, FormatError> {
+        match spec.trim() {
+            "combined" => Ok(Parser::Combined),
+            "json" => Parser::json(&JsonFields::default()),
+            s => LogFormat::new(s).map(Parser::Compiled),
+        }
+    }
+
+    /// JSON lines with these field names.
+    pub fn json(fields: &JsonFields) -> Result<Parser, FormatError> {
+        JsonFormat::new(fields)
+            .map(Parser::Json)
+            .map_err(|e| FormatError(e.0))
+    }
+
+    #[inline]
+    pub fn parse<'a>(&self, line: &'a [u8]) -> Result<AccessLine<'a>, ParseError> {
+        match self {
+            Parser::Combined => parse_combined(line),
+            Parser::Compiled(f) => f.parse(line),
+            Parser::Json(j) => j.parse(line),
+        }
+    }
+
+    /// Short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Parser::Combined => "combined".into(),
+            Parser::Compiled(f) => format!("'{}'", f.spec()),
+            Parser::Json(_) => "json".into(),
+        }
+    }
+}
+
+enum Pattern {
+    Exact(String),
+    Glob(GlobMatcher),
+}
+
+impl Pattern {
+    fn matches(&self, source: &str) -> bool {
+        match self {
+            Pattern::Exact(s) => s == source,
+            Pattern::Glob(g) => g.is_match(source),
+        }
+    }
+}
+
+/// Source name → parser.
+pub struct Formats {
+    rules: Vec<(Pattern, Arc<Parser>)>,
+    default: Arc<Parser>,
+}
+
+impl std::fmt::Debug for Formats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Formats {{ {} rules, default {} }}",
+            self.rules.len(),
+            self.default.describe()
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    default: Option<String>,
+    /// Field names for every `json` rule without its own.
+    json: Option<JsonFields>,
+    #[serde(default)]
+    source: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    #[serde(rename = "match")]
+    pattern: String,
+    format: String,
+    json: Option<JsonFields>,
+}
+
+impl Formats {
+    /// One parser for every source.
+    pub fn single(p: Parser) -> Formats {
+        Formats {
+            rules: Vec::new(),
+            default: Arc::new(p),
+        }
+    }
+
+    /// Reads a formats file; `default` is used when the file names none.
+    pub fn load(path: &Path, default: Parser) -> Result<Formats, FormatError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| FormatError(format!("cannot read {}: {e}", path.display())))?;
+        Formats::from_toml(&text, default)
+            .map_err(|e| FormatError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn from_toml(text: &str, default: Parser) -> Result<Formats, FormatError> {
+        let file: File = toml::from_str(text).map_err(|e| FormatError(e.to_string()))?;
+        let build = |spec: &str, json: Option<&JsonFields>| -> Result<Parser, FormatError> {
+            match (spec.trim(), json.or(file.json.as_ref())) {
+                ("json", Some(fields)) => Parser::json(fields),
+                (_, _) => Parser::new(spec),
+            }
+        };
+        let default = match &file.default {
+            Some(spec) => {
+                build(spec, None).map_err(|e| FormatError(format!("default: {}", e.0)))?
+            }
+            None => default,
+        };
+        let mut rules = Vec::new();
+        for (k, r) in file.source.iter().enumerate() {
+            let what = format!("[[source]] #{} (match = {:?})", k + 1, r.pattern);
+            if r.json.is_some() && r.format.trim() != "json" {
+                return Err(FormatError(format!(
+                    "{what}: `json` field names given for format {:?}, which is not json",
+                    r.format
+                )));
+            }
+            let parser = build(&r.format, r.json.as_ref())
+                .map_err(|e| FormatError(format!("{what}: {}", e.0)))?;
+            let pattern = if r.pattern.contains(['*', '?', '[', '{']) {
+                Pattern::Glob(
+                    Glob::new(&r.pattern)
+                        .map_err(|e| FormatError(format!("{what}: {e}")))?
+                        .compile_matcher(),
+                )
+            } else {
+                Pattern::Exact(r.pattern.clone())
+            };
+            rules.push((pattern, Arc::new(parser)));
+        }
+        Ok(Formats {
+            rules,
+            default: Arc::new(default),
+        })
+    }
+
+    /// The parser for a source name.
+    pub fn for_source(&self, source: &str) -> Arc<Parser> {
+        self.rules
+            .iter()
+            .find(|(p, _)| p.matches(source))
+            .map_or_else(|| self.default.clone(), |(_, f)| f.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+default = "common"
+
+[[source]]
+match = "/var/log/nginx/*.log"
+format = '''log_format main '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time';'''
+
+[[source]]
+match = "api"
+format = "json"
+json = { time = "ts" }
+
+[[source]]
+match = "/var/log/apache2/**"
+format = '"%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D"'
+"#;
+
+    #[test]
+    fn sources_resolve_to_their_rule_or_the_default() {
+        let f = Formats::from_toml(FILE, Parser::Combined).unwrap();
+        let nginx = f.for_source("/var/log/nginx/shop.log");
+        let l = nginx
+            .parse(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 0.125"#)
+            .unwrap();
+        assert_eq!(l.request_time_s, Some(0.125));
+        let api = f.for_source("api");
+        assert!(matches!(*api, Parser::Json(_)));
+        assert_eq!(
+            api.parse(br#"{"ts":1704067200,"status":200}"#)
+                .unwrap()
+                .status,
+            200
+        );
+        // exact names do not match by prefix
+        assert_eq!(
+            f.for_source("api2").describe(),
+            f.for_source("other").describe()
+        );
+        let apache = f.for_source("/var/log/apache2/site/access.log");
+        let l = apache
+            .parse(
+                br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 1500"#,
+            )
+            .unwrap();
+        assert_eq!(l.request_time_s, Some(0.0015));
+        assert!(f
+            .for_source("web")
+            .parse(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 5"#)
+            .is_ok());
+    }
+
+    #[test]
+    fn mistakes_name_the_rule() {
+        let e = Formats::from_toml(
+            "[[source]]\nmatch = \"x\"\nformat = '$remote_addr $request'\n",
+            Parser::Combined,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("[[source]] #1 (match = \"x\"): "), "{e}");
+        assert!(e.0.contains("no time"), "{e}");
+        let e = Formats::from_toml(
+            "[[source]]\nmatch = \"x\"\nformat = 'combined'\njson = { time = \"t\" }\n",
+            Parser::Combined,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("not json"), "{e}");
+        let e = Formats::from_toml(
+            "[[source]]\nmatch = \"a[\"\nformat = 'json'\n",
+            Parser::Combined,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("#1"), "{e}");
+        let e = Formats::from_toml("[[sources]]\nmatch = \"x\"\n", Parser::Combined).unwrap_err();
+        assert!(e.0.contains("sources"), "{e}");
+    }
+}
