@@ -31,6 +31,9 @@ pub enum Command {
     /// (starting 45 s in the past, so windows close within seconds). With --input F --from-beginning
     /// --exit-on-eof it is a one-shot analysis of a historical log.
     Demo(DemoArgs),
+    /// Show the most recent dead letters: lines the analyzers could not parse,
+    /// with the error and a caret under the byte where parsing stopped.
+    Dlq(DlqArgs),
 }
 
 /// Parses `10s`, `1m`, `500ms`.
@@ -151,12 +154,21 @@ pub struct AnalyzeArgs {
     #[arg(long, env = "LOGPIPE_PARTITIONS", value_delimiter = ',')]
     pub partitions: Option<Vec<i32>>,
     /// Log format: `combined` (nginx, plus an optional trailing
-    /// `$request_time`), `common`, `apache-combined`, or a format pasted from
-    /// the server's config — an nginx `log_format` line or its quoted string
+    /// `$request_time`), `common`, `apache-combined`, `json` (JSON lines with
+    /// nginx variable names as keys), or a format pasted from the server's
+    /// config — an nginx `log_format` line or its quoted string
     /// (`'$remote_addr - $remote_user [$time_local] "$request" $status ...'`),
     /// or an Apache `LogFormat` (`"%h %l %u %t \"%r\" %>s %b ... %D"`).
     #[arg(long, env = "LOGPIPE_FORMAT", default_value = "combined")]
     pub format: String,
+    /// A formats file (TOML) mapping source names (exact or glob) to formats,
+    /// for groups that read several kinds of logs; --format is the default for
+    /// sources it does not match. See docs/formats.md.
+    #[arg(long, env = "LOGPIPE_FORMATS")]
+    pub formats: Option<PathBuf>,
+    /// Topic for lines that do not parse (with an `error` header).
+    #[arg(long, env = "LOGPIPE_DLQ_TOPIC", default_value = logpipe_wire::DEFAULT_DLQ_TOPIC)]
+    pub dlq_topic: String,
     #[command(flatten)]
     pub window: WindowArgs,
     #[command(flatten)]
@@ -172,6 +184,25 @@ pub struct AnalyzeArgs {
     /// restore points stored with the windows do.
     #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
     pub commit_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// Kafka bootstrap servers, e.g. 127.0.0.1:9092.
+    #[arg(long, env = "LOGPIPE_BROKERS")]
+    pub brokers: String,
+    /// The dead-letter topic.
+    #[arg(long, env = "LOGPIPE_DLQ_TOPIC", default_value = logpipe_wire::DEFAULT_DLQ_TOPIC)]
+    pub topic: String,
+    /// How many of the most recent dead letters to show.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub count: usize,
+    /// Keep running and print dead letters as they arrive (Ctrl-C to stop).
+    #[arg(long, short = 'f')]
+    pub tail: bool,
+    /// Extra librdkafka property, repeatable.
+    #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = key_value, value_delimiter = ',')]
+    pub kafka: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use logpipe_analyzer::formats::{Formats, Parser};
 use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::{AnalyzerConfig, Control, LpFileSink, Observer, Sink, WindowReport};
 use logpipe_consumer::{GroupConfig, MockBroker};
@@ -26,6 +27,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let flag = crate::shutdown_flag()?;
     let broker = MockBroker::start(1).context("starting the embedded broker")?;
     broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
+    broker.create_topic(logpipe_wire::DEFAULT_DLQ_TOPIC, 1)?;
     let influx = crate::influx_sink(&a.influx)?;
     if let Some(s) = &influx {
         s.ensure_database()
@@ -70,7 +72,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             analyzer_id: format!("demo-{i}"),
             dedup_files: 65_536,
             commit_interval: Duration::from_secs(5),
-            format: None,
+            formats: std::sync::Arc::new(Formats::single(Parser::Combined)),
+            dlq_topic: logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(),
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));
@@ -162,7 +165,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         let c = h.join().expect("analyzer thread")?;
         total.consumed += c.consumed;
         total.parsed += c.parsed;
-        total.malformed += c.malformed;
+        total.dead_lettered += c.dead_lettered;
         total.late += c.late;
         total.windows_written += c.windows_written;
         total.offsets_skipped += c.offsets_skipped;
@@ -175,8 +178,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "logpipe demo: {} lines produced; {} read, {} parsed, {} malformed, {} late; {} windows written to {out_desc}",
-        produced.lines, total.consumed, total.parsed, total.malformed, total.late, total.windows_written
+        "logpipe demo: {} lines produced; {} read, {} parsed, {} dead-lettered, {} late; {} windows written to {out_desc}",
+        produced.lines, total.consumed, total.parsed, total.dead_lettered, total.late, total.windows_written
     );
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cli::{AnalyzeArgs, BrokerArgs, Cli, Command, InfluxArgs, ProduceArgs, WindowArgs};
+use cli::{AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, InfluxArgs, ProduceArgs, WindowArgs};
+use logpipe_analyzer::formats::{Formats, Parser as LogParser};
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
 
@@ -29,6 +30,7 @@ fn main() {
         Command::Analyze(a) => analyze(a),
         Command::Broker(a) => broker(a),
         Command::Demo(a) => demo::run(a),
+        Command::Dlq(a) => dlq(a),
     };
     if let Err(e) = result {
         eprintln!("logpipe: error: {e:#}");
@@ -136,12 +138,10 @@ fn produce(a: ProduceArgs) -> Result<()> {
 
 fn analyze(a: AnalyzeArgs) -> Result<()> {
     let spec = window_spec(&a.window)?;
-    let format = match a.format.trim() {
-        "combined" => None,
-        f => Some(std::sync::Arc::new(
-            logpipe_analyzer::format::LogFormat::new(f)
-                .map_err(|e| anyhow::anyhow!("--format: {e}"))?,
-        )),
+    let format = LogParser::new(&a.format).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let formats = match &a.formats {
+        Some(path) => Formats::load(path, format).map_err(|e| anyhow::anyhow!("--formats {e}"))?,
+        None => Formats::single(format),
     };
     let sink = influx_sink(&a.influx)?
         .context("logpipe analyze needs --influx-url and --influx-db (or --influx-bucket)")?;
@@ -162,23 +162,52 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         dedup_files: a.dedup_files,
         commit_interval: a.commit_interval,
-        format,
+        formats: std::sync::Arc::new(formats),
+        dlq_topic: a.dlq_topic,
     };
     let control = Control::new();
     let c = control.clone();
     on_shutdown(shutdown_flag()?, move || c.stop());
     let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
     eprintln!(
-        "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} malformed, {} counted, {} late, {} replayed, {} final windows written",
+        "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} dead-lettered, {} counted, {} late, {} replayed, {} final windows written",
         counters.consumed,
         counters.duplicates,
         counters.parsed,
-        counters.malformed,
+        counters.dead_lettered,
         counters.counted,
         counters.late,
         counters.replayed,
         counters.windows_written
     );
+    Ok(())
+}
+
+fn dlq(a: DlqArgs) -> Result<()> {
+    use logpipe_analyzer::dlq::{render, DlqReader};
+    let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &a.kafka)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recent = reader.recent(a.count).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if recent.is_empty() && !a.tail {
+        eprintln!("logpipe dlq: {} is empty: every line parsed", a.topic);
+    }
+    for d in &recent {
+        println!("{}", render(d));
+    }
+    if a.tail {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let flag = shutdown_flag()?;
+        while !flag.load(Ordering::Relaxed) {
+            if let Some(d) = reader
+                .next(Duration::from_millis(200))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                println!("{}", render(&d));
+                std::io::stdout().flush()?;
+            }
+        }
+    }
     Ok(())
 }
 

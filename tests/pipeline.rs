@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipe_testkit::{
-    diff, produce_cmd, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
-    Tansu,
+    diff, dlq_topic, produce_cmd, read_topic, unique, wait_until, Analyzer, Expected, Influx,
+    LogpipeBroker, Membership, Tansu,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -55,10 +55,13 @@ fn produce(brokers: &str, topic: &str, paths: &[PathBuf], dir: &Path) {
     );
 }
 
-/// Sum over analyzers of the latest `malformed` self-metric.
+/// Sum over analyzers of the latest `dead_lettered` self-metric.
 fn malformed_counted(influx: &Influx, db: &str) -> u64 {
     influx
-        .query(db, "SELECT last(malformed) FROM logpipe GROUP BY analyzer")
+        .query(
+            db,
+            "SELECT last(dead_lettered) FROM logpipe GROUP BY analyzer",
+        )
         .iter()
         .map(|s| s["values"][0][1].as_u64().unwrap_or(0))
         .sum()
@@ -128,6 +131,18 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         late, 0,
         "lines out of order by a few seconds are within --lateness"
     );
+    // consumed = parsed + dead-lettered (+ duplicates: none here).
+    for s in influx.query(
+        &db,
+        "SELECT last(consumed), last(parsed), last(dead_lettered), last(duplicates) FROM logpipe GROUP BY analyzer",
+    ) {
+        let v: Vec<u64> = s["values"][0].as_array().unwrap()[1..]
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(v[0], v[1] + v[2] + v[3], "consumed = parsed + dead_lettered + duplicates: {s}");
+    }
+    check_dead_letters(brokers, topic, &expected);
     // Every window carries the full field set and the producer's host tag.
     let rows = influx.query(&db, "SELECT count(qps), count(error_rate), count(status_2xx) FROM access_log WHERE host = 'testhost'");
     let counts: Vec<u64> = rows[0]["values"][0].as_array().unwrap()[1..]
@@ -139,6 +154,65 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         let st = a.child.terminate(Duration::from_secs(20));
         assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
     }
+}
+
+/// Every malformed line is in the dead-letter topic exactly once, with the
+/// original key and headers plus `error`, `analyzer` and `origin`; and
+/// `logpipe dlq` shows them with their errors.
+fn check_dead_letters(brokers: &str, topic: &str, expected: &Expected) {
+    let dlq = dlq_topic(topic);
+    let records = read_topic(brokers, &dlq);
+    let mut got: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.header("source").unwrap_or("?").to_string(),
+                String::from_utf8_lossy(&r.value).into_owned(),
+            )
+        })
+        .collect();
+    let mut want = expected.malformed_lines.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "dead letters differ from the malformed lines written"
+    );
+    for r in &records {
+        let err = r.header("error").unwrap_or("");
+        assert!(
+            err.starts_with("expected ") && err.contains(" at byte "),
+            "error header: {r:?}"
+        );
+        assert!(matches!(r.header("analyzer"), Some("a0" | "a1")), "{r:?}");
+        let origin = r.header("origin").unwrap_or("");
+        assert!(
+            origin.starts_with(&format!("{topic}/")),
+            "origin {origin:?}"
+        );
+        let source = r.header("source").unwrap();
+        assert_eq!(
+            r.key,
+            format!("testhost:{source}").into_bytes(),
+            "original key"
+        );
+        assert!(
+            r.header("file").is_some() && r.header("offset").is_some(),
+            "original headers: {r:?}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["dlq", "--brokers", brokers, "--topic", &dlq, "-n", "5"])
+        .output()
+        .expect("run logpipe dlq");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "logpipe dlq: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("  error: expected ").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("  line:  ").count(), 5, "{stdout}");
 }
 
 /// The mock cluster as a separate `logpipe broker` process.
@@ -199,7 +273,7 @@ fn demo_one_shot_analysis_matches_truth() {
         diff(&expected.windows, &got)
     );
     assert!(
-        stderr.contains(&format!("{} malformed", expected.malformed)),
+        stderr.contains(&format!("{} dead-lettered", expected.malformed)),
         "{stderr}"
     );
     // Every window was printed once as a table line (plus headers).
@@ -250,7 +324,7 @@ fn demo_on_real_access_log_matches_an_independent_count() {
         diff(&expected, &got)
     );
     assert!(
-        stderr.contains(&format!("{unmatched} malformed")),
+        stderr.contains(&format!("{unmatched} dead-lettered")),
         "{stderr}"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! The analyzer's self-metrics: one place where they are counted and encoded
 //! as the `logpipe` measurement.
 //!
-//! They reconcile: `consumed = parsed + malformed + duplicates` and
+//! They reconcile: `consumed = parsed + dead_lettered + duplicates` and
 //! `parsed = counted + late + replayed`.
 
 use crate::line_protocol::{encode_counters, SELF_METRICS};
@@ -15,8 +15,8 @@ pub struct Counters {
     pub duplicates: u64,
     /// Lines parsed into a request.
     pub parsed: u64,
-    /// Lines that did not parse (counted and logged, not added).
-    pub malformed: u64,
+    /// Lines that did not parse, sent to the dead-letter topic.
+    pub dead_lettered: u64,
     /// Parsed lines added to a window.
     pub counted: u64,
     /// Parsed lines whose window had already closed.
@@ -44,10 +44,10 @@ impl Counters {
             &[
                 ("consumed", self.consumed),
                 ("counted", self.counted),
+                ("dead_lettered", self.dead_lettered),
                 ("duplicates", self.duplicates),
                 ("lag", self.lag),
                 ("late", self.late),
-                ("malformed", self.malformed),
                 ("offsets_skipped", self.offsets_skipped),
                 ("parsed", self.parsed),
                 ("replayed", self.replayed),

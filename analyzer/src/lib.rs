@@ -17,8 +17,11 @@
 
 pub mod counters;
 pub mod dedup;
+pub mod dlq;
 pub mod format;
+pub mod formats;
 pub mod generate;
+pub mod json;
 pub mod line_protocol;
 pub mod parse;
 pub mod run;

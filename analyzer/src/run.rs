@@ -22,9 +22,9 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::counters::Counters;
 use crate::dedup::Dedup;
-use crate::format::LogFormat;
+use crate::dlq::DeadLetters;
+use crate::formats::{Formats, Parser};
 use crate::line_protocol;
-use crate::parse::parse_combined;
 use crate::sink::{Sink, SinkError};
 use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
 use crate::window::{
@@ -45,9 +45,10 @@ pub struct AnalyzerConfig {
     /// How often restore offsets are committed to the group (for lag tools;
     /// resuming uses the restore points in the sink).
     pub commit_interval: Duration,
-    /// A compiled log format; `None` is the built-in `combined` parser
-    /// (which also reads an optional trailing `$request_time`).
-    pub format: Option<Arc<LogFormat>>,
+    /// Which parser reads which source.
+    pub formats: Arc<Formats>,
+    /// Where lines that do not parse go (`logs.dlq`).
+    pub dlq_topic: String,
 }
 
 /// How a run is asked to end; shared between the analyzer and whoever controls it.
@@ -112,14 +113,18 @@ pub enum AnalyzeError {
     Sink(SinkError),
     #[error("cannot take over partitions: {0}")]
     Restore(String),
+    #[error("dead-letter producer: {0}")]
+    DeadLetters(String),
 }
 
 /// Sources by record key; names from the first record's headers.
-#[derive(Default)]
 struct SourceTable {
     by_key: HashMap<Box<[u8]>, SourceId>,
     /// (host, source, key as text) per id.
     names: Vec<(String, String, String)>,
+    /// The parser of each source, resolved when it is first seen.
+    parsers: Vec<Arc<Parser>>,
+    formats: Arc<Formats>,
 }
 
 impl SourceTable {
@@ -138,6 +143,9 @@ impl SourceTable {
         let source = header(logpipe_wire::SOURCE)
             .unwrap_or_else(|| String::from_utf8_lossy(ks).into_owned());
         let id = self.names.len() as SourceId;
+        let parser = self.formats.for_source(&source);
+        tracing::debug!(%host, %source, format = %parser.describe(), "new source");
+        self.parsers.push(parser);
         self.names
             .push((host, source, String::from_utf8_lossy(key).into_owned()));
         self.by_key.insert(key.into(), id);
@@ -157,6 +165,9 @@ struct Part {
     next: Option<i64>,
     /// (offset, next offset) of the last restore point the sink accepted.
     written: Option<(i64, i64)>,
+    /// Records below this offset were handled by a previous owner, which had
+    /// their dead letters acknowledged before it wrote its restore point.
+    dead_lettered_below: i64,
 }
 
 /// What the sink has not accepted yet; retried as a whole, newest values win.
@@ -186,6 +197,7 @@ struct Analyzer {
     loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,
     parts: HashMap<i32, Part>,
     sources: SourceTable,
+    dlq: DeadLetters,
     counters: Counters,
     batch: Batch,
     /// Paused after a failed write until a write succeeds.
@@ -213,8 +225,16 @@ pub fn run(
         loaded.clone(),
         control.clone(),
     );
+    let dlq = DeadLetters::new(
+        &cfg.group.brokers,
+        &cfg.dlq_topic,
+        &cfg.analyzer_id,
+        &cfg.group.extra,
+    )
+    .map_err(|e| AnalyzeError::DeadLetters(e.to_string()))?;
     let consumer = GroupConsumer::new(&cfg.group, Some(start))?;
-    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), "analyzer started");
+    let formats = cfg.formats.clone();
+    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), dead_letters = %cfg.dlq_topic, formats = ?cfg.formats, "analyzer started");
     Analyzer {
         cfg,
         scope,
@@ -223,7 +243,13 @@ pub fn run(
         control,
         loaded,
         parts: HashMap::new(),
-        sources: SourceTable::default(),
+        sources: SourceTable {
+            by_key: HashMap::new(),
+            names: Vec::new(),
+            parsers: Vec::new(),
+            formats,
+        },
+        dlq,
         counters: Counters::default(),
         batch: Batch::default(),
         paused: false,
@@ -278,6 +304,7 @@ impl Analyzer {
                 return self.shut_down(consumer, mode == FINISH);
             }
             let polled = consumer.poll(Duration::from_millis(100));
+            self.dlq.poll();
             // Assignment changes made inside this poll come first: a record of
             // a newly assigned partition needs its restored state.
             while let Some(ev) = consumer.take_rebalance() {
@@ -290,7 +317,7 @@ impl Analyzer {
                         &mut self.parts,
                         &mut self.sources,
                         &mut self.counters,
-                        self.cfg.format.as_deref(),
+                        &mut self.dlq,
                         &msg,
                     );
                 }
@@ -383,8 +410,10 @@ impl Analyzer {
                 tracing::info!(count = ps.len(), partitions = ?ps, "partitions assigned");
                 let mut loaded = self.loaded.lock().unwrap();
                 for &p in &ps {
+                    let mut dead_lettered_below = 0;
                     let windows = match loaded.remove(&p) {
                         Some(pt) => {
+                            dead_lettered_below = pt.next_offset;
                             let point = RestorePoint {
                                 offset: pt.offset,
                                 next_offset: pt.next_offset,
@@ -410,6 +439,7 @@ impl Analyzer {
                             dedup: Dedup::new(self.cfg.dedup_files),
                             next: None,
                             written: None,
+                            dead_lettered_below,
                         },
                     );
                 }
@@ -488,6 +518,8 @@ impl Analyzer {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // Dead letters before any restore point that moves past them.
+        self.dlq.flush(Duration::from_secs(5))?;
         let mut lp = Vec::with_capacity(self.batch.windows.len() * 256);
         for v in self.batch.windows.values() {
             let (host, source, _) = &self.sources.names[v.source as usize];
@@ -582,7 +614,7 @@ fn handle(
     parts: &mut HashMap<i32, Part>,
     sources: &mut SourceTable,
     counters: &mut Counters,
-    format: Option<&LogFormat>,
+    dlq: &mut DeadLetters,
     msg: &BorrowedMessage<'_>,
 ) {
     let partition = msg.partition();
@@ -619,11 +651,7 @@ fn handle(
     let key = msg.key().unwrap_or(b"");
     let source = sources.id(key, msg.headers());
     let line = msg.payload().unwrap_or(b"");
-    let parsed = match format {
-        None => parse_combined(line),
-        Some(f) => f.parse(line),
-    };
-    match parsed {
+    match sources.parsers[source as usize].parse(line) {
         Ok(l) => {
             counters.parsed += 1;
             let hit = Hit::from_line(source, &l, offset);
@@ -634,12 +662,15 @@ fn handle(
             }
         }
         Err(e) => {
-            counters.malformed += 1;
+            counters.dead_lettered += 1;
             part.windows.skip(offset);
-            if counters.malformed <= 20 || counters.malformed.is_multiple_of(1000) {
+            if offset >= part.dead_lettered_below {
+                dlq.send(msg, &e);
+            }
+            if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
                 let (host, src, _) = &sources.names[source as usize];
-                tracing::warn!(%host, source = %src, partition, offset, error = %e, malformed_so_far = counters.malformed,
-                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "malformed line");
+                tracing::warn!(%host, source = %src, partition, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
+                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to {}", dlq.topic());
             }
         }
     }

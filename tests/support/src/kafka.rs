@@ -20,8 +20,9 @@ pub struct LogpipeBroker {
 }
 
 impl LogpipeBroker {
-    /// Starts `bin broker` with `topics`, each with `partitions`, and reads the
-    /// bootstrap address from its first line of stdout.
+    /// Starts `bin broker` with `topics`, each with `partitions` and a
+    /// one-partition dead-letter topic `<topic>.dlq`, and reads the bootstrap
+    /// address from its first line of stdout.
     pub fn start(bin: &Path, topics: &[&str], partitions: i32) -> LogpipeBroker {
         let mut cmd = Command::new(bin);
         cmd.arg("broker")
@@ -31,6 +32,7 @@ impl LogpipeBroker {
             .stderr(Stdio::null());
         for t in topics {
             cmd.arg("--topic").arg(t);
+            cmd.arg("--topic").arg(crate::dlq_topic(t));
         }
         let mut child = Child::spawn("logpipe broker", &mut cmd);
         let mut line = String::new();
@@ -134,8 +136,10 @@ impl Tansu {
 
     /// Creates a topic through the CreateTopics API and waits until its
     /// metadata shows every partition.
+    /// Creates `name` and its dead-letter topic `<name>.dlq`.
     pub fn create_topic(&self, name: &str, partitions: i32) {
         create_topic(&self.bootstrap, name, partitions);
+        create_topic(&self.bootstrap, &crate::dlq_topic(name), 1);
     }
 
     pub fn log(&self) -> String {
@@ -173,4 +177,85 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         (md.topics().first()?.partitions().len() == partitions as usize).then_some(())
     })
     .unwrap_or_else(|| panic!("topic {name} did not show {partitions} partitions"));
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Every record of `topic` (all partitions, from the start to the high
+/// watermark at the time of the call), by partition and offset.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "logpipe-testkit-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let t = Duration::from_secs(10);
+    let md = c.fetch_metadata(Some(topic), t).expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    assert!(!parts.is_empty(), "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for &p in &parts {
+        let (lo, hi) = c.fetch_watermarks(topic, p, t).expect("watermarks");
+        if hi > lo {
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .unwrap();
+            ends.insert(p, hi);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out: {ends:?} left"
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
+            ends.remove(&m.partition());
+        }
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or(b"").to_vec(),
+            value: m.payload().unwrap_or(b"").to_vec(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or(b"").to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
 }

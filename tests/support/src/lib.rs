@@ -15,7 +15,7 @@ pub mod process;
 pub mod truth;
 
 pub use influx::Influx;
-pub use kafka::{LogpipeBroker, Tansu};
+pub use kafka::{read_topic, LogpipeBroker, Record, Tansu};
 pub use logpipe::{produce_cmd, Analyzer, Membership};
 pub use process::{free_port, wait_until, Child};
 pub use truth::{
@@ -25,6 +25,12 @@ pub use truth::{
 /// True when running under CI: missing components fail instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The dead-letter topic tests use for `topic`; [`Analyzer`] passes it as
+/// `--dlq-topic`, and the brokers here create it beside `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
 }
 
 /// A name unique to this test run, for topics, groups and databases.

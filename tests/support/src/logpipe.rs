@@ -57,6 +57,7 @@ impl Analyzer {
             Command::new(bin)
                 .args(["analyze", "--brokers", &m.brokers, "--topic", &m.topic])
                 .args(["--group", &m.group, "--analyzer-id", id])
+                .args(["--dlq-topic", &crate::dlq_topic(&m.topic)])
                 .args(["--influx-url", influx_url, "--influx-db", db])
                 .args(["--flush-interval", "300ms"])
                 .args(["--kafka", &format!("session.timeout.ms={}", m.session_ms)])

@@ -25,6 +25,8 @@ pub struct Expected {
     pub window_ms: i64,
     pub windows: BTreeMap<(String, i64), WindowTruth>,
     pub malformed: u64,
+    /// (source, line) of every malformed line, in the order written.
+    pub malformed_lines: Vec<(String, String)>,
     pub lines: u64,
 }
 
@@ -34,6 +36,7 @@ impl Expected {
             window_ms,
             windows: BTreeMap::new(),
             malformed: 0,
+            malformed_lines: Vec::new(),
             lines: 0,
         }
     }
@@ -65,10 +68,13 @@ impl Expected {
         let mut out = Vec::with_capacity(lines);
         for _ in 0..lines {
             let (line, req) = g.next_line();
-            out.push(line);
             self.lines += 1;
             match req {
-                None => self.malformed += 1,
+                None => {
+                    self.malformed += 1;
+                    self.malformed_lines
+                        .push((source.to_string(), line.clone()));
+                }
                 Some(r) => {
                     let start = r.time_ms.div_euclid(self.window_ms) * self.window_ms;
                     let w = self.windows.entry((source.to_string(), start)).or_default();
@@ -79,6 +85,7 @@ impl Expected {
                     }
                 }
             }
+            out.push(line);
         }
         out
     }

@@ -1,0 +1,440 @@
+//! The dead-letter topic (`logs.dlq`): a line that does not parse is produced
+//! there with its original key, value and headers, plus
+//! - `error`: what failed and at which byte (`expected '"' after $request at byte 57`),
+//! - `analyzer`: which analyzer gave up on it,
+//! - `origin`: where it was read, `<topic>/<partition>/<offset>`.
+//!
+//! Delivery is part of the restore protocol: before a flush writes a restore
+//! point past a dead-lettered record, the dead letter must be acknowledged
+//! (acks=all, idempotent). A partition re-read from a restore point does not
+//! send dead letters again for records below the point's `next_offset`: the
+//! previous owner had them acknowledged before it wrote that point. So a
+//! dead letter is lost never, and sent twice only when an analyzer died
+//! between the acknowledgement and its next write (then `origin` tells the
+//! copies apart).
+//!
+//! [`read_recent`] and [`render`] are what `logpipe dlq` shows an operator.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::parse::ParseError;
+use crate::sink::SinkError;
+
+/// Header: what failed and where.
+pub const ERROR: &str = "error";
+/// Header: the analyzer that dead-lettered the line.
+pub const ANALYZER: &str = "analyzer";
+/// Header: `<topic>/<partition>/<offset>` of the original record.
+pub const ORIGIN: &str = "origin";
+
+#[derive(Default)]
+struct Ctx {
+    /// The first delivery that failed for good, if any.
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let mut f = self.failed.lock().unwrap();
+            if f.is_none() {
+                *f = Some(format!(
+                    "a dead letter (origin {}) was not accepted: {e}",
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == ORIGIN))
+                        .and_then(|h| h.value)
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+}
+
+/// The analyzer's producer to the dead-letter topic.
+pub struct DeadLetters {
+    producer: BaseProducer<Ctx>,
+    topic: String,
+    analyzer: String,
+    /// Sent since the last [`DeadLetters::flush`].
+    pending: u64,
+}
+
+impl DeadLetters {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        analyzer: &str,
+        extra: &[(String, String)],
+    ) -> Result<DeadLetters, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // lz4: Tansu's fetch breaks on snappy batches.
+            .set("compression.type", "lz4")
+            .set("linger.ms", "20")
+            // Kafka down: keep retrying; the analyzer pauses meanwhile.
+            .set("message.timeout.ms", "0");
+        for (k, v) in extra {
+            // Consumer-only properties would make the producer refuse to start.
+            if !k.starts_with("group.")
+                && !k.starts_with("session.")
+                && !k.starts_with("heartbeat.")
+            {
+                cc.set(k, v);
+            }
+        }
+        Ok(DeadLetters {
+            producer: cc.create_with_context(Ctx::default())?,
+            topic: topic.to_string(),
+            analyzer: analyzer.to_string(),
+            pending: 0,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues `msg` as a dead letter; blocks while the local queue is full.
+    pub fn send(&mut self, msg: &BorrowedMessage<'_>, error: &ParseError) {
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = msg.headers() {
+            for h in h.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let error = error.to_string();
+        let origin = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+        headers = headers
+            .insert(Header {
+                key: ERROR,
+                value: Some(&error),
+            })
+            .insert(Header {
+                key: ANALYZER,
+                value: Some(&self.analyzer),
+            })
+            .insert(Header {
+                key: ORIGIN,
+                value: Some(&origin),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .payload(msg.payload().unwrap_or(b""))
+            .headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(ts) = msg.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    // Only a configuration error gets here; flush reports it.
+                    let mut f = self.producer.context().failed.lock().unwrap();
+                    f.get_or_insert_with(|| format!("a dead letter could not be queued: {e}"));
+                    break;
+                }
+            }
+        }
+        self.pending += 1;
+    }
+
+    /// Serves delivery reports; cheap, called from the poll loop.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits until every dead letter sent so far is acknowledged. Kafka out
+    /// of reach is retryable; a refused dead letter (no such topic, too
+    /// large, not authorized) is permanent: the analyzer stops, its restore
+    /// point still before the line.
+    pub fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
+        if let Some(e) = self.producer.context().failed.lock().unwrap().clone() {
+            return Err(SinkError::Permanent(format!(
+                "dead-letter topic {}: {e}",
+                self.topic
+            )));
+        }
+        if self.pending == 0 {
+            return Ok(());
+        }
+        match self.producer.flush(timeout) {
+            Ok(()) => {}
+            Err(e) => {
+                return Err(SinkError::Retryable(format!(
+                    "dead-letter topic {}: {} dead letters not acknowledged yet ({e})",
+                    self.topic,
+                    self.producer.in_flight_count()
+                )))
+            }
+        }
+        if let Some(e) = self.producer.context().failed.lock().unwrap().clone() {
+            return Err(SinkError::Permanent(format!(
+                "dead-letter topic {}: {e}",
+                self.topic
+            )));
+        }
+        self.pending = 0;
+        Ok(())
+    }
+}
+
+/// A dead letter as read back from the topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    fn from_message(m: &BorrowedMessage<'_>) -> DeadLetter {
+        DeadLetter {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().unwrap_or(b"").to_vec(),
+            value: m.payload().unwrap_or(b"").to_vec(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or(b"").to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A reader of the dead-letter topic (no group: it commits nothing).
+pub struct DlqReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl DlqReader {
+    /// Positions at the last `count` dead letters of every partition.
+    pub fn open(
+        brokers: &str,
+        topic: &str,
+        count: usize,
+        extra: &[(String, String)],
+    ) -> Result<DlqReader, String> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", brokers)
+            .set("group.id", "logpipe-dlq-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in extra {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+        let timeout = Duration::from_secs(10);
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .ok_or_else(|| format!("topic {topic} does not exist on {brokers}"))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in t.partitions() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(|e| format!("{topic} partition {}: {e}", p.id()))?;
+            let from = (hi - count as i64).max(lo);
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(from))
+                .map_err(|e| e.to_string())?;
+        }
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        Ok(DlqReader {
+            consumer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Everything currently on the topic from the opening position, oldest
+    /// first, then only the last `count`.
+    pub fn recent(&self, count: usize) -> Result<Vec<DeadLetter>, String> {
+        let mut ends = std::collections::HashMap::new();
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, hi) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                ends.insert(p.id(), hi);
+            }
+        }
+        let positions = self.consumer.position().map_err(|e| e.to_string())?;
+        let mut pending: std::collections::HashSet<i32> = ends
+            .iter()
+            .filter(|(p, hi)| {
+                let at = positions
+                    .find_partition(&self.topic, **p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(0);
+                at < **hi && **hi > 0
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !pending.is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "reading {} timed out; partitions {pending:?} not read to their end",
+                    self.topic
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    out.push(DeadLetter::from_message(&m));
+                    if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+                        pending.remove(&m.partition());
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => {}
+            }
+        }
+        out.sort_by_key(|d| (d.timestamp_ms, d.partition, d.offset));
+        let skip = out.len().saturating_sub(count);
+        Ok(out.split_off(skip))
+    }
+
+    /// The next dead letter, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Result<Option<DeadLetter>, String> {
+        match self.consumer.poll(timeout) {
+            Some(Ok(m)) => Ok(Some(DeadLetter::from_message(&m))),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A dead letter for a terminal: when and where it came from, the error, and
+/// the line with a caret under the byte the error names.
+pub fn render(d: &DeadLetter) -> String {
+    use std::fmt::Write as _;
+    let text =
+        |b: Option<&[u8]>| b.map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned());
+    let when = d
+        .timestamp_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or("-".into(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+        });
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{when}  {} {}  origin {}  analyzer {}  file offset {}",
+        text(d.header(logpipe_wire::HOST)),
+        text(d.header(logpipe_wire::SOURCE)),
+        text(d.header(ORIGIN)),
+        text(d.header(ANALYZER)),
+        text(d.header(logpipe_wire::OFFSET)),
+    );
+    let error = text(d.header(ERROR));
+    let _ = writeln!(s, "  error: {error}");
+    // "... at byte N" → caret.
+    let at = error
+        .rsplit_once("at byte ")
+        .and_then(|(_, n)| n.trim().parse::<usize>().ok());
+    const BEFORE: usize = 70;
+    const AFTER: usize = 50;
+    let v = &d.value;
+    let (from, to) = match at {
+        Some(a) => (a.saturating_sub(BEFORE), (a + AFTER).min(v.len())),
+        None => (0, v.len().min(BEFORE + AFTER)),
+    };
+    let from = from.min(v.len());
+    let head = if from > 0 { "…" } else { "" };
+    let tail = if to < v.len() { "…" } else { "" };
+    let shown: String = v[from..to].escape_ascii().to_string();
+    let _ = writeln!(s, "  line:  {head}{shown}{tail}");
+    if let Some(a) = at {
+        let col = v[from..a.clamp(from, v.len())]
+            .escape_ascii()
+            .to_string()
+            .chars()
+            .count()
+            + head.chars().count();
+        let _ = writeln!(s, "         {}^", " ".repeat(col));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_points_at_the_failing_byte() {
+        let d = DeadLetter {
+            partition: 0,
+            offset: 7,
+            timestamp_ms: Some(1_704_067_200_000),
+            key: b"web-1:/var/log/a.log".to_vec(),
+            value: b"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" abc 5".to_vec(),
+            headers: vec![
+                ("host".into(), b"web-1".to_vec()),
+                ("source".into(), b"/var/log/a.log".to_vec()),
+                (
+                    "error".into(),
+                    b"expected a 3-digit status at byte 58".to_vec(),
+                ),
+                ("origin".into(), b"logs/0/7".to_vec()),
+                ("analyzer".into(), b"a0".to_vec()),
+            ],
+        };
+        let r = render(&d);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(
+            lines[0],
+            "2024-01-01 00:00:00.000 UTC  web-1 /var/log/a.log  origin logs/0/7  analyzer a0  file offset -"
+        );
+        assert_eq!(lines[1], "  error: expected a 3-digit status at byte 58");
+        let caret = lines[3].find('^').unwrap();
+        assert_eq!(&lines[2][caret..caret + 3], "abc");
+    }
+}
