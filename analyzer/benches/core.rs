@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use logpipe_analyzer::format::LogFormat;
+use logpipe_analyzer::formats::Parser;
 use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::parse::parse_combined;
 use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
@@ -44,6 +45,32 @@ fn run(lines: &[String], sources: u32) -> f64 {
     w.drain(true, true, &mut out);
     std::hint::black_box(&out);
     lines.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The same requests as nginx writes them with a typical `escape=json` template.
+fn as_json(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let l = parse_combined(line.as_bytes()).ok()?;
+            let t = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(b"-")).into_owned();
+            let time_local = line.split_once('[')?.1.split_once(']')?.0;
+            Some(
+                serde_json::json!({
+                    "time_local": time_local,
+                    "remote_addr": t(Some(l.client)),
+                    "remote_user": t(l.user),
+                    "request": t(Some(l.request)),
+                    "status": l.status.to_string(),
+                    "body_bytes_sent": l.body_bytes.to_string(),
+                    "request_time": l.request_time_s.map_or("-".into(), |s| format!("{s:.3}")),
+                    "http_referrer": t(l.referer),
+                    "http_user_agent": t(l.user_agent),
+                })
+                .to_string(),
+            )
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -109,6 +136,18 @@ fn main() {
             (0..5).map(|_| parse_only(&ls, f)).collect(),
         );
     }
+
+    let js = as_json(&ls);
+    let json = Parser::new("json").unwrap();
+    let by_json = |b: &[u8]| json.parse(b).ok().map(|l| l.status);
+    report(
+        &format!(
+            "parse only, JSON lines ({} of them, nginx escape=json template)",
+            js.len()
+        ),
+        (0..5).map(|_| parse_only(&js, &by_json)).collect(),
+    );
+    drop(js);
 
     for (name, request_time) in [("combined", false), ("combined + $request_time", true)] {
         let ls = lines(n, request_time);

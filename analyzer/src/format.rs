@@ -37,6 +37,12 @@ enum Var {
     TimeIso8601,
     /// Seconds since the epoch, maybe with a fraction (`$msec`, Apache `%{sec}t`).
     EpochSeconds,
+    /// Apache `%{msec}t` / `%{usec}t`: whole milli- / microseconds since the epoch.
+    EpochMillis,
+    EpochMicros,
+    /// Apache `%{FORMAT}t`, a strftime format (read with chrono); the token's
+    /// name holds it. Without `%z` in it, the time is taken as UTC.
+    TimeStrftime,
     Request,
     Method,
     Path,
@@ -72,7 +78,6 @@ enum Tok {
 }
 
 /// What a parse error says is expected: the literal, and after which field.
-/// Formats are compiled once per process, so these few strings are leaked.
 fn describe(toks: &[Tok], k: usize) -> &'static str {
     let Tok::Lit(l) = &toks[k] else {
         return "a field";
@@ -82,7 +87,23 @@ fn describe(toks: &[Tok], k: usize) -> &'static str {
         Some(Tok::Var(_, name)) => format!("'{lit}' after {name}"),
         _ => format!("'{lit}'"),
     };
-    Box::leak(s.into_boxed_str())
+    intern(s)
+}
+
+/// A `'static` copy of an error description, kept once per distinct text
+/// (so that parse errors stay `Copy` and cheap). Formats are compiled at
+/// start-up, so this holds a few strings per format, not per line.
+pub(crate) fn intern(s: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static TEXTS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut set = TEXTS.get_or_init(Default::default).lock().unwrap();
+    if let Some(&t) = set.get(s.as_str()) {
+        return t;
+    }
+    let t: &'static str = Box::leak(s.into_boxed_str());
+    set.insert(t);
+    t
 }
 
 /// A compiled format.
@@ -95,6 +116,8 @@ pub struct LogFormat {
     quoted: Vec<bool>,
     /// nginx `escape=` of the pasted `log_format` (Apache: its own, `Default`).
     escape: Escape,
+    /// Whether lines carry their time (else the record timestamp is used).
+    has_time: bool,
     spec: String,
 }
 
@@ -213,6 +236,11 @@ fn compile_apache(spec: &str) -> Result<Vec<Tok>, FormatError> {
                 "the format ends inside the directive at byte {at}"
             )));
         };
+        if !d.is_ascii_alphabetic() {
+            return Err(FormatError(format!(
+                "'%' at byte {at} of the format is not followed by a directive letter"
+            )));
+        }
         i += 1;
         let name = unescaped[at..i].to_string();
         let var = match (d, arg.as_deref().map(str::to_ascii_lowercase).as_deref()) {
@@ -226,11 +254,40 @@ fn compile_apache(spec: &str) -> Result<Vec<Tok>, FormatError> {
                 lit.push(b']');
                 continue;
             }
-            (b't', Some("sec")) => Var::EpochSeconds,
             (b't', Some(f)) => {
-                return Err(FormatError(format!(
-                    "{name}: only %t, %{{sec}}t are understood as the time, not '{f}'"
-                )))
+                // `begin:`/`end:` say when the time was taken; either will do.
+                let f = f
+                    .strip_prefix("begin:")
+                    .or_else(|| f.strip_prefix("end:"))
+                    .unwrap_or(f);
+                match f {
+                    "sec" => Var::EpochSeconds,
+                    "msec" => Var::EpochMillis,
+                    "usec" => Var::EpochMicros,
+                    "msec_frac" | "usec_frac" => Var::Ignored,
+                    _ if f.contains('%') => {
+                        let raw = arg.as_deref().unwrap_or_default();
+                        let raw = raw
+                            .strip_prefix("begin:")
+                            .or_else(|| raw.strip_prefix("end:"))
+                            .unwrap_or(raw);
+                        if chrono::format::StrftimeItems::new(raw)
+                            .any(|i| matches!(i, chrono::format::Item::Error))
+                        {
+                            return Err(FormatError(format!(
+                                "{name}: '{raw}' is not a strftime format chrono can read"
+                            )));
+                        }
+                        push_lit(&mut toks, &mut lit);
+                        toks.push(Tok::Var(Var::TimeStrftime, raw.to_string()));
+                        continue;
+                    }
+                    _ => {
+                        return Err(FormatError(format!(
+                            "{name}: the time directive knows %t, %{{sec}}t, %{{msec}}t, %{{usec}}t and %{{strftime format}}t, not '{f}'"
+                        )))
+                    }
+                }
             }
             (b'r', _) => Var::Request,
             (b'm', _) => Var::Method,
@@ -291,11 +348,18 @@ impl LogFormat {
             )));
         };
         let has = |v: Var| toks.iter().any(|t| matches!(t, Tok::Var(x, _) if *x == v));
-        if !has(Var::TimeLocal) && !has(Var::TimeIso8601) && !has(Var::EpochSeconds) {
-            return Err(FormatError(format!(
-                "'{s}' has no time ($time_local, $time_iso8601, $msec, %t): windows need the event time"
-            )));
-        }
+        // Without a time in the line, the record's timestamp (when the
+        // producer read the line) is the event time: deterministic on replay.
+        let has_time = [
+            Var::TimeLocal,
+            Var::TimeIso8601,
+            Var::EpochSeconds,
+            Var::EpochMillis,
+            Var::EpochMicros,
+            Var::TimeStrftime,
+        ]
+        .into_iter()
+        .any(has);
         if !has(Var::Status) {
             return Err(FormatError(format!(
                 "'{s}' has no status ($status, %>s): error rates need it"
@@ -318,6 +382,7 @@ impl LogFormat {
             expected,
             quoted,
             escape,
+            has_time,
             spec: s.to_string(),
         })
     }
@@ -365,7 +430,7 @@ impl LogFormat {
                         }
                         i += l.len();
                     }
-                    Tok::Var(var, _) => {
+                    Tok::Var(var, name) => {
                         let quoted = self.quoted[k];
                         let end = match self.toks.get(k + 1) {
                             None => line.len(),
@@ -397,6 +462,21 @@ impl LogFormat {
                                     .filter(|s| *s < 1e12)
                                     .map(|s| (s * 1000.0).round() as i64)
                                     .ok_or(err("seconds since the epoch like 1704067200.123"))?
+                            }
+                            Var::EpochMillis | Var::EpochMicros => {
+                                let div = if *var == Var::EpochMillis { 1 } else { 1000 };
+                                out.time_ms = std::str::from_utf8(f)
+                                    .ok()
+                                    .and_then(|s| s.parse::<i64>().ok())
+                                    .filter(|n| *n >= 0 && *n / div < 100_000_000_000_000)
+                                    .map(|n| n / div)
+                                    .ok_or(err(
+                                        "a whole number of milli- or microseconds since the epoch",
+                                    ))?
+                            }
+                            Var::TimeStrftime => {
+                                out.time_ms = strftime_time(f, name)
+                                    .ok_or(err("a time in the %{...}t format"))?
                             }
                             Var::Request => {
                                 out.request = f;
@@ -445,7 +525,10 @@ impl LogFormat {
         })();
         if let Err(e) = result {
             // A line cut after its time, status and size still counts.
-            if out.time_ms == i64::MIN || !have_status || (needs_bytes && !have_bytes) {
+            if (self.has_time && out.time_ms == i64::MIN)
+                || !have_status
+                || (needs_bytes && !have_bytes)
+            {
                 return Err(e);
             }
         }
@@ -458,6 +541,17 @@ impl LogFormat {
         }
         Ok(out)
     }
+}
+
+/// A time in an Apache `%{FORMAT}t` strftime format; UTC when it has no zone.
+fn strftime_time(f: &[u8], fmt: &str) -> Option<i64> {
+    let s = std::str::from_utf8(f).ok()?;
+    if let Ok(t) = chrono::DateTime::parse_from_str(s, fmt) {
+        return Some(t.timestamp_millis());
+    }
+    chrono::NaiveDateTime::parse_from_str(s, fmt)
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
 }
 
 /// The format string out of a line pasted from a server's config:
@@ -587,16 +681,20 @@ mod tests {
 
     #[test]
     fn formats_that_cannot_work_are_rejected_naming_the_part() {
-        let e = LogFormat::new("$remote_addr $status").unwrap_err();
-        assert!(e.0.contains("has no time"), "{e}");
+        // No time: the record timestamp will be used.
+        let f = LogFormat::new("$remote_addr $status").unwrap();
+        assert_eq!(f.parse(b"1.2.3.4 200").unwrap().time_ms, i64::MIN);
         let e = LogFormat::new("[$time_local] $request_time").unwrap_err();
         assert!(e.0.contains("has no status"), "{e}");
         let e = LogFormat::new("[$time_local] $status$body_bytes_sent").unwrap_err();
         assert!(e.0.contains("$status and $body_bytes_sent"), "{e}");
         let e = LogFormat::new("[$time_local] $status ${host").unwrap_err();
         assert!(e.0.contains("missing its '}'"), "{e}");
-        let e = LogFormat::new("%t %>s %{%Y}t").unwrap_err();
-        assert!(e.0.contains("only %t"), "{e}");
+        let e = LogFormat::new("%t %>s %{fortnight}t").unwrap_err();
+        assert!(e.0.contains("the time directive knows %t"), "{e}");
+        // Found by cargo fuzz: a multi-byte character after '%'.
+        let e = LogFormat::new("%h %t %>s %\u{6c4}").unwrap_err();
+        assert!(e.0.contains("not followed by a directive letter"), "{e}");
         let e = LogFormat::new("jsonish").unwrap_err();
         assert!(e.0.contains("neither a built-in"), "{e}");
     }
@@ -649,6 +747,8 @@ mod fuzzish {
         "%D",
         "%{Referer}i",
         "%{ms}T",
+        "%{%d/%b/%Y %H:%M:%S}t",
+        "%{msec}t",
         "%%",
         "%{",
         " ",

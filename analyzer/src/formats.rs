@@ -257,7 +257,7 @@ format = '"%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D"'
         )
         .unwrap_err();
         assert!(e.0.starts_with("[[source]] #1 (match = \"x\"): "), "{e}");
-        assert!(e.0.contains("no time"), "{e}");
+        assert!(e.0.contains("has no status"), "{e}");
         let e = Formats::from_toml(
             "[[source]]\nmatch = \"x\"\nformat = 'combined'\njson = { time = \"t\" }\n",
             Parser::Combined,

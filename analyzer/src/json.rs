@@ -10,7 +10,7 @@
 //! both work); `null` and `"-"` are absent. When several names of one field
 //! are present, the first in its list wins.
 //!
-//! Time: a string in `$time_local` form (`10/Oct/2000:13:55:36 -0700`, with
+//! Time: absent → the record timestamp; a string in `$time_local` form (`10/Oct/2000:13:55:36 -0700`, with
 //! or without brackets) or ISO 8601, or a number of seconds since the epoch
 //! (`$msec`; a number above 10^11 is taken as milliseconds).
 
@@ -21,7 +21,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::format::parse_iso8601;
+use crate::format::{intern, parse_iso8601};
 use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, Escape, ParseError};
 
 /// The fields logpipe reads from a JSON line.
@@ -126,7 +126,6 @@ impl Default for JsonFields {
 #[derive(Debug, Clone)]
 pub struct JsonFormat {
     keys: HashMap<Box<str>, (Field, u8)>,
-    missing_time: &'static str,
     missing_status: &'static str,
 }
 
@@ -175,11 +174,9 @@ impl JsonFormat {
                 "a JSON format needs at least one name for `time` and for `status`".into(),
             ));
         }
-        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         Ok(JsonFormat {
             keys,
-            missing_time: leak(format!("a time field ({})", fields.time.0.join(", "))),
-            missing_status: leak(format!("a status field ({})", fields.status.0.join(", "))),
+            missing_status: intern(format!("a status field ({})", fields.status.0.join(", "))),
         })
     }
 
@@ -222,11 +219,14 @@ impl JsonFormat {
         let text = |f: Field| value(f).map(|(v, _)| v);
         let err = |at, expected| ParseError { at, expected };
 
-        let (t, t_at) = value(Field::Time).ok_or(err(line.len(), self.missing_time))?;
-        let time_ms = json_time(t).ok_or(err(
-            t_at,
-            "a time like 10/Oct/2000:13:55:36 -0700, 2000-10-10T13:55:36Z or epoch seconds",
-        ))?;
+        // No time field: the record timestamp is used (see AccessLine::time_ms).
+        let time_ms = match value(Field::Time) {
+            None => i64::MIN,
+            Some((t, t_at)) => json_time(t).ok_or(err(
+                t_at,
+                "a time like 10/Oct/2000:13:55:36 -0700, 2000-10-10T13:55:36Z or epoch seconds",
+            ))?,
+        };
         let (s, s_at) = value(Field::Status).ok_or(err(line.len(), self.missing_status))?;
         let status = std::str::from_utf8(s)
             .ok()
@@ -384,8 +384,11 @@ mod tests {
             .parse(br#"{"time_local":"01/Jan/2024:00:00:07 +0000","status":"abc"}"#)
             .unwrap_err();
         assert_eq!(e.to_string(), "expected a 3-digit status at byte 52");
-        let e = j.parse(br#"{"status":200}"#).unwrap_err();
-        assert!(e.expected.starts_with("a time field (time_local"), "{e}");
+        assert_eq!(j.parse(br#"{"status":200}"#).unwrap().time_ms, i64::MIN);
+        let e = j
+            .parse(br#"{"time":"yesterday","status":200}"#)
+            .unwrap_err();
+        assert!(e.expected.starts_with("a time like"), "{e}");
         let e = j.parse(br#"{"status":200,"time_local""#).unwrap_err();
         assert!(e.expected.contains("ends early"), "{e}");
         let e = j
@@ -403,5 +406,51 @@ mod tests {
         let fields: JsonFields = toml::from_str(r#"client = "time""#).unwrap();
         let e = JsonFormat::new(&fields).unwrap_err();
         assert!(e.0.contains("'time'"), "{e}");
+    }
+
+    mod fuzzish {
+        use super::*;
+        use proptest::prelude::*;
+
+        const GOOD: &str = r#"{"time_iso8601":"2024-01-01T00:00:07+01:00","remote_addr":"2001:db8::1","request":"GET /a?q=\"x\"\u00e9 HTTP/1.1","status":404,"body_bytes_sent":"12","request_time":0.25,"upstream_response_time":"0.1, 0.2","http_user_agent":"ua \ud83d\ude00","extra":[1,{"a":null}]}"#;
+
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..200),
+                (0..GOOD.len(), any::<u8>()).prop_map(|(i, b)| {
+                    let mut v = GOOD.as_bytes().to_vec();
+                    v[i] = b;
+                    v
+                }),
+                (0..GOOD.len()).prop_map(|i| GOOD.as_bytes()[..i].to_vec()),
+            ]
+        }
+
+        #[test]
+        fn the_unmutated_line_parses() {
+            let l = f().parse(GOOD.as_bytes()).unwrap();
+            assert_eq!(
+                (l.status, l.upstream_time_s),
+                (404, Some(0.30000000000000004))
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+            #[test]
+            fn parsing_and_decoding_never_panic(line in line()) {
+                match f().parse(&line) {
+                    Ok(l) => {
+                        for x in [Some(l.client), l.user, l.method, l.path, l.referer, l.user_agent, l.host]
+                            .into_iter()
+                            .flatten()
+                        {
+                            let _ = l.decoded(x);
+                        }
+                    }
+                    Err(e) => prop_assert!(e.at <= line.len()),
+                }
+            }
+        }
     }
 }

@@ -22,7 +22,8 @@ use std::fmt;
 pub struct AccessLine<'a> {
     pub client: &'a [u8],
     pub user: Option<&'a [u8]>,
-    /// Event time, milliseconds since the Unix epoch (UTC).
+    /// Event time, milliseconds since the Unix epoch (UTC); `i64::MIN` when
+    /// the format has no time (the record timestamp stands in for it).
     pub time_ms: i64,
     /// The raw request between the quotes, escapes untouched.
     pub request: &'a [u8],

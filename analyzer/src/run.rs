@@ -25,6 +25,7 @@ use crate::dedup::Dedup;
 use crate::dlq::DeadLetters;
 use crate::formats::{Formats, Parser};
 use crate::line_protocol;
+use crate::parse::ParseError;
 use crate::sink::{Sink, SinkError};
 use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
 use crate::window::{
@@ -651,7 +652,19 @@ fn handle(
     let key = msg.key().unwrap_or(b"");
     let source = sources.id(key, msg.headers());
     let line = msg.payload().unwrap_or(b"");
-    match sources.parsers[source as usize].parse(line) {
+    let parsed = sources.parsers[source as usize]
+        .parse(line)
+        .and_then(|mut l| {
+            if l.time_ms == i64::MIN {
+                // No time in the line: when the producer read it.
+                l.time_ms = msg.timestamp().to_millis().ok_or(ParseError {
+                    at: 0,
+                    expected: "a time: the line has none and the record no timestamp",
+                })?;
+            }
+            Ok(l)
+        });
+    match parsed {
         Ok(l) => {
             counters.parsed += 1;
             let hit = Hit::from_line(source, &l, offset);

@@ -26,7 +26,11 @@ fn render(r: Result<AccessLine<'_>, logpipe_analyzer::parse::ParseError>) -> Str
         "client={} user={} time_ms={} method={} path={} status={} bytes={} referer={} agent={} request_time={:?} upstream_time={:?} host={}",
         text(Some(l.decoded(l.client))),
         text(l.user.map(|f| l.decoded(f))),
-        l.time_ms,
+        if l.time_ms == i64::MIN {
+            "record".to_string()
+        } else {
+            l.time_ms.to_string()
+        },
         text(l.method.map(|f| l.decoded(f))),
         text(l.path.map(|f| l.decoded(f))),
         l.status,
