@@ -333,3 +333,153 @@ fn demo_on_real_access_log_matches_an_independent_count() {
         expected.len()
     );
 }
+
+/// One analyzer group reads three kinds of logs at once through a formats
+/// file: JSON lines, an Apache `LogFormat` with `%D`, and a pasted nginx
+/// `log_format` with `$request_time $upstream_response_time`. Lines are
+/// written here with known times, statuses and sizes; the windows must match
+/// them, the latency max must come from each format's own time unit, and the
+/// broken lines must be dead letters.
+#[test]
+fn one_group_reads_json_apache_and_nginx_sources_through_a_formats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("logs");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 3);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("formats"));
+    let formats = dir.path().join("formats.toml");
+    std::fs::write(
+        &formats,
+        r#"
+[[source]]
+match = "*/api.log"
+format = "json"
+json = { time = "ts", client = "ip" }
+
+[[source]]
+match = "*/apache.log"
+format = 'LogFormat "%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D" combined_us'
+
+[[source]]
+match = "*/nginx.log"
+format = '''log_format timed '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time $upstream_response_time';'''
+"#,
+    )
+    .unwrap();
+    let mut truth: BTreeMap<(String, i64), logpipe_testkit::WindowTruth> = BTreeMap::new();
+    let mut broken = Vec::new();
+    let mut paths = Vec::new();
+    for kind in ["api", "apache", "nginx"] {
+        let path = dir.path().join(format!("{kind}.log"));
+        let source = path.display().to_string();
+        let mut text = String::new();
+        for i in 0..600i64 {
+            // 5 lines/s from START_MS (+ up to 2 h of zone offset in the line).
+            let t = START_MS + i * 200;
+            let status = [200, 200, 304, 404, 503][(i % 5) as usize];
+            let bytes = i * 7;
+            let dt = chrono::DateTime::from_timestamp_millis(t).unwrap();
+            let local = dt.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap());
+            let clf = local.format("%d/%b/%Y:%H:%M:%S %z");
+            let line = match kind {
+                "api" => format!(
+                    r#"{{"ts":{:.3},"ip":"10.1.0.{}","request":"GET /v1/x?i={i} HTTP/1.1","status":{status},"body_bytes_sent":{bytes},"request_time":"0.{:03}"}}"#,
+                    t as f64 / 1000.0,
+                    i % 250,
+                    i % 1000
+                ),
+                "apache" => format!(
+                    r#"10.2.0.{} - - [{clf}] "GET /a HTTP/1.1" {status} {bytes} "-" "ua \"q\"" {}"#,
+                    i % 250,
+                    (i % 1000) * 1000
+                ),
+                _ => format!(
+                    r#"10.3.0.{} - - [{clf}] "GET /n HTTP/1.1" {status} {bytes} "-" "ua" 0.{:03} 0.001, 0.002 : 0.003"#,
+                    i % 250,
+                    i % 1000
+                ),
+            };
+            text.push_str(&line);
+            text.push('\n');
+            let w = truth
+                .entry((source.clone(), t.div_euclid(WINDOW_MS) * WINDOW_MS))
+                .or_default();
+            w.count += 1;
+            w.traffic += bytes as u64;
+            w.status[(status / 100 - 1) as usize] += 1;
+            if i % 150 == 75 {
+                let bad = format!("{kind} line {i} cut off [");
+                text.push_str(&bad);
+                text.push('\n');
+                broken.push((source.clone(), bad));
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    let m = Membership {
+        brokers: broker.bootstrap.clone(),
+        topic: topic.clone(),
+        group: unique("group"),
+        session_ms: 6_000,
+    };
+    let args = vec!["--formats".to_string(), formats.display().to_string()];
+    let mut a = Analyzer::start_with(
+        Path::new(BIN),
+        dir.path(),
+        "a0",
+        "a0",
+        &m,
+        &influx.url,
+        &db,
+        &args,
+    );
+    produce(&broker.bootstrap, &topic, &paths, dir.path());
+    let mut got = BTreeMap::new();
+    // The last window of each source stays open (its watermark does not pass it).
+    let closed: BTreeMap<_, _> = truth
+        .iter()
+        .filter(|((_, w), _)| *w < START_MS + 600 * 200 - 30_000 - WINDOW_MS)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let ok = wait_until(Duration::from_secs(60), || {
+        got = Expected::from_influx(&influx, &db);
+        closed
+            .iter()
+            .all(|(k, v)| got.get(k) == Some(v))
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "windows differ:\n{}\n{}",
+        diff(&closed, &got),
+        a.log()
+    );
+    // Latency max per source, in seconds, from three units (s, µs, s).
+    for (kind, max) in [("api", 0.599), ("apache", 0.599), ("nginx", 0.599)] {
+        let rows = influx.query(
+            &db,
+            &format!("SELECT max(latency_max) FROM access_log WHERE source =~ /{kind}.log$/"),
+        );
+        let v = rows[0]["values"][0][1].as_f64().unwrap();
+        assert!((v - max).abs() < 1e-9, "{kind}: latency_max {v}");
+    }
+    wait_until(Duration::from_secs(30), || {
+        (read_topic(&broker.bootstrap, &dlq_topic(&topic)).len() == broken.len()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("dead letters missing: {}", a.log()));
+    let mut dead: Vec<(String, String)> = read_topic(&broker.bootstrap, &dlq_topic(&topic))
+        .iter()
+        .map(|r| {
+            (
+                r.header("source").unwrap().to_string(),
+                String::from_utf8_lossy(&r.value).into_owned(),
+            )
+        })
+        .collect();
+    dead.sort();
+    broken.sort();
+    assert_eq!(dead, broken);
+    let st = a.child.terminate(Duration::from_secs(20));
+    assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+}

@@ -15,7 +15,7 @@
 //! Variables logpipe has no use for are matched and ignored.
 //!
 //! Once the time and status are read, a line that ends early (cut inside the
-//! user agent, as real logs have) still counts, with the later fields absent;
+//! user agent, as real logs have) still counts: the field it ends in keeps what is there, later ones are absent;
 //! bytes after the last field are ignored (formats grow at the end).
 //!
 //! `$upstream_response_time` can be a list (`0.002, 0.010 : 0.5` — commas
@@ -434,11 +434,11 @@ impl LogFormat {
                         let quoted = self.quoted[k];
                         let end = match self.toks.get(k + 1) {
                             None => line.len(),
+                            // No literal after it: the line ends inside or
+                            // right after this field; take the rest, and the
+                            // literal's check below reports where it ended.
                             Some(Tok::Lit(next)) => field_end(line, i, next, quoted, var.is_list())
-                                .ok_or(ParseError {
-                                    at: line.len(),
-                                    expected: self.expected[k + 1],
-                                })?,
+                                .unwrap_or(line.len()),
                             Some(Tok::Var(..)) => unreachable!("rejected when compiled"),
                         };
                         let f = &line[i..end];
