@@ -118,6 +118,8 @@ pub struct LogFormat {
     escape: Escape,
     /// Whether lines carry their time (else the record timestamp is used).
     has_time: bool,
+    /// Whether the format has a body-bytes field (a cut line needs it read).
+    needs_bytes: bool,
     spec: String,
 }
 
@@ -373,6 +375,7 @@ impl LogFormat {
                 )));
             }
         }
+        let needs_bytes = has(Var::BodyBytes);
         let expected = (0..toks.len()).map(|k| describe(&toks, k)).collect();
         let quoted = (0..toks.len())
             .map(|k| k > 0 && matches!(&toks[k - 1], Tok::Lit(l) if l.ends_with(b"\"")))
@@ -383,6 +386,7 @@ impl LogFormat {
             quoted,
             escape,
             has_time,
+            needs_bytes,
             spec: s.to_string(),
         })
     }
@@ -412,17 +416,14 @@ impl LogFormat {
         };
         let mut forwarded: Option<&[u8]> = None;
         let mut have_status = false;
-        let needs_bytes = self
-            .toks
-            .iter()
-            .any(|t| matches!(t, Tok::Var(Var::BodyBytes, _)));
+        let needs_bytes = self.needs_bytes;
         let mut have_bytes = false;
         let mut i = 0;
         let result = (|| -> Result<(), ParseError> {
             for (k, tok) in self.toks.iter().enumerate() {
                 match tok {
                     Tok::Lit(l) => {
-                        if !line[i..].starts_with(l) {
+                        if !starts_with(&line[i..], l) {
                             return Err(ParseError {
                                 at: i,
                                 expected: self.expected[k],
@@ -487,21 +488,17 @@ impl LogFormat {
                             Var::Method => out.method = opt_dash(f),
                             Var::Path => out.path = opt_dash(f),
                             Var::Status => {
-                                out.status = std::str::from_utf8(f)
-                                    .ok()
-                                    .and_then(|s| s.parse::<u16>().ok())
+                                out.status = decimal(f)
                                     .filter(|s| (100..=999).contains(s))
-                                    .ok_or(err("a 3-digit status"))?;
+                                    .ok_or(err("a 3-digit status"))?
+                                    as u16;
                                 have_status = true;
                             }
                             Var::BodyBytes => {
                                 out.body_bytes = if f == b"-" {
                                     0
                                 } else {
-                                    std::str::from_utf8(f)
-                                        .ok()
-                                        .and_then(|s| s.parse().ok())
-                                        .ok_or(err("body bytes or '-'"))?
+                                    decimal(f).ok_or(err("body bytes or '-'"))?
                                 };
                                 have_bytes = true;
                             }
@@ -634,7 +631,7 @@ fn field_end(line: &[u8], from: usize, next: &[u8], quoted: bool, list: bool) ->
     }
     let mut j = 0;
     loop {
-        let n = memchr::memmem::find(&rest[j..], next)? + j;
+        let n = find_lit(&rest[j..], next)? + j;
         let inside_list = list
             && next[0] == b' '
             && (rest[..n].ends_with(b",")
@@ -645,6 +642,47 @@ fn field_end(line: &[u8], from: usize, next: &[u8], quoted: bool, list: bool) ->
         }
         j = n + 1;
     }
+}
+
+/// Where literal `lit` first occurs in `hay`. Literals between fields are a
+/// few bytes long: a `memchr` for the first byte and a compare beat building
+/// a substring searcher per call.
+#[inline]
+pub(crate) fn find_lit(hay: &[u8], lit: &[u8]) -> Option<usize> {
+    let (&first, tail) = lit.split_first()?;
+    let mut j = 0;
+    while let Some(n) = memchr::memchr(first, &hay[j..]) {
+        let at = j + n;
+        if starts_with(&hay[at + 1..], tail) {
+            return Some(at);
+        }
+        j = at + 1;
+    }
+    None
+}
+
+/// `hay.starts_with(lit)` for the few-byte literals of a format, without a
+/// `memcmp` call.
+#[inline]
+pub(crate) fn starts_with(hay: &[u8], lit: &[u8]) -> bool {
+    hay.len() >= lit.len() && hay.iter().zip(lit).all(|(a, b)| a == b)
+}
+
+/// A whole decimal number that fits `u64`, digits only.
+#[inline]
+fn decimal(f: &[u8]) -> Option<u64> {
+    if f.is_empty() || f.len() > 19 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in f {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u64::from(d);
+    }
+    Some(v)
 }
 
 fn opt_dash(f: &[u8]) -> Option<&[u8]> {

@@ -14,7 +14,6 @@
 //! or without brackets) or ISO 8601, or a number of seconds since the epoch
 //! (`$msec`; a number above 10^11 is taken as milliseconds).
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -122,10 +121,43 @@ impl Default for JsonFields {
     }
 }
 
+/// Key → (field, priority), bucketed by key length: a line's keys are
+/// looked up without hashing (a few candidates share a length).
+#[derive(Debug, Clone, Default)]
+struct Keys {
+    by_len: Vec<Vec<(Box<str>, Field, u8)>>,
+}
+
+impl Keys {
+    /// Adds a name; returns the field it already had, if any.
+    fn insert(&mut self, name: &str, field: Field, prio: u8) -> Option<Field> {
+        if self.by_len.len() <= name.len() {
+            self.by_len.resize(name.len() + 1, Vec::new());
+        }
+        let bucket = &mut self.by_len[name.len()];
+        if let Some(e) = bucket.iter_mut().find(|e| &*e.0 == name) {
+            let old = e.1;
+            (e.1, e.2) = (field, prio);
+            return Some(old);
+        }
+        bucket.push((name.into(), field, prio));
+        None
+    }
+
+    #[inline]
+    fn get(&self, key: &str) -> Option<(Field, u8)> {
+        self.by_len
+            .get(key.len())?
+            .iter()
+            .find(|e| &*e.0 == key)
+            .map(|e| (e.1, e.2))
+    }
+}
+
 /// A compiled JSON lines format: key → (field, priority).
 #[derive(Debug, Clone)]
 pub struct JsonFormat {
-    keys: HashMap<Box<str>, (Field, u8)>,
+    keys: Keys,
     missing_status: &'static str,
 }
 
@@ -157,10 +189,10 @@ impl JsonFormat {
             (Field::Referer, &fields.referer),
             (Field::UserAgent, &fields.user_agent),
         ];
-        let mut keys = HashMap::new();
+        let mut keys = Keys::default();
         for (field, list) in lists {
             for (prio, name) in list.0.iter().enumerate() {
-                if let Some((other, _)) = keys.insert(name.as_str().into(), (field, prio as u8)) {
+                if let Some(other) = keys.insert(name, field, prio as u8) {
                     if other != field {
                         return Err(JsonFormatError(format!(
                             "JSON key '{name}' is named for two fields ({other:?} and {field:?})"
@@ -300,7 +332,7 @@ fn json_time(v: &[u8]) -> Option<i64> {
 
 /// Visits the top-level object, keeping the raw values of known keys.
 struct Collect<'k, 'f, 'a> {
-    keys: &'k HashMap<Box<str>, (Field, u8)>,
+    keys: &'k Keys,
     found: &'f mut [Option<(&'a RawValue, u8)>; FIELDS],
 }
 
@@ -315,7 +347,7 @@ impl<'de> Visitor<'de> for Collect<'_, '_, 'de> {
         // Keys borrow from the line unless they contain escapes.
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match self.keys.get(key.as_ref()) {
-                Some(&(field, prio)) => {
+                Some((field, prio)) => {
                     let raw: &'de RawValue = map.next_value()?;
                     let slot = &mut self.found[field as usize];
                     if slot.is_none_or(|(_, p)| prio < p) {

@@ -257,7 +257,7 @@ pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
     // `$remote_user` may contain spaces: it ends at the ` [` that opens the time.
     let ident_start = c.i;
     let rest = &line[ident_start..];
-    let open = memchr::memmem::find(rest, b" [").ok_or(c.err("' [' before the time"))?;
+    let open = crate::format::find_lit(rest, b" [").ok_or(c.err("' [' before the time"))?;
     // ident (`-`) and user are separated by the first space of this stretch.
     let stretch = &rest[..open];
     let user = match memchr::memchr(b' ', stretch) {
@@ -373,15 +373,13 @@ pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
     if t.len() != 26 || t[2] != b'/' || t[6] != b'/' || t[11] != b':' || t[20] != b' ' {
         return None;
     }
-    let day = digits(&t[0..2])?;
-    let month = MONTHS.iter().position(|m| &t[3..6] == *m)? as i64 + 1;
-    let year = digits(&t[7..11])?;
+    let days = clf_days(&t[..11])?;
     let (h, mi, s) = (
         digits(&t[12..14])?,
         digits(&t[15..17])?,
         digits(&t[18..20])?,
     );
-    if t[14] != b':' || t[17] != b':' || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+    if t[14] != b':' || t[17] != b':' || h > 23 || mi > 59 || s > 60 {
         return None;
     }
     let sign = match t[21] {
@@ -391,8 +389,30 @@ pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
     };
     let (zh, zm) = (digits(&t[22..24])?, digits(&t[24..26])?);
     let offset_s = sign * (zh * 3600 + zm * 60);
-    let days = days_from_civil(year, month, day);
     Some(((days * 86_400 + h * 3600 + mi * 60 + s) - offset_s) * 1000)
+}
+
+/// Days since the epoch of `10/Oct/2000`. Lines come in time order, so the
+/// last date is remembered (per thread) and most lines skip the arithmetic.
+fn clf_days(date: &[u8]) -> Option<i64> {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<([u8; 11], i64)> = const { Cell::new(([0; 11], 0)) };
+    }
+    let key: [u8; 11] = date.try_into().ok()?;
+    let (k, d) = LAST.get();
+    if k == key {
+        return Some(d);
+    }
+    let day = digits(&date[0..2])?;
+    let month = MONTHS.iter().position(|m| &date[3..6] == *m)? as i64 + 1;
+    let year = digits(&date[7..11])?;
+    if !(1..=31).contains(&day) {
+        return None;
+    }
+    let d = days_from_civil(year, month, day);
+    LAST.set((key, d));
+    Some(d)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
