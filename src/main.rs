@@ -187,7 +187,7 @@ fn dlq(a: DlqArgs) -> Result<()> {
     use logpipe_analyzer::dlq::{render, DlqReader};
     let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &a.kafka)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let recent = reader.recent(a.count).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recent = reader.recent().map_err(|e| anyhow::anyhow!("{e}"))?;
     if recent.is_empty() && !a.tail {
         eprintln!("logpipe dlq: {} is empty: every line parsed", a.topic);
     }

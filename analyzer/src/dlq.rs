@@ -15,6 +15,7 @@
 //!
 //! [`read_recent`] and [`render`] are what `logpipe dlq` shows an operator.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -171,33 +172,31 @@ impl DeadLetters {
     /// large, not authorized) is permanent: the analyzer stops, its restore
     /// point still before the line.
     pub fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
-        if let Some(e) = self.producer.context().failed.lock().unwrap().clone() {
-            return Err(SinkError::Permanent(format!(
-                "dead-letter topic {}: {e}",
-                self.topic
-            )));
-        }
+        self.refused()?;
         if self.pending == 0 {
             return Ok(());
         }
-        match self.producer.flush(timeout) {
-            Ok(()) => {}
-            Err(e) => {
-                return Err(SinkError::Retryable(format!(
-                    "dead-letter topic {}: {} dead letters not acknowledged yet ({e})",
-                    self.topic,
-                    self.producer.in_flight_count()
-                )))
-            }
-        }
-        if let Some(e) = self.producer.context().failed.lock().unwrap().clone() {
-            return Err(SinkError::Permanent(format!(
-                "dead-letter topic {}: {e}",
-                self.topic
-            )));
-        }
+        self.producer.flush(timeout).map_err(|e| {
+            SinkError::Retryable(format!(
+                "dead-letter topic {}: {} dead letters not acknowledged yet ({e})",
+                self.topic,
+                self.producer.in_flight_count()
+            ))
+        })?;
+        self.refused()?;
         self.pending = 0;
         Ok(())
+    }
+
+    /// The first dead letter Kafka refused for good, as the analyzer's error.
+    fn refused(&self) -> Result<(), SinkError> {
+        match self.producer.context().failed.lock().unwrap().as_ref() {
+            Some(e) => Err(SinkError::Permanent(format!(
+                "dead-letter topic {}: {e}",
+                self.topic
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -243,6 +242,9 @@ impl DeadLetter {
 pub struct DlqReader {
     consumer: BaseConsumer,
     topic: String,
+    count: usize,
+    /// Per partition with something to show, its high watermark at opening.
+    ends: HashMap<i32, i64>,
 }
 
 impl DlqReader {
@@ -273,6 +275,7 @@ impl DlqReader {
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())
             .ok_or_else(|| format!("topic {topic} does not exist on {brokers}"))?;
         let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
         for p in t.partitions() {
             let (lo, hi) = consumer
                 .fetch_watermarks(topic, p.id(), timeout)
@@ -280,56 +283,37 @@ impl DlqReader {
             let from = (hi - count as i64).max(lo);
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(from))
                 .map_err(|e| e.to_string())?;
+            if from < hi {
+                ends.insert(p.id(), hi);
+            }
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         Ok(DlqReader {
             consumer,
             topic: topic.to_string(),
+            count,
+            ends,
         })
     }
 
-    /// Everything currently on the topic from the opening position, oldest
-    /// first, then only the last `count`.
-    pub fn recent(&self, count: usize) -> Result<Vec<DeadLetter>, String> {
-        let mut ends = std::collections::HashMap::new();
-        let md = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, hi) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(10))
-                    .map_err(|e| e.to_string())?;
-                ends.insert(p.id(), hi);
-            }
-        }
-        let positions = self.consumer.position().map_err(|e| e.to_string())?;
-        let mut pending: std::collections::HashSet<i32> = ends
-            .iter()
-            .filter(|(p, hi)| {
-                let at = positions
-                    .find_partition(&self.topic, **p)
-                    .and_then(|e| e.offset().to_raw())
-                    .unwrap_or(0);
-                at < **hi && **hi > 0
-            })
-            .map(|(p, _)| *p)
-            .collect();
+    /// The last `count` dead letters on the topic when it was opened, oldest
+    /// first.
+    pub fn recent(&self) -> Result<Vec<DeadLetter>, String> {
+        let mut pending = self.ends.clone();
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !pending.is_empty() {
             if std::time::Instant::now() > deadline {
                 return Err(format!(
-                    "reading {} timed out; partitions {pending:?} not read to their end",
-                    self.topic
+                    "reading {} timed out; partitions {:?} not read to their end",
+                    self.topic,
+                    pending.keys()
                 ));
             }
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     out.push(DeadLetter::from_message(&m));
-                    if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+                    if m.offset() + 1 >= pending.get(&m.partition()).copied().unwrap_or(0) {
                         pending.remove(&m.partition());
                     }
                 }
@@ -338,7 +322,7 @@ impl DlqReader {
             }
         }
         out.sort_by_key(|d| (d.timestamp_ms, d.partition, d.offset));
-        let skip = out.len().saturating_sub(count);
+        let skip = out.len().saturating_sub(self.count);
         Ok(out.split_off(skip))
     }
 
@@ -390,16 +374,24 @@ pub fn render(d: &DeadLetter) -> String {
     let from = from.min(v.len());
     let head = if from > 0 { "…" } else { "" };
     let tail = if to < v.len() { "…" } else { "" };
-    let shown: String = v[from..to].escape_ascii().to_string();
+    let shown = show(&v[from..to]);
     let _ = writeln!(s, "  line:  {head}{shown}{tail}");
     if let Some(a) = at {
-        let col = v[from..a.clamp(from, v.len())]
-            .escape_ascii()
-            .to_string()
-            .chars()
-            .count()
-            + head.chars().count();
+        let col = show(&v[from..a.clamp(from, v.len())]).chars().count() + head.chars().count();
         let _ = writeln!(s, "         {}^", " ".repeat(col));
+    }
+    s
+}
+
+/// Bytes as text for a terminal: UTF-8 kept, control characters escaped.
+fn show(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for c in String::from_utf8_lossy(b).chars() {
+        if c.is_control() {
+            s.extend(c.escape_default());
+        } else {
+            s.push(c);
+        }
     }
     s
 }
@@ -434,6 +426,10 @@ mod tests {
             "2024-01-01 00:00:00.000 UTC  web-1 /var/log/a.log  origin logs/0/7  analyzer a0  file offset -"
         );
         assert_eq!(lines[1], "  error: expected a 3-digit status at byte 58");
+        assert_eq!(
+            lines[2],
+            r#"  line:  1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" abc 5"#
+        );
         let caret = lines[3].find('^').unwrap();
         assert_eq!(&lines[2][caret..caret + 3], "abc");
     }

@@ -256,23 +256,19 @@ fn compile_apache(spec: &str) -> Result<Vec<Tok>, FormatError> {
                 lit.push(b']');
                 continue;
             }
-            (b't', Some(f)) => {
+            (b't', Some(_)) => {
                 // `begin:`/`end:` say when the time was taken; either will do.
-                let f = f
+                let raw = arg.as_deref().unwrap_or_default();
+                let raw = raw
                     .strip_prefix("begin:")
-                    .or_else(|| f.strip_prefix("end:"))
-                    .unwrap_or(f);
-                match f {
+                    .or_else(|| raw.strip_prefix("end:"))
+                    .unwrap_or(raw);
+                match raw.to_ascii_lowercase().as_str() {
                     "sec" => Var::EpochSeconds,
                     "msec" => Var::EpochMillis,
                     "usec" => Var::EpochMicros,
                     "msec_frac" | "usec_frac" => Var::Ignored,
-                    _ if f.contains('%') => {
-                        let raw = arg.as_deref().unwrap_or_default();
-                        let raw = raw
-                            .strip_prefix("begin:")
-                            .or_else(|| raw.strip_prefix("end:"))
-                            .unwrap_or(raw);
+                    _ if raw.contains('%') => {
                         if chrono::format::StrftimeItems::new(raw)
                             .any(|i| matches!(i, chrono::format::Item::Error))
                         {
@@ -284,7 +280,7 @@ fn compile_apache(spec: &str) -> Result<Vec<Tok>, FormatError> {
                         toks.push(Tok::Var(Var::TimeStrftime, raw.to_string()));
                         continue;
                     }
-                    _ => {
+                    f => {
                         return Err(FormatError(format!(
                             "{name}: the time directive knows %t, %{{sec}}t, %{{msec}}t, %{{usec}}t and %{{strftime format}}t, not '{f}'"
                         )))
