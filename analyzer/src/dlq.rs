@@ -89,7 +89,7 @@ impl DeadLetters {
             // Kafka down: keep retrying; the analyzer pauses meanwhile.
             .set("message.timeout.ms", "0");
         for (k, v) in extra {
-            // Consumer-only properties would make the producer refuse to start.
+            // Group and session settings are the consumer's; they mean nothing here.
             if !k.starts_with("group.")
                 && !k.starts_with("session.")
                 && !k.starts_with("heartbeat.")
