@@ -61,6 +61,25 @@ pub struct KafkaArgs {
     pub kafka: Vec<(String, String)>,
 }
 
+/// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `k`, `M`, `G` as powers of 1024).
+pub fn bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 1048576, 64KiB, 16MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     #[command(flatten)]
@@ -68,24 +87,68 @@ pub struct ProduceArgs {
     /// This node's name (header `host`, first part of the key). Default: the hostname.
     #[arg(long, env = "LOGPIPE_HOST")]
     pub host: Option<String>,
-    /// Source name for the lines (default: each file's path).
+    /// Source name for the lines of the PATHS (default: each file's path).
     #[arg(long, env = "LOGPIPE_SOURCE")]
     pub source: Option<String>,
-    /// Start files never seen before at their beginning (backfill) instead of their end.
+    /// Glob of paths (or file names) not to follow, repeatable. Compressed
+    /// files (*.gz, *.zst, ...) are never followed.
+    #[arg(long, env = "LOGPIPE_EXCLUDE", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// A TOML file of inputs, each with its own source name:
+    /// `[[input]] paths = ["/var/log/nginx/*.log"] exclude = ["*.1"] source = "nginx"`.
+    #[arg(long, env = "LOGPIPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Start files never seen before at their beginning (backfill) instead of
+    /// their end. Files that appear while running are always read from their beginning.
     #[arg(long, env = "LOGPIPE_FROM_BEGINNING")]
     pub from_beginning: bool,
+    /// Do not follow never-seen files unchanged for longer than this (e.g. 7d);
+    /// such a file is followed from its end once it changes.
+    #[arg(long, env = "LOGPIPE_IGNORE_OLDER", value_parser = duration)]
+    pub ignore_older: Option<Duration>,
     /// Read every file to its end, wait until Kafka acknowledged every line, exit 0.
     #[arg(long, env = "LOGPIPE_EXIT_ON_EOF")]
     pub exit_on_eof: bool,
     /// Directory for checkpoints (read positions acknowledged by Kafka), to resume after a restart.
     #[arg(long, env = "LOGPIPE_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
-    /// How often a file at its end is checked for new lines.
-    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
+    /// A longer line is cut to this size and sent with a `cut` header holding its length.
+    #[arg(long, env = "LOGPIPE_MAX_LINE_BYTES", default_value = "1MiB", value_parser = bytes)]
+    pub max_line_bytes: usize,
+    /// Send an incomplete last line (marked `partial: idle`) once its file was
+    /// quiet this long. Default: hold it until its newline arrives.
+    #[arg(long, env = "LOGPIPE_PARTIAL_LINE_TIMEOUT", value_parser = duration)]
+    pub partial_line_timeout: Option<Duration>,
+    /// Bytes of lines sent and not yet acknowledged by Kafka, at most; when
+    /// Kafka is slow or down, reading pauses here (the files are the buffer).
+    #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = "16MiB", value_parser = bytes)]
+    pub max_in_flight: usize,
+    /// A file no longer at a followed path (rotated away, deleted) is closed
+    /// once nothing was written to it for this long.
+    #[arg(long, env = "LOGPIPE_ROTATE_WAIT", default_value = "5s", value_parser = duration)]
+    pub rotate_wait: Duration,
+    /// How often files are read again when no change event arrived.
+    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "250ms", value_parser = duration)]
     pub poll_interval: Duration,
-    /// Log files to follow.
-    #[arg(required = true, env = "LOGPIPE_PATHS", value_delimiter = ',')]
-    pub paths: Vec<PathBuf>,
+    /// How often the paths are listed again for new, rotated and deleted files.
+    #[arg(long, env = "LOGPIPE_SCAN_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub scan_interval: Duration,
+    /// How often acknowledged positions are written to the checkpoint (only when changed).
+    #[arg(long, env = "LOGPIPE_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub checkpoint_interval: Duration,
+    /// On SIGTERM/Ctrl-C, how long to wait for Kafka to acknowledge what was sent.
+    #[arg(long, env = "LOGPIPE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// How often the counters (lines read/acked, in flight, files, rotations...) are logged.
+    #[arg(long, env = "LOGPIPE_STATS_INTERVAL", default_value = "60s", value_parser = duration)]
+    pub stats_interval: Duration,
+    /// Files and globs to follow (`/var/log/nginx/*.log`, `/srv/**/access.log`).
+    #[arg(
+        env = "LOGPIPE_PATHS",
+        value_delimiter = ',',
+        required_unless_present = "config"
+    )]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

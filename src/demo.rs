@@ -108,18 +108,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
             (paths, true, Some((dir, threads)))
         }
     };
-    let pcfg = logpipe_producer::ProducerConfig {
-        brokers: broker.bootstrap().to_string(),
-        topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
-        host: crate::hostname(),
-        source: None,
-        paths,
-        from_beginning,
-        exit_on_eof: a.exit_on_eof,
-        checkpoint_dir: None,
-        poll_interval: Duration::from_millis(50),
-        extra: vec![],
-    };
+    let inputs = vec![logpipe_producer::discover::InputSpec {
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        ..Default::default()
+    }];
+    let mut pcfg = logpipe_producer::ProducerConfig::new(
+        broker.bootstrap(),
+        logpipe_wire::DEFAULT_TOPIC,
+        &crate::hostname(),
+        inputs,
+    );
+    pcfg.from_beginning = from_beginning;
+    pcfg.exit_on_eof = a.exit_on_eof;
+    pcfg.poll_interval = Duration::from_millis(50);
     let producer = {
         let stop = stop_input.clone();
         std::thread::spawn(move || logpipe_producer::run(pcfg, stop))

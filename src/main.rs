@@ -116,18 +116,37 @@ pub fn influx_sink(i: &InfluxArgs) -> Result<Option<InfluxSink>> {
 }
 
 fn produce(a: ProduceArgs) -> Result<()> {
-    let cfg = logpipe_producer::ProducerConfig {
-        brokers: a.kafka.brokers,
-        topic: a.kafka.topic,
-        host: a.host.unwrap_or_else(hostname),
-        source: a.source,
-        paths: a.paths,
-        from_beginning: a.from_beginning,
-        exit_on_eof: a.exit_on_eof,
-        checkpoint_dir: a.checkpoint_dir,
-        poll_interval: a.poll_interval,
-        extra: a.kafka.kafka,
-    };
+    let mut inputs = Vec::new();
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--config {}", path.display()))?;
+        inputs = logpipe_producer::discover::inputs_from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+    }
+    if !a.paths.is_empty() {
+        inputs.push(logpipe_producer::discover::InputSpec {
+            paths: a.paths,
+            exclude: a.exclude,
+            source: a.source,
+        });
+    }
+    let host = a.host.unwrap_or_else(hostname);
+    let mut cfg =
+        logpipe_producer::ProducerConfig::new(&a.kafka.brokers, &a.kafka.topic, &host, inputs);
+    cfg.from_beginning = a.from_beginning;
+    cfg.exit_on_eof = a.exit_on_eof;
+    cfg.checkpoint_dir = a.checkpoint_dir;
+    cfg.ignore_older = a.ignore_older;
+    cfg.max_line_bytes = a.max_line_bytes;
+    cfg.partial_line_timeout = a.partial_line_timeout;
+    cfg.max_in_flight_bytes = a.max_in_flight;
+    cfg.rotate_wait = a.rotate_wait;
+    cfg.poll_interval = a.poll_interval;
+    cfg.scan_interval = a.scan_interval;
+    cfg.checkpoint_interval = a.checkpoint_interval;
+    cfg.shutdown_timeout = a.shutdown_timeout;
+    cfg.stats_interval = a.stats_interval;
+    cfg.extra = a.kafka.kafka;
     let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
     eprintln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",

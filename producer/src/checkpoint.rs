@@ -12,15 +12,37 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Where one file was acknowledged up to.
+/// Where one file (one generation of it) was acknowledged up to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FilePosition {
-    /// Device and inode of the file when the position was taken.
+pub struct FileState {
+    /// The `file` header its lines carry.
+    pub file: String,
+    /// Device and inode of the file.
     pub dev: u64,
     pub ino: u64,
-    /// Generation: bumped each time the file was truncated (copytruncate).
+    /// Bytes of the first line hashed, and the hash (see `identity`); a length
+    /// of 0 matches any file (a position carried over from version 1).
+    pub fingerprint_len: u32,
+    pub fingerprint: u64,
+    /// Bumped each time the file was truncated (copytruncate).
     pub generation: u32,
     /// Byte offset after the last acknowledged line.
+    pub offset: u64,
+    /// Offset up to which lines had been handed to Kafka when this was
+    /// written: lines between `offset` and here were in flight, and may have
+    /// been acknowledged before a crash (then they are sent again).
+    pub read: u64,
+    /// Where it was last seen, and the source its lines are published as.
+    pub path: PathBuf,
+    pub source: String,
+}
+
+/// Where one file was acknowledged up to (checkpoint version 1, keyed by path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePositionV1 {
+    pub dev: u64,
+    pub ino: u64,
+    pub generation: u32,
     pub offset: u64,
 }
 
@@ -28,17 +50,19 @@ pub struct FilePosition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "version")]
 pub enum Checkpoint {
+    /// Positions keyed by path, identity device:inode:generation.
     #[serde(rename = "1")]
     V1 {
-        files: BTreeMap<PathBuf, FilePosition>,
+        files: BTreeMap<PathBuf, FilePositionV1>,
     },
+    /// Positions of files known by identity (device, inode, fingerprint).
+    #[serde(rename = "2")]
+    V2 { files: Vec<FileState> },
 }
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint::V1 {
-            files: BTreeMap::new(),
-        }
+        Checkpoint::V2 { files: Vec::new() }
     }
 }
 
@@ -58,15 +82,26 @@ pub enum CheckpointError {
 }
 
 impl Checkpoint {
-    pub fn files(&self) -> &BTreeMap<PathBuf, FilePosition> {
+    /// The positions, a version-1 checkpoint carried over: its files are
+    /// recognised by device and inode alone and keep their old `file` header.
+    pub fn into_files(self) -> Vec<FileState> {
         match self {
-            Checkpoint::V1 { files } => files,
-        }
-    }
-
-    pub fn files_mut(&mut self) -> &mut BTreeMap<PathBuf, FilePosition> {
-        match self {
-            Checkpoint::V1 { files } => files,
+            Checkpoint::V2 { files } => files,
+            Checkpoint::V1 { files } => files
+                .into_iter()
+                .map(|(path, p)| FileState {
+                    file: format!("{:x}:{:x}:{}", p.dev, p.ino, p.generation),
+                    dev: p.dev,
+                    ino: p.ino,
+                    fingerprint_len: 0,
+                    fingerprint: 0,
+                    generation: p.generation,
+                    offset: p.offset,
+                    read: p.offset,
+                    source: path.display().to_string(),
+                    path,
+                })
+                .collect(),
         }
     }
 
@@ -115,21 +150,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/checkpoints.json");
         assert_eq!(Checkpoint::load(&path).unwrap(), Checkpoint::default());
-        let mut cp = Checkpoint::default();
-        cp.files_mut().insert(
-            "/var/log/a.log".into(),
-            FilePosition {
+        let cp = Checkpoint::V2 {
+            files: vec![FileState {
+                file: "1:2:00000000000000ff:0".into(),
                 dev: 1,
                 ino: 2,
+                fingerprint_len: 80,
+                fingerprint: 255,
                 generation: 0,
                 offset: 99,
-            },
-        );
+                read: 120,
+                path: "/var/log/a.log".into(),
+                source: "web".into(),
+            }],
+        };
         cp.store(&path).unwrap();
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"version\": \"1\""), "{text}");
+        assert!(text.contains("\"version\": \"2\""), "{text}");
         assert_eq!(Checkpoint::load(&path).unwrap(), cp);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn version_1_is_carried_over_with_its_file_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        fs::write(
+            &path,
+            r#"{"version":"1","files":{"/l/a.log":{"dev":10,"ino":255,"generation":2,"offset":7}}}"#,
+        )
+        .unwrap();
+        let files = Checkpoint::load(&path).unwrap().into_files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].file, "a:ff:2");
+        assert_eq!((files[0].offset, files[0].fingerprint_len), (7, 0));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! too: each ack pops the oldest in-flight end offset of the slot, and that is
 //! the `Delivered` position a checkpoint may record.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -15,32 +16,70 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::stats::Stats;
+use crate::tail::Marks;
+
 #[derive(Debug, Default)]
 struct Slot {
     in_flight: VecDeque<u64>,
     /// Byte offset after the last line Kafka acknowledged.
-    delivered: Option<u64>,
+    delivered: u64,
 }
 
 #[derive(Default)]
 struct Tracker {
-    slots: Mutex<Vec<Slot>>,
+    slots: Mutex<HashMap<usize, Slot>>,
     failure: Mutex<Option<String>>,
+    /// Since when Kafka has been unreachable (logged once, and its end once).
+    outage: Mutex<Option<Instant>>,
+    stats: Arc<Stats>,
 }
 
 struct Ctx(Arc<Tracker>);
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut outage = self.0.outage.lock().unwrap();
+        if outage.is_none() {
+            *outage = Some(Instant::now());
+            Stats::add(&self.0.stats.outages, 1);
+            tracing::warn!(%error, reason, "Kafka unreachable: holding lines and retrying; nothing is dropped, reading pauses when the in-flight limit is reached");
+        } else {
+            tracing::debug!(%error, reason, "Kafka still unreachable");
+        }
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let stats = &self.0.stats;
+        let bytes = match result {
+            Ok(m) => m.payload_len(),
+            Err((_, m)) => m.payload_len(),
+        } as u64;
+        stats.in_flight.fetch_sub(1, Relaxed);
+        stats.in_flight_bytes.fetch_sub(bytes, Relaxed);
         let mut slots = self.0.slots.lock().unwrap();
-        let s = &mut slots[slot];
+        let Some(s) = slots.get_mut(&slot) else {
+            return;
+        };
         let end = s.in_flight.pop_front();
         match result {
-            Ok(_) => s.delivered = end.or(s.delivered),
+            Ok(_) => {
+                if let Some(end) = end {
+                    s.delivered = end;
+                }
+                Stats::add(&stats.lines_acked, 1);
+                drop(slots);
+                if let Some(since) = self.0.outage.lock().unwrap().take() {
+                    tracing::info!(
+                        after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                        "Kafka reachable again; acknowledgements resumed"
+                    );
+                }
+            }
             Err((e, _)) => {
                 // Never advance past a failed line: the checkpoint stays before it.
                 s.in_flight.clear();
@@ -66,6 +105,7 @@ pub struct Line<'a> {
     pub offset: u64,
     /// Byte offset after the line and its newline.
     pub end: u64,
+    pub marks: Marks,
     pub timestamp_ms: i64,
 }
 
@@ -85,16 +125,30 @@ pub struct Publisher {
     producer: ThreadedProducer<Ctx>,
     tracker: Arc<Tracker>,
     topic: String,
+    next_slot: std::cell::Cell<usize>,
+    /// Any set: the producer must stop waiting for room in the queue.
+    stop: Vec<Arc<AtomicBool>>,
 }
+
+/// A send that gave up because the producer is stopping.
+pub const STOPPING: &str = "stopping";
 
 impl Publisher {
     /// Idempotent, `acks=all`, lz4, no delivery timeout (a Kafka outage blocks,
-    /// it does not drop), and a bounded queue so memory stays bounded.
+    /// it does not drop), and a queue bounded to `max_in_flight_bytes` so
+    /// memory stays bounded while Kafka is away.
     pub fn new(
         brokers: &str,
         topic: &str,
+        max_in_flight_bytes: usize,
+        max_line_bytes: usize,
         extra: &[(String, String)],
+        stats: Arc<Stats>,
+        stop: Vec<Arc<AtomicBool>>,
     ) -> Result<Self, PublishError> {
+        let kbytes = (max_in_flight_bytes / 1024).max(1);
+        // A queued line costs its bytes plus ~200 bytes of librdkafka's own.
+        let messages = (max_in_flight_bytes / 256).clamp(1000, 2_000_000);
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
@@ -103,12 +157,19 @@ impl Publisher {
             .set("linger.ms", "10")
             .set("batch.size", "1000000")
             .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.messages", "200000")
-            .set("queue.buffering.max.kbytes", "65536");
+            .set(
+                "message.max.bytes",
+                (max_line_bytes + 65536).max(1_000_000).to_string(),
+            )
+            .set("queue.buffering.max.messages", messages.to_string())
+            .set("queue.buffering.max.kbytes", kbytes.to_string());
         for (k, v) in extra {
             cc.set(k, v);
         }
-        let tracker = Arc::new(Tracker::default());
+        let tracker = Arc::new(Tracker {
+            stats,
+            ..Tracker::default()
+        });
         let producer = cc
             .create_with_context(Ctx(tracker.clone()))
             .map_err(PublishError::Config)?;
@@ -116,40 +177,55 @@ impl Publisher {
             producer,
             tracker,
             topic: topic.to_string(),
+            next_slot: std::cell::Cell::new(0),
+            stop,
         })
     }
 
-    /// Adds a slot for a file whose lines before `offset` are already delivered.
+    /// Adds a slot for a file (generation) whose lines before `offset` are
+    /// already delivered.
     pub fn add_slot(&self, offset: u64) -> usize {
-        let mut slots = self.tracker.slots.lock().unwrap();
-        slots.push(Slot {
-            in_flight: VecDeque::new(),
-            delivered: Some(offset),
-        });
-        slots.len() - 1
+        let id = self.next_slot.get();
+        self.next_slot.set(id + 1);
+        self.tracker.slots.lock().unwrap().insert(
+            id,
+            Slot {
+                in_flight: VecDeque::new(),
+                delivered: offset,
+            },
+        );
+        id
     }
 
-    /// Resets a slot after truncation: lines in flight still ack, but the
-    /// delivered position restarts at 0 of the new generation.
-    pub fn reset_slot(&self, slot: usize) {
+    /// Forgets a slot once nothing of it is in flight; true when it is gone.
+    pub fn remove_slot_if_done(&self, slot: usize) -> bool {
         let mut slots = self.tracker.slots.lock().unwrap();
-        slots[slot] = Slot {
-            in_flight: VecDeque::new(),
-            delivered: Some(0),
-        };
+        match slots.get(&slot) {
+            Some(s) if s.in_flight.is_empty() => {
+                slots.remove(&slot);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
     }
 
-    /// Position after the last acknowledged line of a slot, once nothing
-    /// older is in flight.
+    /// Position after the last acknowledged line of a slot (every older line
+    /// of it acknowledged too: one partition, in order).
     pub fn delivered(&self, slot: usize) -> Option<u64> {
-        self.tracker.slots.lock().unwrap()[slot].delivered
+        self.tracker
+            .slots
+            .lock()
+            .unwrap()
+            .get(&slot)
+            .map(|s| s.delivered)
     }
 
     /// Queues a line, waiting (without dropping) while the queue is full.
     pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
         self.check()?;
         let offset = itoa::Buffer::new().format(line.offset).to_owned();
-        let headers = OwnedHeaders::new_with_capacity(4)
+        let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: logpipe_wire::HOST,
                 value: Some(line.host),
@@ -166,31 +242,84 @@ impl Publisher {
                 key: logpipe_wire::OFFSET,
                 value: Some(&offset),
             });
+        if let Some(len) = line.marks.cut {
+            headers = headers.insert(Header {
+                key: logpipe_wire::CUT,
+                value: Some(itoa::Buffer::new().format(len)),
+            });
+        }
+        if let Some(why) = line.marks.partial {
+            headers = headers.insert(Header {
+                key: logpipe_wire::PARTIAL,
+                value: Some(why),
+            });
+        }
         let mut record = BaseRecord::with_opaque_to(&self.topic, line.slot)
             .key(line.key)
             .payload(line.value)
             .headers(headers)
             .timestamp(line.timestamp_ms);
         // Recorded before sending: the ack may arrive before `send` returns.
-        self.tracker.slots.lock().unwrap()[line.slot]
+        self.tracker
+            .slots
+            .lock()
+            .unwrap()
+            .get_mut(&line.slot)
+            .expect("slot of a followed file")
             .in_flight
             .push_back(line.end);
+        let stats = &self.tracker.stats;
+        let bytes = line.value.len() as u64;
+        // Counted before sending: the ack may arrive before `send` returns.
+        stats.in_flight.fetch_add(1, Relaxed);
+        let now = stats.in_flight_bytes.fetch_add(bytes, Relaxed) + bytes;
+        stats.in_flight_bytes_peak.fetch_max(now, Relaxed);
+        let unsent = |this: &Self| {
+            stats.in_flight.fetch_sub(1, Relaxed);
+            stats.in_flight_bytes.fetch_sub(bytes, Relaxed);
+            this.pop_unsent(line.slot);
+        };
+        let mut waiting_since: Option<Instant> = None;
+        let mut warned = false;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if warned {
+                        tracing::info!("in-flight limit: room again, reading resumed");
+                    }
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Back-pressure: Kafka is slow or down; the file is the buffer.
                     record = r;
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if !warned && since.elapsed() >= Duration::from_secs(1) {
+                        warned = true;
+                        tracing::warn!(
+                            "in-flight limit reached: reading paused until Kafka acknowledges"
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(20));
-                    self.check()?;
+                    if let Err(e) = self.check() {
+                        unsent(self);
+                        return Err(e);
+                    }
+                    if self.stop.iter().any(|s| s.load(Relaxed)) {
+                        unsent(self);
+                        return Err(PublishError::Delivery(STOPPING.into()));
+                    }
                 }
                 Err((e, _)) => {
-                    self.tracker.slots.lock().unwrap()[line.slot]
-                        .in_flight
-                        .pop_back();
+                    unsent(self);
                     return Err(PublishError::Kafka(e));
                 }
             }
+        }
+    }
+
+    fn pop_unsent(&self, slot: usize) {
+        if let Some(s) = self.tracker.slots.lock().unwrap().get_mut(&slot) {
+            s.in_flight.pop_back();
         }
     }
 

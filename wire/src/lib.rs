@@ -5,7 +5,8 @@
 //! - key `<host>:<source>`, so every line of one source lands in one partition;
 //! - value: the raw line bytes without the trailing `\n` / `\r\n`;
 //! - timestamp: when the producer read the line (CreateTime, ms);
-//! - headers [`HOST`], [`SOURCE`], [`FILE`], [`OFFSET`].
+//! - headers [`HOST`], [`SOURCE`], [`FILE`], [`OFFSET`]; on exceptional
+//!   lines also [`CUT`] and [`PARTIAL`].
 //!
 //! This crate holds only those names and the two small encoders both sides need.
 
@@ -24,6 +25,14 @@ pub const SOURCE: &str = "source";
 pub const FILE: &str = "file";
 /// Header: byte offset of the line's first byte in that file, decimal.
 pub const OFFSET: &str = "offset";
+
+/// Header, only on a line longer than the producer's `--max-line-bytes`: the
+/// line's full length in bytes (decimal); the value holds its first bytes.
+pub const CUT: &str = "cut";
+/// Header, only on a piece of a line: `idle` (a line without newline sent after
+/// the idle timeout), `eof` (the unterminated end of a file read with
+/// `--exit-on-eof`), `rest` (what followed such a piece up to the newline).
+pub const PARTIAL: &str = "partial";
 
 /// The record key of a source: `<host>:<source>`.
 pub fn record_key(host: &str, source: &str) -> String {

@@ -1,0 +1,204 @@
+//! The tail-producer as operators run it: `logpipe produce` as its own
+//! process publishing into a `logpipe broker` process over loopback.
+//!
+//! `cargo bench --bench produce` prints, as medians of `LOGPIPE_BENCH_RUNS`
+//! (default 3) runs:
+//! - a 1 M-line generated access log (cached in `target/bench-data/`) read
+//!   with `--from-beginning --exit-on-eof`: lines/s and peak RSS of the
+//!   producer process;
+//! - 1000 idle followed files: RSS and CPU seconds over 10 s.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use logpipe_analyzer::generate::Generator;
+
+const LINES: usize = 1_000_000;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_logpipe"))
+}
+
+/// The cached 1 M-line log (seed 7, 2 000 lines/s of event time).
+fn log_file() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access-1m.log");
+    if !path.exists() {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        let mut g = Generator::new(7, 1_704_067_200_000, 2_000.0).malformed_one_in(0);
+        for _ in 0..LINES {
+            writeln!(f, "{}", g.next_line().0).unwrap();
+        }
+        f.flush().unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+struct Broker {
+    child: std::process::Child,
+    bootstrap: String,
+}
+
+impl Broker {
+    fn start(topic: &str) -> Broker {
+        let mut child = Command::new(bin())
+            .args(["broker", "--partitions", "6", "--topic", topic])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start logpipe broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Broker {
+            child,
+            bootstrap: line.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child`; returns (wall, user+sys CPU seconds, peak RSS in MiB).
+fn wait_measured(child: &mut std::process::Child, started: Instant) -> (f64, f64, f64) {
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "logpipe produce failed: status {status}"
+    );
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
+    (wall, cpu, ru.ru_maxrss as f64 / 1024.0)
+}
+
+fn produce_once(log: &Path) -> (f64, f64, f64) {
+    let broker = Broker::start("logs");
+    let cp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args(["produce", "--brokers", &broker.bootstrap, "--host", "bench"])
+        .args(["--from-beginning", "--exit-on-eof", "--checkpoint-dir"])
+        .arg(cp.path())
+        .arg(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = wait_measured(&mut child, started);
+    drop(broker);
+    r
+}
+
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after "(comm) ".
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn proc_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse::<f64>()
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Follows 1000 files that nobody writes to; (peak RSS MiB, CPU s over 10 s).
+fn idle_files() -> (f64, f64) {
+    let broker = Broker::start("logs");
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        std::fs::write(
+            dir.path().join(format!("site{i:04}.log")),
+            "127.0.0.1 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"-\"\n",
+        )
+        .unwrap();
+    }
+    let cp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .args(["produce", "--brokers", &broker.bootstrap, "--host", "bench"])
+        .arg("--checkpoint-dir")
+        .arg(cp.path())
+        .arg(dir.path().join("*.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu0 = proc_cpu_secs(child.id());
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu = proc_cpu_secs(child.id()) - cpu0;
+    let rss = proc_rss_mib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    (rss, cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runs: usize = std::env::var("LOGPIPE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let log = log_file();
+    let size = std::fs::metadata(&log).unwrap().len();
+    println!(
+        "produce: {} lines, {:.0} MB, into a `logpipe broker` process ({runs} runs)",
+        LINES,
+        size as f64 / 1e6
+    );
+    let mut rates = vec![];
+    let mut rss = vec![];
+    let mut cpus = vec![];
+    for i in 0..runs {
+        let (wall, cpu, peak) = produce_once(&log);
+        let rate = LINES as f64 / wall;
+        println!(
+            "  run {}: {wall:.2} s, {rate:.0} lines/s, CPU {cpu:.2} s, peak RSS {peak:.1} MiB",
+            i + 1
+        );
+        rates.push(rate);
+        rss.push(peak);
+        cpus.push(cpu);
+    }
+    println!(
+        "produce 1M lines: median {:.0} lines/s, CPU {:.2} s, peak RSS {:.1} MiB",
+        median(rates),
+        median(cpus),
+        median(rss)
+    );
+    if std::env::var_os("LOGPIPE_BENCH_SKIP_IDLE").is_none() {
+        let (rss, cpu) = idle_files();
+        println!("1000 idle files: RSS {rss:.1} MiB, CPU {cpu:.3} s over 10 s");
+    }
+}

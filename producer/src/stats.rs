@@ -1,0 +1,93 @@
+//! Health counters: updated lock-free by the reader and the delivery callback,
+//! logged every `--stats-interval` and at exit, readable by tests.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What the producer did so far.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub lines_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub lines_acked: AtomicU64,
+    /// Lines handed to Kafka and not yet acknowledged, and their bytes.
+    pub in_flight: AtomicU64,
+    pub in_flight_bytes: AtomicU64,
+    /// The most bytes that were ever in flight at once.
+    pub in_flight_bytes_peak: AtomicU64,
+    pub files_followed: AtomicU64,
+    /// A followed file found under another path (rename, symlink swap) or
+    /// replaced at its path by a new file.
+    pub rotations: AtomicU64,
+    pub truncations: AtomicU64,
+    pub deletions: AtomicU64,
+    /// Lines longer than `--max-line-bytes`, sent cut.
+    pub lines_cut: AtomicU64,
+    /// Incomplete lines sent after the idle timeout or at the end of input.
+    pub partial_lines: AtomicU64,
+    /// Times Kafka became unreachable.
+    pub outages: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub lines_read: u64,
+    pub bytes_read: u64,
+    pub lines_acked: u64,
+    pub in_flight: u64,
+    pub in_flight_bytes: u64,
+    pub in_flight_bytes_peak: u64,
+    pub files_followed: u64,
+    pub rotations: u64,
+    pub truncations: u64,
+    pub deletions: u64,
+    pub lines_cut: u64,
+    pub partial_lines: u64,
+    pub outages: u64,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        Snapshot {
+            lines_read: g(&self.lines_read),
+            bytes_read: g(&self.bytes_read),
+            lines_acked: g(&self.lines_acked),
+            in_flight: g(&self.in_flight),
+            in_flight_bytes: g(&self.in_flight_bytes),
+            in_flight_bytes_peak: g(&self.in_flight_bytes_peak),
+            files_followed: g(&self.files_followed),
+            rotations: g(&self.rotations),
+            truncations: g(&self.truncations),
+            deletions: g(&self.deletions),
+            lines_cut: g(&self.lines_cut),
+            partial_lines: g(&self.partial_lines),
+            outages: g(&self.outages),
+        }
+    }
+
+    /// One `tracing` line with every counter.
+    pub fn log(&self, what: &str) {
+        let s = self.snapshot();
+        tracing::info!(
+            lines_read = s.lines_read,
+            bytes_read = s.bytes_read,
+            lines_acked = s.lines_acked,
+            in_flight = s.in_flight,
+            in_flight_bytes = s.in_flight_bytes,
+            in_flight_bytes_peak = s.in_flight_bytes_peak,
+            files_followed = s.files_followed,
+            rotations = s.rotations,
+            truncations = s.truncations,
+            deletions = s.deletions,
+            lines_cut = s.lines_cut,
+            partial_lines = s.partial_lines,
+            outages = s.outages,
+            "{what}"
+        );
+    }
+}
