@@ -121,17 +121,17 @@ pub struct ProduceArgs {
     pub partial_line_timeout: Option<Duration>,
     /// Bytes of lines sent and not yet acknowledged by Kafka, at most; when
     /// Kafka is slow or down, reading pauses here (the files are the buffer).
-    #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = "16MiB", value_parser = bytes)]
+    #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = "4MiB", value_parser = bytes)]
     pub max_in_flight: usize,
     /// A file no longer at a followed path (rotated away, deleted) is closed
     /// once nothing was written to it for this long.
     #[arg(long, env = "LOGPIPE_ROTATE_WAIT", default_value = "5s", value_parser = duration)]
     pub rotate_wait: Duration,
     /// How often files are read again when no change event arrived.
-    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "250ms", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     pub poll_interval: Duration,
     /// How often the paths are listed again for new, rotated and deleted files.
-    #[arg(long, env = "LOGPIPE_SCAN_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_SCAN_INTERVAL", default_value = "5s", value_parser = duration)]
     pub scan_interval: Duration,
     /// How often acknowledged positions are written to the checkpoint (only when changed).
     #[arg(long, env = "LOGPIPE_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = duration)]

@@ -15,6 +15,12 @@ use logpipe_analyzer::formats::{Formats, Parser as LogParser};
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
 
+/// mimalloc, also for librdkafka's C allocations (`override`): the producer
+/// allocates headers on the reading thread and librdkafka frees them on its
+/// broker thread, which glibc's malloc serialises on an arena lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -98,13 +98,13 @@ impl ProducerConfig {
             from_beginning: false,
             exit_on_eof: false,
             checkpoint_dir: None,
-            poll_interval: Duration::from_millis(250),
-            scan_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(500),
+            scan_interval: Duration::from_secs(5),
             ignore_older: None,
             max_line_bytes: 1 << 20,
             partial_line_timeout: None,
             rotate_wait: Duration::from_secs(5),
-            max_in_flight_bytes: 16 << 20,
+            max_in_flight_bytes: 4 << 20,
             checkpoint_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             stats_interval: Duration::from_secs(60),
@@ -218,6 +218,10 @@ struct Producer {
     retired: Vec<(usize, Option<FileState>)>,
     cp_path: Option<PathBuf>,
     last_cp: Vec<u8>,
+    /// What the last checkpoint was built from: acks, files, retired, paths
+    /// (a cheap test for "nothing changed" with many idle files).
+    last_cp_basis: (u64, usize, usize, u64),
+    last_cp_full: Instant,
     summary: ProduceSummary,
     stats: Arc<Stats>,
     events: mpsc::Receiver<()>,
@@ -327,6 +331,8 @@ impl Producer {
             retired: Vec::new(),
             cp_path,
             last_cp: Vec::new(),
+            last_cp_basis: (u64::MAX, 0, 0, 0),
+            last_cp_full: Instant::now(),
             summary: ProduceSummary::default(),
             stats: ctl.stats.clone(),
             events,
@@ -700,14 +706,16 @@ impl Producer {
                 };
                 read += n;
                 f.at_eof = n == 0;
+                summary.lines += lines;
+                summary.bytes += bytes;
+                Stats::add(&stats.lines_read, lines);
+                Stats::add(&stats.bytes_read, bytes);
+                stats.sample_in_flight();
+                (lines, bytes) = (0, 0);
                 if n == 0 || read >= BUDGET {
                     break;
                 }
             }
-            summary.lines += lines;
-            summary.bytes += bytes;
-            Stats::add(&stats.lines_read, lines);
-            Stats::add(&stats.bytes_read, bytes);
             if read > 0 {
                 progressed = true;
                 f.last_data = Instant::now();
@@ -776,7 +784,14 @@ impl Producer {
                     || f.gone_since
                         .is_some_and(|g| now - g >= self.cfg.rotate_wait))
                 && quiet;
-            if !done {
+            // `at_eof` is from the last read: bytes may have come since.
+            let drained = || {
+                f.tail
+                    .file
+                    .metadata()
+                    .is_ok_and(|m| m.len() <= f.tail.read_pos())
+            };
+            if !done || !drained() {
                 i += 1;
                 continue;
             }
@@ -820,6 +835,20 @@ impl Producer {
         let Some(path) = &self.cp_path else {
             return Ok(());
         };
+        let basis = (
+            self.stats.acked.lines.load(Ordering::Relaxed),
+            self.files.len(),
+            self.retired.len(),
+            self.stats.rotations.load(Ordering::Relaxed)
+                + self.stats.truncations.load(Ordering::Relaxed)
+                + self.stats.deletions.load(Ordering::Relaxed),
+        );
+        // Renames of idle files change no counter here: look every 30 s anyway.
+        if basis == self.last_cp_basis && self.last_cp_full.elapsed() < Duration::from_secs(30) {
+            return Ok(());
+        }
+        self.last_cp_basis = basis;
+        self.last_cp_full = Instant::now();
         let mut files: Vec<FileState> =
             self.files.iter().filter_map(|f| self.state_of(f)).collect();
         for (slot, state) in &self.retired {
@@ -864,6 +893,8 @@ impl Producer {
                     continue;
                 }
                 let _ = self.events.recv_timeout(self.cfg.poll_interval);
+                // Idle partial lines and finished files are not left to the scan.
+                self.housekeeping()?;
             }
             if self.rescan.swap(false, Ordering::Relaxed)
                 || last_scan.elapsed() >= self.cfg.scan_interval
@@ -906,6 +937,7 @@ impl Producer {
             }
         }
         let left = self.publisher.in_flight();
+        self.last_cp_basis.0 = u64::MAX; // always written at the end
         self.checkpoint()?;
         self.stats.log("producer done");
         if left > 0 {

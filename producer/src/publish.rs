@@ -1,11 +1,11 @@
 //! Publishing lines to Kafka with delivery tracking per file.
 //!
-//! Every file has a slot. Lines of one file go to one partition in order
-//! (same key, idempotent producer), so their acknowledgements arrive in order
-//! too: each ack pops the oldest in-flight end offset of the slot, and that is
-//! the `Delivered` position a checkpoint may record.
+//! Every file generation has a slot. Lines of one file go to one partition in
+//! order (same key, idempotent producer), so their acknowledgements arrive in
+//! order too: each ack carries (in its opaque) the slot and the end offset of
+//! its line, and that end is the delivered position a checkpoint may record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,17 +21,24 @@ use crate::tail::Marks;
 
 #[derive(Debug, Default)]
 struct Slot {
-    in_flight: VecDeque<u64>,
+    /// Lines sent and not yet acknowledged.
+    in_flight: u64,
     /// Byte offset after the last line Kafka acknowledged.
     delivered: u64,
 }
+
+/// The delivery opaque: slot id in the high bits, the line's end offset below.
+const END_BITS: u32 = 44;
+const END_MASK: usize = (1 << END_BITS) - 1;
 
 #[derive(Default)]
 struct Tracker {
     slots: Mutex<HashMap<usize, Slot>>,
     failure: Mutex<Option<String>>,
+    failed: AtomicBool,
     /// Since when Kafka has been unreachable (logged once, and its end once).
     outage: Mutex<Option<Instant>>,
+    in_outage: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -42,6 +49,7 @@ impl ClientContext for Ctx {
         let mut outage = self.0.outage.lock().unwrap();
         if outage.is_none() {
             *outage = Some(Instant::now());
+            self.0.in_outage.store(true, Relaxed);
             Stats::add(&self.0.stats.outages, 1);
             tracing::warn!(%error, reason, "Kafka unreachable: holding lines and retrying; nothing is dropped, reading pauses when the in-flight limit is reached");
         } else {
@@ -53,38 +61,43 @@ impl ClientContext for Ctx {
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
-        let stats = &self.0.stats;
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let t = &self.0;
+        let (slot, end) = (opaque >> END_BITS, (opaque & END_MASK) as u64);
         let bytes = match result {
-            Ok(m) => m.payload_len(),
-            Err((_, m)) => m.payload_len(),
-        } as u64;
-        stats.in_flight.fetch_sub(1, Relaxed);
-        stats.in_flight_bytes.fetch_sub(bytes, Relaxed);
-        let mut slots = self.0.slots.lock().unwrap();
-        let Some(s) = slots.get_mut(&slot) else {
-            return;
+            Ok(m) => m.payload_len() as u64,
+            Err(_) => 0,
         };
-        let end = s.in_flight.pop_front();
         match result {
             Ok(_) => {
-                if let Some(end) = end {
-                    s.delivered = end;
+                {
+                    let mut slots = t.slots.lock().unwrap();
+                    if let Some(s) = slots.get_mut(&slot) {
+                        s.in_flight -= 1;
+                        // After a refused line nothing advances: the checkpoint stays before it.
+                        if !t.failed.load(Relaxed) {
+                            s.delivered = s.delivered.max(end);
+                        }
+                    }
                 }
-                Stats::add(&stats.lines_acked, 1);
-                drop(slots);
-                if let Some(since) = self.0.outage.lock().unwrap().take() {
-                    tracing::info!(
-                        after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
-                        "Kafka reachable again; acknowledgements resumed"
-                    );
+                Stats::add(&t.stats.acked.lines, 1);
+                Stats::add(&t.stats.acked.bytes, bytes);
+                if t.in_outage.load(Relaxed) {
+                    if let Some(since) = t.outage.lock().unwrap().take() {
+                        t.in_outage.store(false, Relaxed);
+                        tracing::info!(
+                            after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                            "Kafka reachable again; acknowledgements resumed"
+                        );
+                    }
                 }
             }
             Err((e, _)) => {
-                // Never advance past a failed line: the checkpoint stays before it.
-                s.in_flight.clear();
-                self.0
-                    .failure
+                t.failed.store(true, Relaxed);
+                if let Some(s) = t.slots.lock().unwrap().get_mut(&slot) {
+                    s.in_flight -= 1;
+                }
+                t.failure
                     .lock()
                     .unwrap()
                     .get_or_insert_with(|| format!("Kafka did not accept a line: {e}"));
@@ -125,7 +138,6 @@ pub struct Publisher {
     producer: ThreadedProducer<Ctx>,
     tracker: Arc<Tracker>,
     topic: String,
-    next_slot: std::cell::Cell<usize>,
     /// Any set: the producer must stop waiting for room in the queue.
     stop: Vec<Arc<AtomicBool>>,
 }
@@ -170,14 +182,35 @@ impl Publisher {
             stats,
             ..Tracker::default()
         });
-        let producer = cc
+        let producer: ThreadedProducer<Ctx> = cc
             .create_with_context(Ctx(tracker.clone()))
             .map_err(PublishError::Config)?;
+        // Ask for the topic's metadata once the connection is up: it tells an
+        // unknown topic at start-up, and each metadata response makes
+        // librdkafka request its producer id at once — otherwise, when no
+        // broker was up at its first try, it waits a fixed 500 ms.
+        for _ in 0..2 {
+            match producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(2))
+            {
+                Ok(md) => {
+                    if let Some(t) = md.topics().first() {
+                        if let Some(e) = t.error() {
+                            tracing::warn!(topic, error = ?e, "topic not available yet; lines wait until it is");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka not reachable at start-up; lines wait until it is");
+                    break;
+                }
+            }
+        }
         Ok(Publisher {
             producer,
             tracker,
             topic: topic.to_string(),
-            next_slot: std::cell::Cell::new(0),
             stop,
         })
     }
@@ -185,12 +218,16 @@ impl Publisher {
     /// Adds a slot for a file (generation) whose lines before `offset` are
     /// already delivered.
     pub fn add_slot(&self, offset: u64) -> usize {
-        let id = self.next_slot.get();
-        self.next_slot.set(id + 1);
-        self.tracker.slots.lock().unwrap().insert(
+        let mut slots = self.tracker.slots.lock().unwrap();
+        // The lowest free id, so ids stay small over months of rotations.
+        let mut id = 0;
+        while slots.contains_key(&id) {
+            id += 1;
+        }
+        slots.insert(
             id,
             Slot {
-                in_flight: VecDeque::new(),
+                in_flight: 0,
                 delivered: offset,
             },
         );
@@ -201,7 +238,7 @@ impl Publisher {
     pub fn remove_slot_if_done(&self, slot: usize) -> bool {
         let mut slots = self.tracker.slots.lock().unwrap();
         match slots.get(&slot) {
-            Some(s) if s.in_flight.is_empty() => {
+            Some(s) if s.in_flight == 0 => {
                 slots.remove(&slot);
                 true
             }
@@ -223,8 +260,11 @@ impl Publisher {
 
     /// Queues a line, waiting (without dropping) while the queue is full.
     pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
-        self.check()?;
-        let offset = itoa::Buffer::new().format(line.offset).to_owned();
+        if self.tracker.failed.load(Relaxed) {
+            self.check()?;
+        }
+        let mut offset = itoa::Buffer::new();
+        let offset = offset.format(line.offset);
         let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: logpipe_wire::HOST,
@@ -240,7 +280,7 @@ impl Publisher {
             })
             .insert(Header {
                 key: logpipe_wire::OFFSET,
-                value: Some(&offset),
+                value: Some(offset),
             });
         if let Some(len) = line.marks.cut {
             headers = headers.insert(Header {
@@ -254,36 +294,34 @@ impl Publisher {
                 value: Some(why),
             });
         }
-        let mut record = BaseRecord::with_opaque_to(&self.topic, line.slot)
+        if line.end > END_MASK as u64 || line.slot >= 1 << (usize::BITS - END_BITS) {
+            return Err(PublishError::Delivery(format!(
+                "file offset {} or slot {} beyond what the producer can track",
+                line.end, line.slot
+            )));
+        }
+        let opaque = (line.slot << END_BITS) | line.end as usize;
+        let mut record = BaseRecord::with_opaque_to(&self.topic, opaque)
             .key(line.key)
             .payload(line.value)
             .headers(headers)
             .timestamp(line.timestamp_ms);
-        // Recorded before sending: the ack may arrive before `send` returns.
-        self.tracker
-            .slots
-            .lock()
-            .unwrap()
-            .get_mut(&line.slot)
-            .expect("slot of a followed file")
-            .in_flight
-            .push_back(line.end);
-        let stats = &self.tracker.stats;
-        let bytes = line.value.len() as u64;
         // Counted before sending: the ack may arrive before `send` returns.
-        stats.in_flight.fetch_add(1, Relaxed);
-        let now = stats.in_flight_bytes.fetch_add(bytes, Relaxed) + bytes;
-        stats.in_flight_bytes_peak.fetch_max(now, Relaxed);
-        let unsent = |this: &Self| {
-            stats.in_flight.fetch_sub(1, Relaxed);
-            stats.in_flight_bytes.fetch_sub(bytes, Relaxed);
-            this.pop_unsent(line.slot);
-        };
+        if let Some(s) = self.tracker.slots.lock().unwrap().get_mut(&line.slot) {
+            s.in_flight += 1;
+        }
+        let unsent = |this: &Self| this.pop_unsent(line.slot);
         let mut waiting_since: Option<Instant> = None;
         let mut warned = false;
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
+                    if let Some(since) = waiting_since {
+                        Stats::add(
+                            &self.tracker.stats.paused_ms,
+                            since.elapsed().as_millis() as u64,
+                        );
+                    }
                     if warned {
                         tracing::info!("in-flight limit: room again, reading resumed");
                     }
@@ -299,7 +337,7 @@ impl Publisher {
                             "in-flight limit reached: reading paused until Kafka acknowledges"
                         );
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(1));
                     if let Err(e) = self.check() {
                         unsent(self);
                         return Err(e);
@@ -319,7 +357,7 @@ impl Publisher {
 
     fn pop_unsent(&self, slot: usize) {
         if let Some(s) = self.tracker.slots.lock().unwrap().get_mut(&slot) {
-            s.in_flight.pop_back();
+            s.in_flight -= 1;
         }
     }
 

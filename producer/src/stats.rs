@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     pub lines_read: AtomicU64,
     pub bytes_read: AtomicU64,
-    pub lines_acked: AtomicU64,
-    /// Lines handed to Kafka and not yet acknowledged, and their bytes.
-    pub in_flight: AtomicU64,
-    pub in_flight_bytes: AtomicU64,
-    /// The most bytes that were ever in flight at once.
+    /// Counted by the delivery callback on librdkafka's thread: kept on a
+    /// cache line of their own, away from the reader's counters.
+    pub acked: Acked,
+    /// The most bytes that were in flight at once (sampled after each read).
     pub in_flight_bytes_peak: AtomicU64,
     pub files_followed: AtomicU64,
     /// A followed file found under another path (rename, symlink swap) or
@@ -26,6 +25,16 @@ pub struct Stats {
     pub partial_lines: AtomicU64,
     /// Times Kafka became unreachable.
     pub outages: AtomicU64,
+    /// Milliseconds reading waited for room under the in-flight limit.
+    pub paused_ms: AtomicU64,
+}
+
+/// Lines and bytes Kafka acknowledged.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Acked {
+    pub lines: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -34,6 +43,7 @@ pub struct Snapshot {
     pub lines_read: u64,
     pub bytes_read: u64,
     pub lines_acked: u64,
+    /// Lines handed to Kafka and not yet acknowledged, and their bytes.
     pub in_flight: u64,
     pub in_flight_bytes: u64,
     pub in_flight_bytes_peak: u64,
@@ -44,6 +54,7 @@ pub struct Snapshot {
     pub lines_cut: u64,
     pub partial_lines: u64,
     pub outages: u64,
+    pub paused_ms: u64,
 }
 
 impl Stats {
@@ -51,14 +62,25 @@ impl Stats {
         c.fetch_add(n, Relaxed);
     }
 
+    /// Notes the bytes in flight now for the peak (reader thread).
+    pub fn sample_in_flight(&self) {
+        let now = self
+            .bytes_read
+            .load(Relaxed)
+            .saturating_sub(self.acked.bytes.load(Relaxed));
+        self.in_flight_bytes_peak.fetch_max(now, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let g = |c: &AtomicU64| c.load(Relaxed);
+        let (lines_acked, bytes_acked) = (g(&self.acked.lines), g(&self.acked.bytes));
+        let (lines_read, bytes_read) = (g(&self.lines_read), g(&self.bytes_read));
         Snapshot {
-            lines_read: g(&self.lines_read),
-            bytes_read: g(&self.bytes_read),
-            lines_acked: g(&self.lines_acked),
-            in_flight: g(&self.in_flight),
-            in_flight_bytes: g(&self.in_flight_bytes),
+            lines_read,
+            bytes_read,
+            lines_acked,
+            in_flight: lines_read.saturating_sub(lines_acked),
+            in_flight_bytes: bytes_read.saturating_sub(bytes_acked),
             in_flight_bytes_peak: g(&self.in_flight_bytes_peak),
             files_followed: g(&self.files_followed),
             rotations: g(&self.rotations),
@@ -67,6 +89,7 @@ impl Stats {
             lines_cut: g(&self.lines_cut),
             partial_lines: g(&self.partial_lines),
             outages: g(&self.outages),
+            paused_ms: g(&self.paused_ms),
         }
     }
 
@@ -87,6 +110,7 @@ impl Stats {
             lines_cut = s.lines_cut,
             partial_lines = s.partial_lines,
             outages = s.outages,
+            paused_ms = s.paused_ms,
             "{what}"
         );
     }

@@ -155,6 +155,9 @@ struct World {
     seq: u64,
     rotated: u64,
     killed: bool,
+    /// A sync happened since the producer (re)started: it has every known
+    /// file open.
+    synced_this_run: bool,
     collector: Collector,
 }
 
@@ -179,6 +182,7 @@ impl World {
             seq: 0,
             rotated: 0,
             killed: false,
+            synced_this_run: false,
             collector: Collector::new(bootstrap),
         }
     }
@@ -244,6 +248,7 @@ impl World {
         cfg.checkpoint_interval = Duration::from_millis(50);
         cfg.rotate_wait = Duration::from_millis(300);
         cfg.shutdown_timeout = Duration::from_secs(20);
+        self.synced_this_run = false;
         let ctl = Control::default();
         let c = ctl.clone();
         let h = std::thread::spawn(move || logpipe_producer::run_with(cfg, c));
@@ -286,6 +291,7 @@ impl World {
                 l.known = true;
             }
         }
+        self.synced_this_run = true;
         // Two checkpoint intervals: the checkpoint names every file read.
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -352,13 +358,19 @@ impl World {
                 if !self.live[src].partial.is_empty() {
                     self.write(src, 1);
                 }
-                if !(self.running.is_some() && self.live[src].known) {
+                if self.running.is_some() && self.synced_this_run && self.live[src].known {
+                    // The producer holds it open: what is left is still read,
+                    // as long as it runs — a deleted file cannot be read after
+                    // a restart, so wait for that before any kill.
+                    std::fs::remove_file(&self.live[src].path).unwrap();
+                    self.new_live(src);
+                    self.sync();
+                } else {
                     // Deleting a file nobody opened loses it; make sure it was read.
                     self.sync();
+                    std::fs::remove_file(&self.live[src].path).unwrap();
+                    self.new_live(src);
                 }
-                // The producer holds it open: what is left is still read.
-                std::fs::remove_file(&self.live[src].path).unwrap();
-                self.new_live(src);
             }
             Op::Restart => {
                 self.stop(false);
