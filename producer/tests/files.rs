@@ -1,0 +1,267 @@
+//! The producer against real files and librdkafka's mock cluster, one case
+//! each: symlink swap, `--ignore-older`, over-long lines, `\r\n` and invalid
+//! UTF-8, idle partial lines, start at the end for files already there.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use logpipe_producer::discover::InputSpec;
+use logpipe_producer::{Control, ProduceError, ProduceSummary, ProducerConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// One record: value and headers.
+#[derive(Debug, Clone)]
+struct Rec {
+    value: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Rec {
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.value).into_owned()
+    }
+}
+
+struct Setup {
+    // Dropped in this order: the reader before the cluster it talks to.
+    reader: BaseConsumer,
+    got: Vec<Rec>,
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("logs", 1, 1).unwrap();
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "files-test")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("logs", 0, Offset::Beginning)
+            .unwrap();
+        reader.assign(&tpl).unwrap();
+        Setup {
+            cluster,
+            reader,
+            got: Vec::new(),
+        }
+    }
+
+    fn config(&self, paths: Vec<String>) -> ProducerConfig {
+        let mut cfg = ProducerConfig::new(
+            &self.cluster.bootstrap_servers(),
+            "logs",
+            "t",
+            vec![InputSpec {
+                paths,
+                ..Default::default()
+            }],
+        );
+        cfg.poll_interval = Duration::from_millis(20);
+        cfg.scan_interval = Duration::from_millis(50);
+        cfg.rotate_wait = Duration::from_millis(200);
+        cfg
+    }
+
+    /// Waits until `n` records arrived in all.
+    fn wait_for(&mut self, n: usize) -> &[Rec] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.got.len() < n && Instant::now() < deadline {
+            if let Some(m) = self.reader.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or(b"")).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.got.push(Rec {
+                    value: m.payload().unwrap_or(b"").to_vec(),
+                    headers,
+                });
+            }
+        }
+        assert_eq!(self.got.len(), n, "records: {:?}", self.got);
+        &self.got
+    }
+
+    /// Nothing more arrives for a moment.
+    fn assert_quiet(&mut self) {
+        let n = self.got.len();
+        if let Some(m) = self.reader.poll(Duration::from_millis(500)) {
+            panic!(
+                "unexpected record after {n}: {:?}",
+                m.unwrap().payload().map(String::from_utf8_lossy)
+            );
+        }
+    }
+}
+
+fn start(cfg: ProducerConfig) -> (Control, JoinHandle<Result<ProduceSummary, ProduceError>>) {
+    let ctl = Control::default();
+    let c = ctl.clone();
+    (
+        ctl,
+        std::thread::spawn(move || logpipe_producer::run_with(cfg, c)),
+    )
+}
+
+fn stop(p: (Control, JoinHandle<Result<ProduceSummary, ProduceError>>)) -> ProduceSummary {
+    p.0.shutdown.store(true, Ordering::SeqCst);
+    p.1.join().unwrap().unwrap()
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
+#[test]
+fn a_symlink_swapped_to_another_file_drains_the_old_one_and_reads_the_new() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, link) = (
+        dir.path().join("a.log"),
+        dir.path().join("b.log"),
+        dir.path().join("current.log"),
+    );
+    append(&a, b"a1\na2\n");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let mut cfg = s.config(vec![link.display().to_string()]);
+    cfg.from_beginning = true;
+    let p = start(cfg);
+    s.wait_for(2);
+    append(&b, b"b1\n");
+    // Swap atomically, as deploy tools do: a new link renamed over the old.
+    let tmp = dir.path().join("current.tmp");
+    std::os::unix::fs::symlink(&b, &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    append(&a, b"a3\n"); // the old file's writer is not done yet
+    append(&b, b"b2\n");
+    let got: Vec<String> = s.wait_for(5).iter().map(Rec::text).collect();
+    let a_lines: Vec<&String> = got.iter().filter(|l| l.starts_with('a')).collect();
+    let b_lines: Vec<&String> = got.iter().filter(|l| l.starts_with('b')).collect();
+    assert_eq!(a_lines, ["a1", "a2", "a3"]);
+    assert_eq!(b_lines, ["b1", "b2"]);
+    // Both published under the link's path: one source.
+    let sources: std::collections::BTreeSet<&str> =
+        s.got.iter().filter_map(|r| r.header("source")).collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    s.assert_quiet();
+    stop(p);
+}
+
+#[test]
+fn ignore_older_skips_stale_files_until_they_change_then_reads_only_new_lines() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (old, fresh) = (dir.path().join("old.log"), dir.path().join("fresh.log"));
+    append(&old, b"stale 1\nstale 2\n");
+    let week_ago = SystemTime::now() - Duration::from_secs(7 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(week_ago)
+        .unwrap();
+    append(&fresh, b"fresh 1\n");
+    let mut cfg = s.config(vec![format!("{}/*.log", dir.path().display())]);
+    cfg.from_beginning = true;
+    cfg.ignore_older = Some(Duration::from_secs(86400));
+    let p = start(cfg);
+    assert_eq!(s.wait_for(1)[0].text(), "fresh 1");
+    s.assert_quiet();
+    append(&old, b"new 1\n");
+    assert_eq!(s.wait_for(2)[1].text(), "new 1");
+    s.assert_quiet();
+    stop(p);
+}
+
+#[test]
+fn long_lines_are_cut_and_marked_crlf_stripped_bytes_kept() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.log");
+    let mut content = b"dos line\r\n".to_vec();
+    content.extend_from_slice(&[b'L'; 5000]);
+    content.extend_from_slice(b"\n\xff\xfe not utf-8\nlast\n");
+    append(&f, &content);
+    let mut cfg = s.config(vec![f.display().to_string()]);
+    cfg.from_beginning = true;
+    cfg.max_line_bytes = 1000;
+    let p = start(cfg);
+    let got = s.wait_for(4).to_vec();
+    assert_eq!(got[0].value, b"dos line");
+    assert_eq!(got[1].value, vec![b'L'; 1000]);
+    assert_eq!(got[1].header("cut"), Some("5000"));
+    assert_eq!(got[1].header("offset"), Some("10"));
+    assert_eq!(got[2].value, b"\xff\xfe not utf-8");
+    assert_eq!(got[2].header("cut"), None);
+    assert_eq!(got[3].header("offset"), Some("5024"));
+    assert_eq!(stop(p).lines, 4);
+}
+
+#[test]
+fn an_idle_partial_line_is_sent_marked_and_its_rest_follows_marked() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.log");
+    append(&f, b"whole\nhalf a li");
+    let mut cfg = s.config(vec![f.display().to_string()]);
+    cfg.from_beginning = true;
+    cfg.partial_line_timeout = Some(Duration::from_millis(300));
+    let p = start(cfg);
+    let got = s.wait_for(2).to_vec();
+    assert_eq!(got[1].text(), "half a li");
+    assert_eq!(got[1].header("partial"), Some("idle"));
+    append(&f, b"ne\nnext\n");
+    let got = s.wait_for(4).to_vec();
+    assert_eq!(got[2].text(), "ne");
+    assert_eq!(got[2].header("partial"), Some("rest"));
+    assert_eq!(got[3].header("partial"), None);
+    stop(p);
+}
+
+#[test]
+fn files_already_there_start_at_their_last_whole_line_by_default() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.log");
+    append(&f, b"old 1\nold 2\nhalf");
+    let p = start(s.config(vec![format!("{}/*.log", dir.path().display())]));
+    std::thread::sleep(Duration::from_millis(300));
+    append(&f, b" done\nnew\n");
+    let got: Vec<String> = s.wait_for(2).iter().map(Rec::text).collect();
+    assert_eq!(got, ["half done", "new"]);
+    // A file created while running is read from its beginning.
+    append(&dir.path().join("y.log"), b"y1\n");
+    assert_eq!(s.wait_for(3)[2].text(), "y1");
+    stop(p);
+}
