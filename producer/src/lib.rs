@@ -566,7 +566,7 @@ impl Producer {
             key: logpipe_wire::record_key(&self.cfg.host, &source).into_bytes(),
             id,
             source,
-            slot: self.publisher.add_slot(offset),
+            slot: self.publisher.add_slot(offset)?,
             last_len: md.len(),
             last_data: Instant::now(),
             at_eof: false,
@@ -1021,7 +1021,7 @@ fn check_file(
         f.tail.reset().map_err(err)?;
         // Acks of the old generation still arrive; they count for the old slot.
         retired.push((f.slot, None));
-        f.slot = publisher.add_slot(0);
+        f.slot = publisher.add_slot(0)?;
         f.at_eof = false;
         f.last_len = len;
     }

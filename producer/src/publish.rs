@@ -5,8 +5,9 @@
 //! order too: each ack carries (in its opaque) the slot and the end offset of
 //! its line, and that end is the delivered position a checkpoint may record.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,13 +20,19 @@ use rdkafka::ClientContext;
 use crate::stats::Stats;
 use crate::tail::Marks;
 
+/// One file generation's delivery state, shared by the reader (sends) and
+/// librdkafka's thread (acks) without a lock.
 #[derive(Debug, Default)]
 struct Slot {
     /// Lines sent and not yet acknowledged.
-    in_flight: u64,
+    in_flight: AtomicU64,
     /// Byte offset after the last line Kafka acknowledged.
-    delivered: u64,
+    delivered: AtomicU64,
 }
+
+/// Most file generations tracked at once (followed files plus closed ones
+/// whose lines are still in flight).
+pub const MAX_SLOTS: usize = 1 << 16;
 
 /// The delivery opaque: slot id in the high bits, the line's end offset below.
 const END_BITS: u32 = 44;
@@ -33,7 +40,9 @@ const END_MASK: usize = (1 << END_BITS) - 1;
 
 #[derive(Default)]
 struct Tracker {
-    slots: Mutex<HashMap<usize, Slot>>,
+    slots: Box<[Slot]>,
+    /// Which slots are taken (only touched when files come and go).
+    used: Mutex<Vec<bool>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
     /// Since when Kafka has been unreachable (logged once, and its end once).
@@ -70,16 +79,12 @@ impl ProducerContext for Ctx {
         };
         match result {
             Ok(_) => {
-                {
-                    let mut slots = t.slots.lock().unwrap();
-                    if let Some(s) = slots.get_mut(&slot) {
-                        s.in_flight -= 1;
-                        // After a refused line nothing advances: the checkpoint stays before it.
-                        if !t.failed.load(Relaxed) {
-                            s.delivered = s.delivered.max(end);
-                        }
-                    }
+                let s = &t.slots[slot];
+                // After a refused line nothing advances: the checkpoint stays before it.
+                if !t.failed.load(Relaxed) {
+                    s.delivered.fetch_max(end, Relaxed);
                 }
+                s.in_flight.fetch_sub(1, Release);
                 Stats::add(&t.stats.acked.lines, 1);
                 Stats::add(&t.stats.acked.bytes, bytes);
                 if t.in_outage.load(Relaxed) {
@@ -94,9 +99,7 @@ impl ProducerContext for Ctx {
             }
             Err((e, _)) => {
                 t.failed.store(true, Relaxed);
-                if let Some(s) = t.slots.lock().unwrap().get_mut(&slot) {
-                    s.in_flight -= 1;
-                }
+                t.slots[slot].in_flight.fetch_sub(1, Release);
                 t.failure
                     .lock()
                     .unwrap()
@@ -180,6 +183,8 @@ impl Publisher {
         }
         let tracker = Arc::new(Tracker {
             stats,
+            slots: (0..MAX_SLOTS).map(|_| Slot::default()).collect(),
+            used: Mutex::new(vec![false; MAX_SLOTS]),
             ..Tracker::default()
         });
         let producer: ThreadedProducer<Ctx> = cc
@@ -217,45 +222,41 @@ impl Publisher {
 
     /// Adds a slot for a file (generation) whose lines before `offset` are
     /// already delivered.
-    pub fn add_slot(&self, offset: u64) -> usize {
-        let mut slots = self.tracker.slots.lock().unwrap();
+    pub fn add_slot(&self, offset: u64) -> Result<usize, PublishError> {
+        let mut used = self.tracker.used.lock().unwrap();
         // The lowest free id, so ids stay small over months of rotations.
-        let mut id = 0;
-        while slots.contains_key(&id) {
-            id += 1;
-        }
-        slots.insert(
-            id,
-            Slot {
-                in_flight: 0,
-                delivered: offset,
-            },
-        );
-        id
+        let id = used.iter().position(|u| !u).ok_or_else(|| {
+            PublishError::Delivery(format!(
+                "more than {MAX_SLOTS} files followed or still in flight at once"
+            ))
+        })?;
+        used[id] = true;
+        let s = &self.tracker.slots[id];
+        s.in_flight.store(0, Relaxed);
+        s.delivered.store(offset, Relaxed);
+        Ok(id)
     }
 
     /// Forgets a slot once nothing of it is in flight; true when it is gone.
     pub fn remove_slot_if_done(&self, slot: usize) -> bool {
-        let mut slots = self.tracker.slots.lock().unwrap();
-        match slots.get(&slot) {
-            Some(s) if s.in_flight == 0 => {
-                slots.remove(&slot);
-                true
-            }
-            Some(_) => false,
-            None => true,
+        let mut used = self.tracker.used.lock().unwrap();
+        if !used[slot] {
+            return true;
         }
+        if self.tracker.slots[slot].in_flight.load(Acquire) == 0 {
+            used[slot] = false;
+            return true;
+        }
+        false
     }
 
     /// Position after the last acknowledged line of a slot (every older line
     /// of it acknowledged too: one partition, in order).
     pub fn delivered(&self, slot: usize) -> Option<u64> {
-        self.tracker
-            .slots
-            .lock()
-            .unwrap()
-            .get(&slot)
-            .map(|s| s.delivered)
+        if !self.tracker.used.lock().unwrap()[slot] {
+            return None;
+        }
+        Some(self.tracker.slots[slot].delivered.load(Relaxed))
     }
 
     /// Queues a line, waiting (without dropping) while the queue is full.
@@ -307,9 +308,9 @@ impl Publisher {
             .headers(headers)
             .timestamp(line.timestamp_ms);
         // Counted before sending: the ack may arrive before `send` returns.
-        if let Some(s) = self.tracker.slots.lock().unwrap().get_mut(&line.slot) {
-            s.in_flight += 1;
-        }
+        self.tracker.slots[line.slot]
+            .in_flight
+            .fetch_add(1, Relaxed);
         let unsent = |this: &Self| this.pop_unsent(line.slot);
         let mut waiting_since: Option<Instant> = None;
         let mut warned = false;
@@ -356,9 +357,7 @@ impl Publisher {
     }
 
     fn pop_unsent(&self, slot: usize) {
-        if let Some(s) = self.tracker.slots.lock().unwrap().get_mut(&slot) {
-            s.in_flight -= 1;
-        }
+        self.tracker.slots[slot].in_flight.fetch_sub(1, Release);
     }
 
     /// Fails if Kafka refused any line so far.
