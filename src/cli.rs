@@ -103,7 +103,7 @@ pub struct ProduceArgs {
     #[arg(long, env = "LOGPIPE_FROM_BEGINNING")]
     pub from_beginning: bool,
     /// Do not follow never-seen files unchanged for longer than this (e.g. 7d);
-    /// such a file is followed from its end once it changes.
+    /// once such a file changes, what is written after the skip is read.
     #[arg(long, env = "LOGPIPE_IGNORE_OLDER", value_parser = duration)]
     pub ignore_older: Option<Duration>,
     /// Read every file to its end, wait until Kafka acknowledged every line, exit 0.

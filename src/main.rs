@@ -136,6 +136,9 @@ fn produce(a: ProduceArgs) -> Result<()> {
             source: a.source,
         });
     }
+    if a.checkpoint_dir.is_none() && !a.exit_on_eof {
+        tracing::warn!("no --checkpoint-dir: a restart starts again at the end of the files, so lines written while logpipe is stopped are not read");
+    }
     let host = a.host.unwrap_or_else(hostname);
     let mut cfg =
         logpipe_producer::ProducerConfig::new(&a.kafka.brokers, &a.kafka.topic, &host, inputs);

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 use checkpoint::{Checkpoint, CheckpointError, FileState};
 use discover::{DiscoverError, Discovery, Found, InputSpec};
 use identity::Fingerprint;
-use publish::{Line, PublishError, Publisher, STOPPING};
+use publish::{Line, PublishError, Publisher};
 use stats::Stats;
 use tail::{LineOut, ReadError, Tail};
 
@@ -163,7 +163,11 @@ pub fn run(cfg: ProducerConfig, shutdown: Arc<AtomicBool>) -> Result<ProduceSumm
 /// [`run`] with an abort switch and counters the caller can read.
 pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, ProduceError> {
     let mut p = Producer::start(cfg, &ctl)?;
-    let result = p.follow(&ctl);
+    let result = match p.follow(&ctl) {
+        // A send waiting for room gave up because of the shutdown: not an error.
+        Err(ProduceError::Publish(PublishError::Stopping)) => Ok(()),
+        r => r,
+    };
     if ctl.abort.load(Ordering::SeqCst) {
         return result.map(|()| p.summary);
     }
@@ -878,7 +882,7 @@ impl Producer {
                 return Ok(());
             }
             let progressed = match self.read_round() {
-                Err(ProduceError::Publish(PublishError::Delivery(m))) if m == STOPPING => {
+                Err(ProduceError::Publish(PublishError::Stopping)) => {
                     return Ok(());
                 }
                 r => r?,

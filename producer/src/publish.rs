@@ -134,6 +134,9 @@ pub enum PublishError {
     Delivery(String),
     #[error("Kafka: {0}")]
     Kafka(KafkaError),
+    /// A send gave up waiting for room because the producer is stopping.
+    #[error("stopping")]
+    Stopping,
 }
 
 /// The Kafka producer and its acknowledgement tracker.
@@ -144,9 +147,6 @@ pub struct Publisher {
     /// Any set: the producer must stop waiting for room in the queue.
     stop: Vec<Arc<AtomicBool>>,
 }
-
-/// A send that gave up because the producer is stopping.
-pub const STOPPING: &str = "stopping";
 
 impl Publisher {
     /// Idempotent, `acks=all`, lz4, no delivery timeout (a Kafka outage blocks,
@@ -345,7 +345,7 @@ impl Publisher {
                     }
                     if self.stop.iter().any(|s| s.load(Relaxed)) {
                         unsent(self);
-                        return Err(PublishError::Delivery(STOPPING.into()));
+                        return Err(PublishError::Stopping);
                     }
                 }
                 Err((e, _)) => {
