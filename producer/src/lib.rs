@@ -428,9 +428,12 @@ impl Producer {
         else {
             // No complete first line yet: nothing to send; decide the start now.
             if !self.unidentified.contains_key(&key) {
+                // Without a newline there is no whole line to skip: 0, unless
+                // what is there is longer than a line may be.
                 let start =
                     if startup && !self.cfg.from_beginning && !self.known_paths.contains(&path) {
-                        len
+                        last_line_start(&file, len, self.cfg.max_line_bytes)
+                            .map_err(Self::read_err(&path))?
                     } else {
                         0
                     };
