@@ -31,6 +31,9 @@ pub enum Command {
     /// (starting 45 s in the past, so windows close within seconds). With --input F --from-beginning
     /// --exit-on-eof it is a one-shot analysis of a historical log.
     Demo(DemoArgs),
+    /// Write realistic generated nginx traffic (`combined` + `$request_time`)
+    /// to log files, in real time: the traffic source of the compose stack.
+    Generate(GenerateArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -247,6 +250,27 @@ pub struct AnalyzeArgs {
     /// restore points stored with the windows do.
     #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
     pub commit_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write `<name>.access.log` files into (created if missing).
+    #[arg(long, env = "LOGPIPE_GENERATE_DIR")]
+    pub dir: PathBuf,
+    /// Virtual hosts, one file each.
+    #[arg(
+        long,
+        env = "LOGPIPE_GENERATE_SITES",
+        value_delimiter = ',',
+        default_value = "shop,api,blog"
+    )]
+    pub sites: Vec<String>,
+    /// Lines per second over all files.
+    #[arg(long, env = "LOGPIPE_GENERATE_RATE", default_value_t = 300.0)]
+    pub rate: f64,
+    /// Rotate each file (rename to `.1`, start a new one) after this many lines; 0: never.
+    #[arg(long, env = "LOGPIPE_GENERATE_ROTATE_LINES", default_value_t = 0)]
+    pub rotate_lines: u64,
 }
 
 #[derive(Debug, Args)]

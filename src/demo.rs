@@ -102,6 +102,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                     p.clone(),
                     i as u64,
                     a.rate / 3.0,
+                    0,
                     stop_input.clone(),
                 )?);
             }
@@ -217,22 +218,48 @@ fn end_offsets(bootstrap: &str, partitions: i32) -> Result<Vec<i64>> {
 
 /// Writes generated traffic to `path`: the last 45 s at once (so windows
 /// close within seconds), then `rate` lines per second in real time.
-fn spawn_generator(
+/// Appends generated lines to `path` in real time (starting 45 s in the
+/// past, so windows close soon); with `rotate_lines` > 0 the file is renamed
+/// to `<path>.1` and started anew after that many lines, like logrotate.
+pub fn spawn_generator(
     path: PathBuf,
     seed: u64,
     rate: f64,
+    rotate_lines: u64,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let mut file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let open = |p: &PathBuf| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("creating {}", p.display()))
+    };
+    let mut file = open(&path)?;
     let now_ms = || chrono::Utc::now().timestamp_millis();
-    let mut g = Generator::new(seed ^ now_ms() as u64, now_ms() - 45_000, rate);
+    let mut g = Generator::new(seed ^ now_ms() as u64, now_ms() - 45_000, rate).with_request_time();
     Ok(std::thread::spawn(move || {
         let mut buf = String::new();
+        let mut in_file = 0u64;
         while !stop.load(Ordering::Relaxed) {
             while g.now_ms() < now_ms() {
                 buf.push_str(&g.next_line().0);
                 buf.push('\n');
+                in_file += 1;
+                if rotate_lines > 0 && in_file >= rotate_lines {
+                    let rotated = path.with_extension("log.1");
+                    if file.write_all(buf.as_bytes()).is_err()
+                        || std::fs::rename(&path, rotated).is_err()
+                    {
+                        return;
+                    }
+                    buf.clear();
+                    in_file = 0;
+                    match open(&path) {
+                        Ok(f) => file = f,
+                        Err(_) => return,
+                    }
+                }
             }
             if file.write_all(buf.as_bytes()).is_err() {
                 return;

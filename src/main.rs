@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cli::{AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, InfluxArgs, ProduceArgs, WindowArgs};
+use cli::{
+    AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, GenerateArgs, InfluxArgs, ProduceArgs,
+    WindowArgs,
+};
 use logpipe_analyzer::formats::{Formats, Parser as LogParser};
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
@@ -37,6 +40,7 @@ fn main() {
         Command::Broker(a) => broker(a),
         Command::Demo(a) => demo::run(a),
         Command::Dlq(a) => dlq(a),
+        Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
         eprintln!("logpipe: error: {e:#}");
@@ -119,6 +123,36 @@ pub fn influx_sink(i: &InfluxArgs) -> Result<Option<InfluxSink>> {
         timeout: i.influx_timeout,
     };
     Ok(Some(InfluxSink::new(cfg)?))
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let stop = shutdown_flag()?;
+    let per_site = a.rate / a.sites.len().max(1) as f64;
+    let threads: Vec<_> = a
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| {
+            demo::spawn_generator(
+                a.dir.join(format!("{site}.access.log")),
+                i as u64,
+                per_site,
+                a.rotate_lines,
+                stop.clone(),
+            )
+        })
+        .collect::<Result<_>>()?;
+    eprintln!(
+        "logpipe generate: {} lines/s into {} ({})",
+        a.rate,
+        a.dir.display(),
+        a.sites.join(", ")
+    );
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
 }
 
 fn produce(a: ProduceArgs) -> Result<()> {

@@ -206,6 +206,9 @@ struct Analyzer {
     /// Restore offsets accepted by the sink and not yet committed.
     uncommitted: BTreeMap<i32, i64>,
     last_commit: Instant,
+    /// When the self-metrics were last written: also every five flush
+    /// intervals without data, so lag and liveness show while idle.
+    last_counters: Instant,
 }
 
 /// Runs one analyzer until `control` says stop or finish, or a permanent error.
@@ -256,6 +259,7 @@ pub fn run(
         paused: false,
         uncommitted: BTreeMap::new(),
         last_commit: Instant::now(),
+        last_counters: Instant::now(),
     }
     .run(&consumer)
 }
@@ -516,9 +520,10 @@ impl Analyzer {
                 }
             }
         }
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.last_counters.elapsed() < self.cfg.flush_interval * 5 {
             return Ok(());
         }
+        self.last_counters = Instant::now();
         // Dead letters before any restore point that moves past them.
         self.dlq.flush(Duration::from_secs(5))?;
         let mut lp = Vec::with_capacity(self.batch.windows.len() * 256);
