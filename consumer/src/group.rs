@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
@@ -67,6 +67,12 @@ pub type StartOffsets = Box<dyn Fn(&[i32]) -> Result<HashMap<i32, i64>, String> 
 pub struct Ctx {
     events: Mutex<VecDeque<RebalanceEvent>>,
     start: Option<StartOffsets>,
+    /// The configured assignment strategy is cooperative. Known from the
+    /// configuration rather than asked with `rebalance_protocol()` inside the
+    /// callback: that call waits on librdkafka's main thread, and during the
+    /// consumer's close (a revoke from `drop`) it can wait forever — seen as a
+    /// hung `logpipe demo` under load.
+    cooperative: bool,
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
@@ -90,10 +96,7 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let ps = partitions(tpl);
@@ -178,10 +181,14 @@ impl GroupConsumer {
         for (k, v) in &cfg.extra {
             cc.set(k, v);
         }
+        let cooperative = cc
+            .get("partition.assignment.strategy")
+            .is_some_and(|s| s.contains("cooperative"));
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx {
                 events: Mutex::default(),
                 start,
+                cooperative,
             })
             .map_err(ConsumerError::Config)?;
         match &cfg.partitions {
