@@ -44,11 +44,34 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 10s, 1m, 500ms)"))
 }
 
-/// Parses `key=value`.
-pub fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+/// Parses `key=value[,key=value...]`. A comma starts a new property only
+/// when `key=` follows it, so values with commas pass through:
+/// `debug=broker,topic,acks=all` is `debug` = `broker,topic` and `acks` = `all`.
+pub fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in s.split(',') {
+        let starts_property = part
+            .split_once('=')
+            .is_some_and(|(k, _)| !k.trim().is_empty() && !k.contains([' ', ':', '/']));
+        match out.last_mut() {
+            Some((_, v)) if !starts_property => {
+                v.push(',');
+                v.push_str(part);
+            }
+            _ => {
+                let (k, v) = part
+                    .split_once('=')
+                    .ok_or_else(|| format!("expected key=value, got {s:?}"))?;
+                out.push((k.trim().to_string(), v.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// All `--kafka` properties, in the order given.
+pub fn flat(props: Vec<Vec<(String, String)>>) -> Vec<(String, String)> {
+    props.into_iter().flatten().collect()
 }
 
 #[derive(Debug, Args)]
@@ -59,9 +82,11 @@ pub struct KafkaArgs {
     /// Topic of raw log lines.
     #[arg(long, env = "LOGPIPE_TOPIC", default_value = logpipe_wire::DEFAULT_TOPIC)]
     pub topic: String,
-    /// Extra librdkafka property, repeatable (e.g. --kafka security.protocol=ssl).
-    #[arg(long = "kafka", env = "LOGPIPE_KAFKA", value_name = "KEY=VALUE", value_parser = key_value, value_delimiter = ',')]
-    pub kafka: Vec<(String, String)>,
+    /// Extra librdkafka properties, repeatable or comma-separated (e.g.
+    /// --kafka security.protocol=ssl,compression.type=zstd); a value may hold
+    /// commas (--kafka debug=broker,topic).
+    #[arg(long = "kafka", env = "LOGPIPE_KAFKA", value_name = "KEY=VALUE[,KEY=VALUE]", value_parser = key_values)]
+    pub kafka: Vec<Vec<(String, String)>>,
 }
 
 /// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `k`, `M`, `G` as powers of 1024).
@@ -287,9 +312,9 @@ pub struct DlqArgs {
     /// Keep running and print dead letters as they arrive (Ctrl-C to stop).
     #[arg(long, short = 'f')]
     pub tail: bool,
-    /// Extra librdkafka property, repeatable.
-    #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = key_value, value_delimiter = ',')]
-    pub kafka: Vec<(String, String)>,
+    /// Extra librdkafka properties, repeatable or comma-separated.
+    #[arg(long = "kafka", value_name = "KEY=VALUE[,KEY=VALUE]", value_parser = key_values)]
+    pub kafka: Vec<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Args)]
@@ -332,4 +357,27 @@ pub struct DemoArgs {
     /// Line-protocol output file when no --influx-url is given.
     #[arg(long, env = "LOGPIPE_LP_OUT", default_value = "logpipe-demo.lp")]
     pub lp_out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_properties_split_on_commas_that_start_a_property() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            key_values("debug=broker,topic,acks=all").unwrap(),
+            vec![kv("debug", "broker,topic"), kv("acks", "all")]
+        );
+        assert_eq!(
+            key_values("sasl.jaas=a=b,c").unwrap(),
+            vec![kv("sasl.jaas", "a=b,c")]
+        );
+        assert_eq!(
+            key_values("bootstrap.servers=h1:9092,h2:9092").unwrap(),
+            vec![kv("bootstrap.servers", "h1:9092,h2:9092")]
+        );
+        assert!(key_values("nokey").unwrap_err().contains("key=value"));
+    }
 }

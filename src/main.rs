@@ -189,7 +189,7 @@ fn produce(a: ProduceArgs) -> Result<()> {
     cfg.checkpoint_interval = a.checkpoint_interval;
     cfg.shutdown_timeout = a.shutdown_timeout;
     cfg.stats_interval = a.stats_interval;
-    cfg.extra = a.kafka.kafka;
+    cfg.extra = cli::flat(a.kafka.kafka);
     let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
     eprintln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",
@@ -214,7 +214,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             brokers: a.kafka.brokers,
             topic: a.kafka.topic,
             group: a.group,
-            extra: a.kafka.kafka,
+            extra: cli::flat(a.kafka.kafka),
             partitions: a.partitions,
         },
         spec,
@@ -247,7 +247,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
 
 fn dlq(a: DlqArgs) -> Result<()> {
     use logpipe_analyzer::dlq::{render, DlqReader};
-    let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &a.kafka)
+    let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &cli::flat(a.kafka))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let recent = reader.recent().map_err(|e| anyhow::anyhow!("{e}"))?;
     if recent.is_empty() && !a.tail {

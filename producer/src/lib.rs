@@ -129,6 +129,8 @@ pub enum ProduceError {
     Checkpoint(#[from] CheckpointError),
     #[error("Kafka did not acknowledge {0} lines in time")]
     Unacknowledged(i32),
+    #[error("no file matches {0} (with --exit-on-eof there is nothing to wait for)")]
+    NothingToRead(String),
 }
 
 /// What a run did.
@@ -345,6 +347,21 @@ impl Producer {
             buf: vec![0u8; 1 << 20],
             cfg,
         };
+        let found = p.discovery.scan();
+        for (i, spec) in p.cfg.inputs.iter().enumerate() {
+            if !found.iter().any(|f| f.input == i) {
+                tracing::warn!(paths = ?spec.paths, "no file matches these paths yet; watching for them");
+            }
+        }
+        if found.is_empty() && p.cfg.exit_on_eof && p.known.is_empty() {
+            let all: Vec<&str> = p
+                .cfg
+                .inputs
+                .iter()
+                .flat_map(|i| i.paths.iter().map(String::as_str))
+                .collect();
+            return Err(ProduceError::NothingToRead(all.join(", ")));
+        }
         p.scan(true)?;
         p.find_moved_while_stopped()?;
         p.known_paths.clear();

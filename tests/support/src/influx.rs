@@ -52,6 +52,21 @@ impl Influx {
     }
 
     fn start_inner(auth: bool) -> Influx {
+        // A port found free can be taken by another test before influxd binds
+        // it: then start again on other ports.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut i = Influx::configure(auth);
+            match i.try_resume() {
+                Ok(()) => return i,
+                Err(log) if log.contains("address already in use") => last = log,
+                Err(log) => panic!("influxd did not start; log: {log}"),
+            }
+        }
+        panic!("influxd found no free port in 5 tries; last log: {last}")
+    }
+
+    fn configure(auth: bool) -> Influx {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http_port, rpc_port) = (free_port(), free_port());
         let d = dir.path().display();
@@ -80,16 +95,14 @@ bind-address = "127.0.0.1:{rpc_port}"
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let mut i = Influx {
+        Influx {
             url: format!("http://127.0.0.1:{http_port}"),
             http,
             child: None,
             conf_path,
             dir,
             auth: None,
-        };
-        i.resume();
-        i
+        }
     }
 
     /// Stops the server (SIGTERM, data kept): writes fail until [`Influx::resume`].
@@ -101,6 +114,13 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// Starts the server again on the same port and data and waits for `/ping`.
     pub fn resume(&mut self) {
+        if let Err(log) = self.try_resume() {
+            panic!("influxd did not answer /ping within 20 s; log: {log}");
+        }
+    }
+
+    /// Starts influxd and waits for `/ping`; its log if it exits or stays silent.
+    fn try_resume(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "influxd is running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -116,19 +136,26 @@ bind-address = "127.0.0.1:{rpc_port}"
                 .stderr(log),
         ));
         let ping = format!("{}/ping", self.url);
-        wait_until(Duration::from_secs(20), || {
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(20), || {
+            if self.child.as_mut().is_some_and(Child::exited) {
+                exited = true;
+                return Some(false);
+            }
             self.http
                 .get(&ping)
                 .send()
                 .ok()
                 .filter(|r| r.status().is_success())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "influxd did not answer /ping within 20 s; log: {}",
-                std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
-            )
+                .map(|_| true)
         });
+        if up == Some(true) {
+            return Ok(());
+        }
+        if exited {
+            self.child = None;
+        }
+        Err(std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default())
     }
 
     /// Creates a database (unique per test) and returns its name.

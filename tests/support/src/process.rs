@@ -51,6 +51,11 @@ impl Child {
         }
     }
 
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.inner.try_wait(), Ok(Some(_)))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.inner.kill();
         let _ = self.inner.wait();
