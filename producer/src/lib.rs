@@ -202,6 +202,26 @@ struct Followed {
     before_truncation: Option<FileState>,
 }
 
+impl Followed {
+    /// Its checkpoint entry with `offset` acknowledged (none before its first
+    /// line is known).
+    fn state(&self, offset: u64) -> Option<FileState> {
+        let fp = self.fp?;
+        Some(FileState {
+            file: self.id.clone(),
+            dev: self.dev,
+            ino: self.ino,
+            fingerprint_len: fp.len,
+            fingerprint: fp.hash,
+            generation: self.generation,
+            offset,
+            read: self.tail.line_start,
+            path: self.path.clone(),
+            source: self.source.clone(),
+        })
+    }
+}
+
 /// A file seen but not followed yet: no complete first line, or ignored.
 struct Unidentified {
     /// Where reading will start, decided when it was first seen.
@@ -362,7 +382,7 @@ impl Producer {
                 .collect();
             return Err(ProduceError::NothingToRead(all.join(", ")));
         }
-        p.scan(true)?;
+        p.reconcile(found, true)?;
         p.find_moved_while_stopped()?;
         p.known_paths.clear();
         // Files rotated away are older than what is at the paths now: first.
@@ -379,9 +399,13 @@ impl Producer {
 
     /// Lists the inputs and reconciles them with the followed files.
     fn scan(&mut self, startup: bool) -> Result<(), ProduceError> {
+        let found = self.discovery.scan();
+        self.reconcile(found, startup)
+    }
+
+    fn reconcile(&mut self, found: Vec<Found>, startup: bool) -> Result<(), ProduceError> {
         let now = Instant::now();
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let found = self.discovery.scan();
         tracing::trace!(paths = found.len(), followed = self.files.len(), "scan");
         for Found { path, input } in found {
             // Follows symlinks: a swapped link leads to another file.
@@ -447,13 +471,12 @@ impl Producer {
             if !self.unidentified.contains_key(&key) {
                 // Without a newline there is no whole line to skip: 0, unless
                 // what is there is longer than a line may be.
-                let start =
-                    if startup && !self.cfg.from_beginning && !self.known_paths.contains(&path) {
-                        last_line_start(&file, len, self.cfg.max_line_bytes)
-                            .map_err(Self::read_err(&path))?
-                    } else {
-                        0
-                    };
+                let start = if self.starts_at_end(startup, &path) {
+                    last_line_start(&file, len, self.cfg.max_line_bytes)
+                        .map_err(Self::read_err(&path))?
+                } else {
+                    0
+                };
                 self.unidentified.insert(
                     key,
                     Unidentified {
@@ -503,31 +526,30 @@ impl Producer {
                 }
                 u.start
             }
-            None if startup && !self.cfg.from_beginning && !self.known_paths.contains(&path) => {
-                let start = last_line_start(&file, len, self.cfg.max_line_bytes)
-                    .map_err(Self::read_err(&path))?;
-                if let Some(age) = self.cfg.ignore_older {
-                    if is_older(md, age) {
-                        self.ignore(&path, key, start, len);
-                        return Ok(());
-                    }
-                }
-                start
-            }
             None => {
-                if let Some(age) = self.cfg.ignore_older {
-                    if is_older(md, age) {
-                        let start = last_line_start(&file, len, self.cfg.max_line_bytes)
-                            .map_err(Self::read_err(&path))?;
-                        self.ignore(&path, key, start, len);
+                let at_end = self.starts_at_end(startup, &path);
+                let stale = self.cfg.ignore_older.is_some_and(|age| is_older(md, age));
+                if !(at_end || stale) {
+                    0
+                } else {
+                    let end = last_line_start(&file, len, self.cfg.max_line_bytes)
+                        .map_err(Self::read_err(&path))?;
+                    if stale {
+                        self.ignore(&path, key, end, len);
                         return Ok(());
                     }
+                    end
                 }
-                0
             }
         };
         let source = self.source_for(input, &path);
         self.follow_file(file, path, Some(fp), source, None, start)
+    }
+
+    /// A file first seen at start-up, never checkpointed, at a path the
+    /// checkpoint does not know: `tail -F` semantics unless `from_beginning`.
+    fn starts_at_end(&self, startup: bool, path: &Path) -> bool {
+        startup && !self.cfg.from_beginning && !self.known_paths.contains(path)
     }
 
     fn source_for(&self, input: usize, path: &Path) -> String {
@@ -836,22 +858,10 @@ impl Producer {
     }
 
     fn state_of(&self, f: &Followed) -> Option<FileState> {
-        let Some(fp) = f.fp else {
-            return f.before_truncation.clone();
-        };
-        let offset = self.publisher.delivered(f.slot)?;
-        Some(FileState {
-            file: f.id.clone(),
-            dev: f.dev,
-            ino: f.ino,
-            fingerprint_len: fp.len,
-            fingerprint: fp.hash,
-            generation: f.generation,
-            offset,
-            read: f.tail.line_start,
-            path: f.path.clone(),
-            source: f.source.clone(),
-        })
+        match f.fp {
+            None => f.before_truncation.clone(),
+            Some(_) => f.state(self.publisher.delivered(f.slot)?),
+        }
     }
 
     /// Writes the checkpoint if anything changed.
@@ -1017,20 +1027,9 @@ fn check_file(
     };
     if len < f.tail.read_pos() || rewritten {
         Stats::add(&stats.truncations, 1);
-        if let (Some(fp), Some(offset)) = (f.fp, publisher.delivered(f.slot)) {
-            f.before_truncation = Some(FileState {
-                file: f.id.clone(),
-                dev: f.dev,
-                ino: f.ino,
-                fingerprint_len: fp.len,
-                fingerprint: fp.hash,
-                generation: f.generation,
-                offset,
-                read: offset,
-                path: f.path.clone(),
-                source: f.source.clone(),
-            });
-        }
+        f.before_truncation = publisher
+            .delivered(f.slot)
+            .and_then(|offset| f.state(offset));
         f.generation += 1;
         let old = std::mem::take(&mut f.id);
         // The new generation is named by its own first line (and nothing is
