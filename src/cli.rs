@@ -34,6 +34,14 @@ pub enum Command {
     /// Write realistic generated nginx traffic (`combined` + `$request_time`)
     /// to log files, in real time: the traffic source of the compose stack.
     Generate(GenerateArgs),
+    /// Recompute the windows of an event-time range from what is on the topic.
+    ///
+    /// Reads its partitions directly (never disturbing the live analyzers'
+    /// group), from the records ingested --max-delay before --from (found by
+    /// timestamp, by binary search where the broker cannot answer) to the end
+    /// the topic had when it began, and writes the final points of the
+    /// windows entirely inside the range. Exits 0 when done.
+    Replay(ReplayArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -244,6 +252,36 @@ pub struct AnalyzeArgs {
     /// unreliable, or placement managed outside Kafka.
     #[arg(long, env = "LOGPIPE_PARTITIONS", value_delimiter = ',')]
     pub partitions: Option<Vec<i32>>,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+    /// How often consumed offsets are committed to the group, for lag tools
+    /// (kafka-consumer-groups, Burrow). Resuming does not depend on them: the
+    /// restore points stored with the windows do.
+    #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub commit_interval: Duration,
+}
+
+/// What `analyze` and `replay` share: parsing, windows, InfluxDB, identity.
+#[derive(Debug, Args)]
+pub struct AnalysisArgs {
+    #[command(flatten)]
+    pub parse: FormatArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// Name of this analyzer in the self-metrics (default: hostname-pid;
+    /// for a replay: replay-hostname-pid).
+    #[arg(long, env = "LOGPIPE_ANALYZER_ID")]
+    pub analyzer_id: Option<String>,
+    /// Files remembered per partition to drop producer re-sends by (file, offset).
+    #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
+    pub dedup_files: usize,
+}
+
+/// How lines are parsed, and where those that do not parse go.
+#[derive(Debug, Args)]
+pub struct FormatArgs {
     /// Log format: `combined` (nginx, plus an optional trailing
     /// `$request_time`), `common`, `apache-combined`, `json` (JSON lines with
     /// nginx variable names as keys), or a format pasted from the server's
@@ -260,21 +298,88 @@ pub struct AnalyzeArgs {
     /// Topic for lines that do not parse (with an `error` header).
     #[arg(long, env = "LOGPIPE_DLQ_TOPIC", default_value = logpipe_wire::DEFAULT_DLQ_TOPIC)]
     pub dlq_topic: String,
+}
+
+/// Recompute windows from what is on the topic; see `logpipe replay --help`.
+#[derive(Debug, Args)]
+#[command(after_long_help = REPLAY_HELP)]
+pub struct ReplayArgs {
     #[command(flatten)]
-    pub window: WindowArgs,
+    pub kafka: KafkaArgs,
+    /// Start of the event-time range: RFC 3339 (`2024-05-01T00:00:00Z`,
+    /// `2024-05-01T02:00:00+02:00`) or relative to now (`-6h`, `-2d`).
+    /// Without it the range is open below.
+    #[arg(long, env = "LOGPIPE_REPLAY_FROM", value_parser = time_arg, allow_hyphen_values = true)]
+    pub from: Option<i64>,
+    /// End of the event-time range (exclusive), same forms as --from.
+    /// Without it, up to the end of the topic as it was when the replay began.
+    #[arg(long, env = "LOGPIPE_REPLAY_TO", value_parser = time_arg, allow_hyphen_values = true)]
+    pub to: Option<i64>,
+    /// The longest a line takes from its server's log to Kafka. Reading
+    /// starts at the first record ingested at --from minus this, and (with
+    /// --to) stops at records ingested after --to plus this. Lines that
+    /// reached Kafka later than this (backfilled history) are only found
+    /// with --from-offsets earliest.
+    #[arg(long, env = "LOGPIPE_MAX_DELAY", default_value = "1h", value_parser = duration)]
+    pub max_delay: Duration,
+    /// Where to start reading instead of by time: `earliest`, or
+    /// `PARTITION:OFFSET,...` (only the partitions listed are read). Reads to
+    /// the end of the topic as it was when the replay began; --from/--to
+    /// still choose which windows are written.
+    #[arg(long, env = "LOGPIPE_FROM_OFFSETS")]
+    pub from_offsets: Option<String>,
+    /// Read only these partitions (e.g. `0,1`), so several replay processes
+    /// can split a topic.
+    #[arg(long, env = "LOGPIPE_PARTITIONS", value_delimiter = ',')]
+    pub partitions: Option<Vec<i32>>,
+    /// Read and aggregate, print the plan and which windows would be
+    /// written; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send lines that do not parse to the dead-letter topic again (they were
+    /// sent when the live analyzers read them; use after changing the format).
+    #[arg(long)]
+    pub dead_letter: bool,
     #[command(flatten)]
-    pub influx: InfluxArgs,
-    /// Name of this analyzer in the self-metrics (default: hostname-pid).
-    #[arg(long, env = "LOGPIPE_ANALYZER_ID")]
-    pub analyzer_id: Option<String>,
-    /// Files remembered per partition to drop producer re-sends by (file, offset).
-    #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
-    pub dedup_files: usize,
-    /// How often consumed offsets are committed to the group, for lag tools
-    /// (kafka-consumer-groups, Burrow). Resuming does not depend on them: the
-    /// restore points stored with the windows do.
-    #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
-    pub commit_interval: Duration,
+    pub analysis: AnalysisArgs,
+}
+
+const REPLAY_HELP: &str = "\
+Which windows are written: only those entirely inside [--from, --to). A
+window that straddles a bound is left as it is in InfluxDB, so a replay never
+replaces a correct point with a partial one. Points are idempotent: replaying
+a range twice changes nothing; replaying after changing --format or --window
+recomputes it. Restore points and offsets of the live analyzers are not
+touched (the replay reads its partitions directly, outside any group).
+
+Examples:
+  # InfluxDB lost the last day: recompute it
+  logpipe replay --brokers kafka:9092 --from -1d --influx-url http://influx:8086 --influx-db logs
+  # history backfilled with `logpipe produce --from-beginning --exit-on-eof`
+  logpipe replay --brokers kafka:9092 --from-offsets earliest --influx-url ... --influx-db logs
+  # see what a range would read and write
+  logpipe replay --brokers kafka:9092 --from 2024-05-01T00:00:00Z --to 2024-05-02T00:00:00Z --dry-run";
+
+/// Parses an RFC 3339 time or `-<duration>` relative to now; ms since the epoch.
+pub fn time_arg(s: &str) -> Result<i64, String> {
+    time_at(s, chrono::Utc::now().timestamp_millis())
+}
+
+fn time_at(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(rel) = s.strip_prefix('-') {
+        let d = humantime::parse_duration(rel)
+            .map_err(|e| format!("{s:?}: {e} (use e.g. -6h, -2d, -30m)"))?;
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            format!("{s:?}: {e} (use RFC 3339 like 2024-05-01T00:00:00Z, or -6h relative to now)")
+        })
 }
 
 #[derive(Debug, Args)]
@@ -379,5 +484,25 @@ mod tests {
             vec![kv("bootstrap.servers", "h1:9092,h2:9092")]
         );
         assert!(key_values("nokey").unwrap_err().contains("key=value"));
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::time_at;
+
+    #[test]
+    fn times_are_rfc3339_or_relative_to_now() {
+        let now = 1_704_067_200_000;
+        assert_eq!(time_at("2024-01-01T00:00:00Z", 0), Ok(now));
+        assert_eq!(time_at("2024-01-01T02:00:00+02:00", 0), Ok(now));
+        assert_eq!(time_at("2024-01-01T00:00:00.250Z", 0), Ok(now + 250));
+        assert_eq!(time_at("-6h", now), Ok(now - 6 * 3_600_000));
+        assert_eq!(time_at("-1d", now), Ok(now - 86_400_000));
+        assert_eq!(time_at("now", now), Ok(now));
+        let e = time_at("yesterday", now).unwrap_err();
+        assert!(e.contains("RFC 3339"), "{e}");
+        let e = time_at("-6 fortnights", now).unwrap_err();
+        assert!(e.contains("-6h"), "{e}");
     }
 }

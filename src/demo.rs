@@ -74,6 +74,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             commit_interval: Duration::from_secs(5),
             formats: std::sync::Arc::new(Formats::single(Parser::Combined)),
             dlq_topic: logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(),
+            replay: None,
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod replay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{
-    AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, GenerateArgs, InfluxArgs, ProduceArgs,
-    WindowArgs,
+    AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, FormatArgs, GenerateArgs, InfluxArgs,
+    ProduceArgs, WindowArgs,
 };
 use logpipe_analyzer::formats::{Formats, Parser as LogParser};
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
@@ -40,6 +41,7 @@ fn main() {
         Command::Broker(a) => broker(a),
         Command::Demo(a) => demo::run(a),
         Command::Dlq(a) => dlq(a),
+        Command::Replay(a) => replay::run(a),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
@@ -198,17 +200,22 @@ fn produce(a: ProduceArgs) -> Result<()> {
     Ok(())
 }
 
-fn analyze(a: AnalyzeArgs) -> Result<()> {
-    let spec = window_spec(&a.window)?;
+/// The parsers of `--format` / `--formats`.
+pub fn formats(a: &FormatArgs) -> Result<Formats> {
     let format = LogParser::new(&a.format).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-    let formats = match &a.formats {
+    Ok(match &a.formats {
         Some(path) => Formats::load(path, format).map_err(|e| anyhow::anyhow!("--formats {e}"))?,
         None => Formats::single(format),
-    };
-    let sink = influx_sink(&a.influx)?
+    })
+}
+
+fn analyze(a: AnalyzeArgs) -> Result<()> {
+    let spec = window_spec(&a.analysis.window)?;
+    let formats = formats(&a.analysis.parse)?;
+    let sink = influx_sink(&a.analysis.influx)?
         .context("logpipe analyze needs --influx-url and --influx-db (or --influx-bucket)")?;
     // Wrong URL, credentials or database: say so now, before joining the group.
-    sink.check_ready(a.influx.influx_create_db)?;
+    sink.check_ready(a.analysis.influx.influx_create_db)?;
     let cfg = AnalyzerConfig {
         group: GroupConfig {
             brokers: a.kafka.brokers,
@@ -218,14 +225,16 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             partitions: a.partitions,
         },
         spec,
-        flush_interval: a.window.flush_interval,
+        flush_interval: a.analysis.window.flush_interval,
         analyzer_id: a
+            .analysis
             .analyzer_id
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
-        dedup_files: a.dedup_files,
+        dedup_files: a.analysis.dedup_files,
         commit_interval: a.commit_interval,
         formats: std::sync::Arc::new(formats),
-        dlq_topic: a.dlq_topic,
+        dlq_topic: a.analysis.parse.dlq_topic,
+        replay: None,
     };
     let control = Control::new();
     let c = control.clone();

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipe_testkit::{
-    diff, dlq_topic, produce_cmd, read_topic, unique, wait_until, Analyzer, Expected, Influx,
+    diff, dlq_topic, produce_all, read_topic, unique, wait_until, Analyzer, Expected, Influx,
     LogpipeBroker, Membership, Tansu,
 };
 
@@ -35,24 +35,6 @@ fn write_logs(dir: &Path) -> (Vec<PathBuf>, Expected) {
         paths.push(p);
     }
     (paths, expected)
-}
-
-fn produce(brokers: &str, topic: &str, paths: &[PathBuf], dir: &Path) {
-    let out = produce_cmd(
-        Path::new(BIN),
-        brokers,
-        topic,
-        &dir.join("checkpoints"),
-        paths,
-        true,
-    )
-    .output()
-    .expect("run logpipe produce");
-    assert!(
-        out.status.success(),
-        "logpipe produce failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Sum over analyzers of the latest `dead_lettered` self-metric.
@@ -97,7 +79,13 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         )
     });
 
-    produce(brokers, topic, &paths, dir.path());
+    produce_all(
+        Path::new(BIN),
+        brokers,
+        topic,
+        &dir.path().join("checkpoints"),
+        &paths,
+    );
 
     let mut got = BTreeMap::new();
     let matched = wait_until(Duration::from_secs(90), || {
@@ -434,7 +422,13 @@ format = '''log_format timed '$remote_addr - $remote_user [$time_local] "$reques
         &db,
         &args,
     );
-    produce(&broker.bootstrap, &topic, &paths, dir.path());
+    produce_all(
+        Path::new(BIN),
+        &broker.bootstrap,
+        &topic,
+        &dir.path().join("checkpoints"),
+        &paths,
+    );
     let mut got = BTreeMap::new();
     // The last window of each source stays open (its watermark does not pass it).
     let closed: BTreeMap<_, _> = truth

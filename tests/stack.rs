@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{
-    in_ci, produce_cmd, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
+    in_ci, produce_all, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
 };
 use serde_json::Value;
 
@@ -169,20 +169,12 @@ fn run_pipeline(
             analyzers[1].log()
         )
     });
-    let out = produce_cmd(
+    produce_all(
         Path::new(BIN),
         &broker.bootstrap,
         &topic,
         &dir.path().join("cp"),
         &paths,
-        true,
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let mut got = BTreeMap::new();
     let ok = wait_until(Duration::from_secs(90), || {

@@ -31,6 +31,9 @@ pub struct Counters {
     pub offsets_skipped: u64,
     /// Records on the broker not consumed yet (owned partitions, at the last flush).
     pub lag: u64,
+    /// Replay: final windows not written because they straddle or lie outside
+    /// the replayed range (not part of the `logpipe` measurement).
+    pub windows_outside_range: u64,
 }
 
 impl Counters {

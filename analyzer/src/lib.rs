@@ -13,6 +13,7 @@
 //! - [`counters`]: the analyzer's self-metrics (`logpipe` measurement).
 //! - [`run`]: the I/O shell — consume as a group member, aggregate, flush,
 //!   commit only what the sink accepted.
+//! - [`replay`]: what makes a run a replay (fixed offsets, event-time range).
 //! - [`generate`]: deterministic realistic traffic for the demo, tests, benchmarks.
 
 pub mod counters;
@@ -24,12 +25,14 @@ pub mod generate;
 pub mod json;
 pub mod line_protocol;
 pub mod parse;
+pub mod replay;
 pub mod run;
 pub mod sink;
 pub mod state;
 pub mod window;
 
 pub use counters::Counters;
+pub use replay::{Range, Replay};
 pub use run::{run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport};
-pub use sink::{InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
+pub use sink::{DryRunSink, InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
 pub use window::{Metrics, WindowSpec, WindowValue};

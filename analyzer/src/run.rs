@@ -13,7 +13,7 @@
 //! batch, offsets stay where the last accepted write put them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::dlq::DeadLetters;
 use crate::formats::{Formats, Parser};
 use crate::line_protocol;
 use crate::parse::ParseError;
+use crate::replay::Replay;
 use crate::sink::{Sink, SinkError};
 use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
 use crate::window::{
@@ -50,25 +51,45 @@ pub struct AnalyzerConfig {
     pub formats: Arc<Formats>,
     /// Where lines that do not parse go (`logs.dlq`).
     pub dlq_topic: String,
+    /// A replay instead of a live group member (see [`crate::replay`]).
+    pub replay: Option<Replay>,
 }
 
 /// How a run is asked to end; shared between the analyzer and whoever controls it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Control {
     mode: AtomicU8,
     /// Next offset consumed per partition, refreshed about every 100 ms.
     progress: Mutex<HashMap<i32, i64>>,
     /// Partitions currently owned, per analyzer id.
     assignments: Mutex<HashMap<String, usize>>,
+    /// The largest event time seen, refreshed with `progress` (`i64::MIN`
+    /// before the first line).
+    event_ms: AtomicI64,
 }
 
 const RUN: u8 = 0;
 const STOP: u8 = 1;
 const FINISH: u8 = 2;
 
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            mode: AtomicU8::new(RUN),
+            progress: Mutex::default(),
+            assignments: Mutex::default(),
+            event_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
 impl Control {
     pub fn new() -> Arc<Self> {
         Arc::new(Control::default())
+    }
+    /// The largest event time seen so far, if any line was.
+    pub fn event_ms(&self) -> Option<i64> {
+        Some(self.event_ms.load(Ordering::Relaxed)).filter(|&t| t != i64::MIN)
     }
     /// Stop reading, write what is open as partial values, commit, return.
     /// Open windows are rebuilt by whoever consumes the partitions next.
@@ -169,6 +190,8 @@ struct Part {
     /// Records below this offset were handled by a previous owner, which had
     /// their dead letters acknowledged before it wrote its restore point.
     dead_lettered_below: i64,
+    /// Replay: this partition reached its end.
+    done: bool,
 }
 
 /// What the sink has not accepted yet; retried as a whole, newest values win.
@@ -222,13 +245,25 @@ pub fn run(
         group: cfg.group.group.clone(),
         topic: cfg.group.topic.clone(),
     };
+    let mut cfg = cfg;
     let loaded = Arc::new(Mutex::new(HashMap::new()));
-    let start = start_offsets(
-        sink.state_store(),
-        scope.clone(),
-        loaded.clone(),
-        control.clone(),
-    );
+    let start: StartOffsets = match &cfg.replay {
+        // A replay reads fixed partitions from its plan; restore points are
+        // the live group's and are neither read nor written.
+        Some(r) => {
+            let mut ps: Vec<i32> = r.starts.keys().copied().collect();
+            ps.sort_unstable();
+            cfg.group.partitions = Some(ps);
+            let starts = r.starts.clone();
+            Box::new(move |_: &[i32]| Ok(starts.clone()))
+        }
+        None => start_offsets(
+            sink.state_store(),
+            scope.clone(),
+            loaded.clone(),
+            control.clone(),
+        ),
+    };
     let dlq = DeadLetters::new(
         &cfg.group.brokers,
         &cfg.dlq_topic,
@@ -318,13 +353,18 @@ impl Analyzer {
             match polled {
                 Some(Ok(msg)) => {
                     let msg: BorrowedMessage<'_> = msg;
-                    handle(
-                        &mut self.parts,
-                        &mut self.sources,
-                        &mut self.counters,
-                        &mut self.dlq,
-                        &msg,
-                    );
+                    if self.cfg.replay.is_none() || self.replay_wants(consumer, &msg) {
+                        handle(
+                            &mut self.parts,
+                            &mut self.sources,
+                            &mut self.counters,
+                            &mut self.dlq,
+                            &msg,
+                        );
+                        if self.cfg.replay.is_some() {
+                            self.replay_after(consumer, msg.partition(), msg.offset());
+                        }
+                    }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
                 None => {}
@@ -332,11 +372,14 @@ impl Analyzer {
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 last_progress = Instant::now();
                 let mut progress = self.control.progress.lock().unwrap();
+                let mut event_ms = i64::MIN;
                 for (&p, part) in &self.parts {
                     if let Some(n) = part.next {
                         progress.insert(p, n);
                     }
+                    event_ms = event_ms.max(part.windows.max_event_ms().unwrap_or(i64::MIN));
                 }
+                self.control.event_ms.fetch_max(event_ms, Ordering::Relaxed);
             }
             if last_flush.elapsed() >= backoff {
                 last_flush = Instant::now();
@@ -437,6 +480,11 @@ impl Analyzer {
                         }
                         None => PartitionWindows::new(self.cfg.spec),
                     };
+                    if let Some(r) = &self.cfg.replay {
+                        if !r.dead_letter {
+                            dead_lettered_below = i64::MAX;
+                        }
+                    }
                     self.parts.insert(
                         p,
                         Part {
@@ -445,12 +493,24 @@ impl Analyzer {
                             next: None,
                             written: None,
                             dead_lettered_below,
+                            done: false,
                         },
                     );
                 }
                 drop(loaded);
                 if self.paused {
                     let _ = consumer.pause(&ps);
+                }
+                if let Some(r) = &self.cfg.replay {
+                    // Partitions with nothing to read are done at once.
+                    let empty: Vec<i32> = ps
+                        .iter()
+                        .copied()
+                        .filter(|p| matches!((r.starts.get(p), r.ends.get(p)), (Some(s), Some(e)) if s >= e))
+                        .collect();
+                    for p in empty {
+                        self.replay_done(consumer, p, "nothing to read");
+                    }
                 }
             }
             RebalanceEvent::AssignFailed(e) => return Err(AnalyzeError::Restore(e)),
@@ -484,6 +544,20 @@ impl Analyzer {
         for (&partition, part) in self.parts.iter_mut() {
             values.clear();
             changed.clear();
+            if let Some(r) = &self.cfg.replay {
+                // Final windows inside the range only; no restore points.
+                part.windows.drain(false, close_all, &mut values);
+                for v in &values {
+                    if r.range.holds_window(v.start_ms, self.cfg.spec.window_ms) {
+                        self.batch
+                            .windows
+                            .insert((partition, v.source, v.start_ms), *v);
+                    } else {
+                        self.counters.windows_outside_range += 1;
+                    }
+                }
+                continue;
+            }
             part.windows.drain(true, close_all, &mut values);
             part.windows.take_changed_sources(&mut changed);
             for v in &values {
@@ -582,6 +656,7 @@ impl Analyzer {
     /// too: every commit is a group-coordinator request.)
     fn commit(&mut self, consumer: &GroupConsumer, now: bool) {
         if self.uncommitted.is_empty()
+            || self.cfg.replay.is_some()
             || (!now && self.last_commit.elapsed() < self.cfg.commit_interval)
         {
             return;
@@ -593,6 +668,70 @@ impl Analyzer {
             if !now {
                 self.uncommitted.extend(commits);
             }
+        }
+    }
+
+    /// Replay: should this record be read? Records at or after a partition's
+    /// end offset, or (starting by time) with an ingest time past the
+    /// range's end plus the maximum delay, end the partition instead.
+    fn replay_wants(&mut self, consumer: &GroupConsumer, msg: &BorrowedMessage<'_>) -> bool {
+        let Some(r) = &self.cfg.replay else {
+            return true;
+        };
+        let p = msg.partition();
+        let Some(part) = self.parts.get(&p) else {
+            return false;
+        };
+        if part.done {
+            return false;
+        }
+        if r.ends.get(&p).is_some_and(|&e| msg.offset() >= e) {
+            self.replay_done(consumer, p, "end offset reached");
+            return false;
+        }
+        let ts = msg.timestamp().to_millis();
+        if let (Some(stop), Some(ts)) = (r.stop_after_ts_ms, ts) {
+            if ts > stop {
+                self.replay_done(consumer, p, "records past --to + --max-delay");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Replay: the partition is done after the record at `offset` when that
+    /// was the last one before its end offset.
+    fn replay_after(&mut self, consumer: &GroupConsumer, p: i32, offset: i64) {
+        let end = self
+            .cfg
+            .replay
+            .as_ref()
+            .and_then(|r| r.ends.get(&p).copied());
+        if end.is_some_and(|e| offset + 1 >= e) {
+            self.replay_done(consumer, p, "end offset reached");
+        }
+    }
+
+    /// Replay: marks a partition done, stops fetching it, and finishes the
+    /// run (every window closed and written) when it was the last.
+    fn replay_done(&mut self, consumer: &GroupConsumer, p: i32, why: &str) {
+        let Some(part) = self.parts.get_mut(&p) else {
+            return;
+        };
+        if part.done {
+            return;
+        }
+        part.done = true;
+        let next = part.next;
+        if let Some(n) = next {
+            self.control.progress.lock().unwrap().insert(p, n);
+        }
+        tracing::info!(partition = p, next_offset = ?next, "partition done: {why}");
+        if let Err(e) = consumer.pause(&[p]) {
+            tracing::debug!(error = %e, "pausing a finished partition failed");
+        }
+        if self.parts.values().all(|p| p.done) {
+            self.control.finish();
         }
     }
 

@@ -422,6 +422,11 @@ impl PartitionWindows {
         }
     }
 
+    /// The largest event time seen over all sources.
+    pub fn max_event_ms(&self) -> Option<i64> {
+        self.max_event_ms.values().copied().max()
+    }
+
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }

@@ -164,6 +164,30 @@ bind-address = "127.0.0.1:{rpc_port}"
         name.to_string()
     }
 
+    /// Runs a statement outside any database (`DROP DATABASE "x"`, …).
+    pub fn execute(&self, q: &str) {
+        self.query_raw(None, q);
+    }
+
+    /// Writes line protocol (ms precision) to `db`.
+    pub fn write(&self, db: &str, lp: &str) {
+        let mut rb = self
+            .http
+            .post(format!("{}/write", self.url))
+            .query(&[("db", db), ("precision", "ms")])
+            .body(lp.to_string());
+        if let Some((u, p)) = &self.auth {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        let resp = rb.send().expect("InfluxDB write");
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "write failed: {status}: {}",
+            resp.text().unwrap_or_default()
+        );
+    }
+
     fn query_raw(&self, db: Option<&str>, q: &str) -> serde_json::Value {
         let mut params = vec![("q", q), ("epoch", "ms")];
         if let Some(db) = db {

@@ -16,7 +16,7 @@ pub mod truth;
 
 pub use influx::Influx;
 pub use kafka::{read_topic, LogpipeBroker, Record, Tansu};
-pub use logpipe::{produce_cmd, Analyzer, Membership};
+pub use logpipe::{produce_all, produce_cmd, Analyzer, Membership};
 pub use process::{free_port, wait_until, Child};
 pub use truth::{
     diff, diff_points, points_from_influx, reference_points, Expected, Point, WindowTruth,

@@ -119,3 +119,16 @@ pub fn produce_cmd(
     c.args(paths);
     c
 }
+
+/// Runs [`produce_cmd`] with `--exit-on-eof` to its end (checkpoints in
+/// `checkpoints`) and checks it succeeded.
+pub fn produce_all(bin: &Path, brokers: &str, topic: &str, checkpoints: &Path, paths: &[PathBuf]) {
+    let out = produce_cmd(bin, brokers, topic, checkpoints, paths, true)
+        .output()
+        .expect("run logpipe produce");
+    assert!(
+        out.status.success(),
+        "logpipe produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -52,7 +52,16 @@ impl Expected {
         lines_per_sec: f64,
         lines: usize,
     ) {
-        let g = Generator::new(seed, start_ms, lines_per_sec);
+        self.generate_file_with(
+            path,
+            source,
+            Generator::new(seed, start_ms, lines_per_sec),
+            lines,
+        );
+    }
+
+    /// [`Expected::generate_file`] with a generator set up by the caller.
+    pub fn generate_file_with(&mut self, path: &Path, source: &str, g: Generator, lines: usize) {
         let text = self.generate(g, source, lines);
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create log"));
         for line in text {
