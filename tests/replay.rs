@@ -351,3 +351,120 @@ fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
     assert_eq!(plans[0], plans[1], "both brokers give the same plan");
     assert_eq!(plans[0].0.len(), 3);
 }
+
+/// Writes `lines` gzip-compressed to `path`, keeping only the first
+/// `keep_percent` of the compressed bytes (100: all), modified at `mtime_s`.
+fn write_gz(path: &Path, lines: &[String], keep_percent: usize, mtime_s: u64) {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for l in lines {
+        writeln!(enc, "{l}").unwrap();
+    }
+    let bytes = enc.finish().unwrap();
+    std::fs::write(path, &bytes[..bytes.len() * keep_percent / 100]).unwrap();
+    set_mtime(path, mtime_s);
+}
+
+fn set_mtime(path: &Path, s: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(s))
+        .unwrap();
+}
+
+/// History in `access.log.3.gz`, `.2.gz`, `.1.gz` and the live `access.log`:
+/// a backfill stopped by a damaged `.2.gz` (the error names it) and run again
+/// once it is whole sends every line, oldest first, as one source; a third
+/// run sends nothing; a replay from the earliest offsets counts every line
+/// once (the windows equal the truth).
+#[test]
+fn backfill_of_gzip_rotations_resumes_and_counts_every_line_once() {
+    let topic = unique("backfill");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 3);
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("access.log");
+    let source = live.display().to_string();
+    let mut expected = Expected::new(10_000);
+    let g = Generator::new(42, START_MS, 20.0).with_request_time();
+    let lines = expected.generate(g, &source, 8000);
+    let chunks: Vec<&[String]> = lines.chunks(2000).collect();
+    let gz = |n: u32| dir.path().join(format!("access.log.{n}.gz"));
+    let day = 86_400;
+    write_gz(&gz(3), chunks[0], 100, 1_000 * day);
+    write_gz(&gz(2), chunks[1], 60, 1_001 * day);
+    write_gz(&gz(1), chunks[2], 100, 1_002 * day);
+    std::fs::write(&live, chunks[3].join("\n") + "\n").unwrap();
+    let glob = vec![dir.path().join("access.log*")];
+    let checkpoints = dir.path().join("checkpoints");
+    let run = || {
+        logpipe_testkit::produce_cmd(
+            Path::new(BIN),
+            &broker.bootstrap,
+            &topic,
+            &checkpoints,
+            &glob,
+            true,
+        )
+        .arg("--checkpoint-interval")
+        .arg("100ms")
+        .output()
+        .unwrap()
+    };
+    let first = run();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        !first.status.success(),
+        "a damaged file stops the backfill:\n{err}"
+    );
+    assert!(
+        err.contains("access.log.2.gz"),
+        "the error names the file:\n{err}"
+    );
+
+    write_gz(&gz(2), chunks[1], 100, 1_001 * day);
+    let second = run();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    assert!(err.contains("already backfilled; skipped"), "{err}");
+    let third = run();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success(), "{err}");
+    assert!(
+        err.contains("logpipe produce: 0 lines"),
+        "nothing is sent twice:\n{err}"
+    );
+
+    // On the topic: one source, every line once by (file, offset), oldest first.
+    let records = logpipe_testkit::read_topic(&broker.bootstrap, &topic);
+    let mut seen = std::collections::HashSet::new();
+    let mut firsts = vec![];
+    for r in &records {
+        assert_eq!(r.header("source"), Some(source.as_str()), "{r:?}");
+        let key = (
+            r.header("file").unwrap().to_string(),
+            r.header("offset").unwrap().to_string(),
+        );
+        if seen.insert(key) {
+            firsts.push(String::from_utf8_lossy(&r.value).into_owned());
+        }
+    }
+    assert_eq!(firsts, lines, "every line once, in time order");
+
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("backfill"));
+    let log = replay(
+        &broker.bootstrap,
+        &topic,
+        (&influx.url, &db),
+        &["--from-offsets", "earliest"],
+    );
+    let got = Expected::from_influx(&influx, &db);
+    assert!(
+        got == expected.windows,
+        "windows differ from the truth:\n{}\n{log}",
+        diff(&expected.windows, &got)
+    );
+    assert!(log.contains(" 0 late"), "{log}");
+}

@@ -122,23 +122,31 @@ impl Checkpoint {
 
     /// Writes `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
     pub fn store(&self, path: &Path) -> Result<(), CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.into(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("checkpoint serializes"))
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        store_atomically(
+            path,
+            &serde_json::to_vec_pretty(self).expect("checkpoint serializes"),
+        )
     }
+}
+
+/// Replaces `path` with `bytes` atomically: a temp file beside it, fsync,
+/// rename, fsync the directory.
+pub fn store_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.into(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 #[cfg(test)]

@@ -47,8 +47,43 @@ pub fn inputs_from_toml(text: &str) -> Result<Vec<InputSpec>, String> {
     Ok(f.input)
 }
 
-/// Compressed rotations are not text to follow; never matched by a glob.
+/// Compressed rotations are not text to follow: never followed, read only by
+/// a backfill (`--from-beginning --exit-on-eof`, gzip; see `compressed.rs`).
 const COMPRESSED: &[&str] = &["*.gz", "*.bz2", "*.xz", "*.zst", "*.zip", "*.lz4"];
+
+/// Is this a compressed file's name?
+pub fn is_compressed(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    COMPRESSED
+        .iter()
+        .any(|p| name.ends_with(p.trim_start_matches('*')))
+}
+
+/// The name a rotated file had while it was written: `access.log.2.gz`,
+/// `access.log.1` and `access.log-20240501` all come from `access.log`.
+/// Used as the source of files first seen under a rotated name, so history
+/// and the live file publish as one source.
+pub fn rotation_base(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    if let Some(ext) = COMPRESSED
+        .iter()
+        .map(|p| p.trim_start_matches('*'))
+        .find(|e| name.ends_with(e))
+    {
+        name.truncate(name.len() - ext.len());
+    }
+    if let Some(i) = name.rfind(['.', '-']) {
+        let tail = &name[i + 1..];
+        if i > 0 && !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+            name.truncate(i);
+        }
+    }
+    path.with_file_name(name)
+}
 
 /// A pattern or config that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +112,15 @@ enum Pattern {
 struct Input {
     patterns: Vec<Pattern>,
     exclude: GlobSet,
+}
+
+/// Which files a scan returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text files to follow.
+    Plain,
+    /// Compressed files (for a backfill).
+    Compressed,
 }
 
 /// The compiled inputs.
@@ -147,12 +191,7 @@ impl Discovery {
                 });
             }
             let mut ex = GlobSetBuilder::new();
-            for e in spec
-                .exclude
-                .iter()
-                .map(String::as_str)
-                .chain(COMPRESSED.iter().copied())
-            {
+            for e in spec.exclude.iter().map(String::as_str) {
                 ex.add(glob(e)?);
                 // A pattern without '/' also applies to the file name.
                 if !e.contains('/') {
@@ -172,8 +211,15 @@ impl Discovery {
         &self.specs[input]
     }
 
-    /// Every existing path of every input (a path in two inputs: the first).
+    /// Every existing path of every input (a path in two inputs: the first),
+    /// compressed files left out.
     pub fn scan(&self) -> Vec<Found> {
+        self.scan_kind(Kind::Plain)
+    }
+
+    /// Every existing path of one kind.
+    pub fn scan_kind(&self, kind: Kind) -> Vec<Found> {
+        let wanted = |p: &Path| is_compressed(p) == (kind == Kind::Compressed);
         let mut out: Vec<Found> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, input) in self.inputs.iter().enumerate() {
@@ -181,7 +227,7 @@ impl Discovery {
                 match p {
                     Pattern::Literal(path) => {
                         // Named explicitly: followed even if an exclude matches.
-                        if path.is_file() && seen.insert(path.clone()) {
+                        if path.is_file() && wanted(path) && seen.insert(path.clone()) {
                             out.push(Found {
                                 path: path.clone(),
                                 input: i,
@@ -202,7 +248,9 @@ impl Discovery {
                             .filter_map(Result::ok)
                             .filter(|e| !e.file_type().is_dir())
                             .map(walkdir::DirEntry::into_path)
-                            .filter(|p| matcher.is_match(p) && !input.exclude.is_match(p))
+                            .filter(|p| {
+                                matcher.is_match(p) && !input.exclude.is_match(p) && wanted(p)
+                            })
                             .filter(|p| p.is_file())
                             .collect();
                         found.sort();
@@ -299,9 +347,36 @@ mod tests {
                 ("other.txt".into(), 1),
             ]
         );
+        let gz: Vec<String> = d
+            .scan_kind(Kind::Compressed)
+            .iter()
+            .map(|f| f.path.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(gz, vec!["b.log.2.gz".to_string()]);
         let dirs = d.watch_dirs();
         assert!(dirs.contains(&(root.to_path_buf(), false)), "{dirs:?}");
         assert!(dirs.contains(&(root.join("sub"), true)), "{dirs:?}");
+    }
+
+    #[test]
+    fn rotated_names_lead_back_to_the_live_file() {
+        for (rotated, base) in [
+            ("/l/access.log.2.gz", "/l/access.log"),
+            ("/l/access.log.1", "/l/access.log"),
+            ("/l/access.log-20240501.gz", "/l/access.log"),
+            ("/l/access.log", "/l/access.log"),
+            ("/l/shop.access.log", "/l/shop.access.log"),
+            ("/l/app.2024.log", "/l/app.2024.log"),
+            ("/l/.1", "/l/.1"),
+        ] {
+            assert_eq!(
+                rotation_base(Path::new(rotated)),
+                Path::new(base),
+                "{rotated}"
+            );
+        }
+        assert!(is_compressed(Path::new("a.log.3.gz")));
+        assert!(!is_compressed(Path::new("a.gz.log")));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! in their old directory and drained.
 
 pub mod checkpoint;
+mod compressed;
 pub mod discover;
 pub mod identity;
 pub mod publish;
@@ -129,6 +130,12 @@ pub enum ProduceError {
     Checkpoint(#[from] CheckpointError),
     #[error("Kafka did not acknowledge {0} lines in time")]
     Unacknowledged(i32),
+    #[error("{}: cannot decompress past byte {offset} of its content: {reason}; the lines before were sent and recorded — replace the file with an undamaged copy (or remove it) and run again to continue", path.display())]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("no file matches {0} (with --exit-on-eof there is nothing to wait for)")]
     NothingToRead(String),
 }
@@ -165,7 +172,11 @@ pub fn run(cfg: ProducerConfig, shutdown: Arc<AtomicBool>) -> Result<ProduceSumm
 /// [`run`] with an abort switch and counters the caller can read.
 pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, ProduceError> {
     let mut p = Producer::start(cfg, &ctl)?;
-    let result = match p.follow(&ctl) {
+    let compressed = std::mem::take(&mut p.compressed);
+    let result = match p
+        .backfill_compressed(&ctl, compressed)
+        .and_then(|()| p.follow(&ctl))
+    {
         // A send waiting for room gave up because of the shutdown: not an error.
         Err(ProduceError::Publish(PublishError::Stopping)) => Ok(()),
         r => r,
@@ -254,6 +265,8 @@ struct Producer {
     rescan: Arc<AtomicBool>,
     _watcher: Option<notify::RecommendedWatcher>,
     buf: Vec<u8>,
+    /// Compressed rotations to backfill before following (see `compressed.rs`).
+    compressed: Vec<Found>,
 }
 
 fn now_ms() -> i64 {
@@ -365,15 +378,22 @@ impl Producer {
             rescan,
             _watcher: watcher,
             buf: vec![0u8; 1 << 20],
+            compressed: Vec::new(),
             cfg,
         };
         let found = p.discovery.scan();
+        let compressed = p.discovery.scan_kind(discover::Kind::Compressed);
+        if p.cfg.from_beginning && p.cfg.exit_on_eof {
+            p.compressed = compressed.clone();
+        } else if !compressed.is_empty() {
+            tracing::warn!(files = compressed.len(), first = %compressed[0].path.display(), "compressed files match the inputs and are not followed; to load them, backfill once with --from-beginning --exit-on-eof");
+        }
         for (i, spec) in p.cfg.inputs.iter().enumerate() {
-            if !found.iter().any(|f| f.input == i) {
+            if !found.iter().any(|f| f.input == i) && !compressed.iter().any(|f| f.input == i) {
                 tracing::warn!(paths = ?spec.paths, "no file matches these paths yet; watching for them");
             }
         }
-        if found.is_empty() && p.cfg.exit_on_eof && p.known.is_empty() {
+        if found.is_empty() && p.compressed.is_empty() && p.cfg.exit_on_eof && p.known.is_empty() {
             let all: Vec<&str> = p
                 .cfg
                 .inputs
@@ -557,7 +577,7 @@ impl Producer {
             .spec(input)
             .source
             .clone()
-            .unwrap_or_else(|| path.display().to_string())
+            .unwrap_or_else(|| discover::rotation_base(path).display().to_string())
     }
 
     fn ignore(&mut self, path: &Path, key: (u64, u64), start: u64, len: u64) {

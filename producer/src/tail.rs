@@ -21,9 +21,9 @@ pub struct LineOut<'a> {
     pub marks: Marks,
 }
 
-/// The read state of one open file.
-pub struct Tail {
-    pub file: File,
+/// The read state of one open file (or of a decompressed stream).
+pub struct Tail<R = File> {
+    pub file: R,
     /// Offset of the first byte of the next line to hand out.
     pub line_start: u64,
     /// Bytes read after the last newline, at most `max_line` of them.
@@ -35,18 +35,36 @@ pub struct Tail {
     max_line: usize,
 }
 
-impl Tail {
+impl<R: Read + Seek> Tail<R> {
     /// Positioned at `offset`, which must be the start of a line.
-    pub fn new(mut file: File, offset: u64, max_line: usize) -> std::io::Result<Self> {
+    pub fn new(mut file: R, offset: u64, max_line: usize) -> std::io::Result<Self> {
         file.seek(SeekFrom::Start(offset))?;
-        Ok(Tail {
+        Ok(Tail::at(file, offset, max_line))
+    }
+
+    /// Starts over at offset 0 (the file was truncated).
+    pub fn reset(&mut self) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.line_start = 0;
+        self.partial.clear();
+        self.partial_len = 0;
+        self.continues = false;
+        Ok(())
+    }
+}
+
+impl<R: Read> Tail<R> {
+    /// A reader already positioned at `offset`, the start of a line (a
+    /// decompressing stream that cannot seek).
+    pub fn at(file: R, offset: u64, max_line: usize) -> Self {
+        Tail {
             file,
             line_start: offset,
             partial: Vec::new(),
             partial_len: 0,
             continues: false,
             max_line: max_line.max(1),
-        })
+        }
     }
 
     /// Offset up to which bytes were read.
@@ -147,16 +165,6 @@ impl Tail {
         self.partial_len = 0;
         self.continues = true;
         Ok(true)
-    }
-
-    /// Starts over at offset 0 (the file was truncated).
-    pub fn reset(&mut self) -> std::io::Result<()> {
-        self.file.seek(SeekFrom::Start(0))?;
-        self.line_start = 0;
-        self.partial.clear();
-        self.partial_len = 0;
-        self.continues = false;
-        Ok(())
     }
 }
 
