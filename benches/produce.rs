@@ -8,18 +8,17 @@
 //!   producer process;
 //! - 1000 idle followed files: RSS and CPU seconds over 10 s.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use logpipe_analyzer::generate::Generator;
 
-const LINES: usize = 1_000_000;
+mod common;
+use common::{bin, median, wait_measured, Broker};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_logpipe"))
-}
+const LINES: usize = 1_000_000;
 
 /// The cached 1 M-line log (seed 7, 2 000 lines/s of event time).
 fn log_file() -> PathBuf {
@@ -40,56 +39,8 @@ fn log_file() -> PathBuf {
     path
 }
 
-struct Broker {
-    child: std::process::Child,
-    bootstrap: String,
-}
-
-impl Broker {
-    fn start(topic: &str) -> Broker {
-        let mut child = Command::new(bin())
-            .args(["broker", "--partitions", "6", "--topic", topic])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start logpipe broker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Broker {
-            child,
-            bootstrap: line.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for `child`; returns (wall, user+sys CPU seconds, peak RSS in MiB).
-fn wait_measured(child: &mut std::process::Child, started: Instant) -> (f64, f64, f64) {
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child's pid with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    assert_eq!(pid, child.id() as i32, "wait4 failed");
-    let wall = started.elapsed().as_secs_f64();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "logpipe produce failed: status {status}"
-    );
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
-    (wall, cpu, ru.ru_maxrss as f64 / 1024.0)
-}
-
 fn produce_once(log: &Path) -> (f64, f64, f64) {
-    let broker = Broker::start("logs");
+    let broker = Broker::start("logs", 6);
     let cp = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut child = Command::new(bin())
@@ -131,7 +82,7 @@ fn proc_rss_mib(pid: u32) -> f64 {
 
 /// Follows 1000 files that nobody writes to; (peak RSS MiB, CPU s over 10 s).
 fn idle_files() -> (f64, f64) {
-    let broker = Broker::start("logs");
+    let broker = Broker::start("logs", 6);
     let dir = tempfile::tempdir().unwrap();
     for i in 0..1000 {
         std::fs::write(
@@ -158,11 +109,6 @@ fn idle_files() -> (f64, f64) {
     let _ = child.kill();
     let _ = child.wait();
     (rss, cpu)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

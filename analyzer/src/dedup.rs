@@ -17,12 +17,12 @@
 //! already final (the first copy is older than every open window), so the
 //! window core skips it anyway.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 /// Highest line offset seen per file, for one partition.
 #[derive(Debug)]
 pub struct Dedup {
-    last: HashMap<Box<[u8]>, Seen>,
+    last: FastMap<Box<[u8]>, Seen>,
     capacity: usize,
     tick: u64,
 }
@@ -36,7 +36,7 @@ struct Seen {
 impl Dedup {
     pub fn new(capacity: usize) -> Self {
         Dedup {
-            last: HashMap::new(),
+            last: FastMap::default(),
             capacity: capacity.max(2),
             tick: 0,
         }
