@@ -8,7 +8,7 @@
 //! phase as replay reports it, CPU seconds and peak RSS.
 //!
 //! The topic: 64 sources × 15 625 lines (the generator's nginx `combined`
-//! + `$request_time`, 500 s of event time each) over 32 partitions — the mock
+//! with `$request_time`, 500 s of event time each) over 32 partitions — the mock
 //! broker keeps at most 5 MiB of batches per partition, so 1 M lines need
 //! that many partitions to stay whole (checked: the replay must read every line).
 
