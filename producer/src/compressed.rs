@@ -165,7 +165,7 @@ impl Producer {
                 None => {
                     // Compressed from a file the checkpoint knows: continue it.
                     let plain = self
-                        .known
+                        .checkpointed
                         .iter()
                         .find(|k| k.fingerprint == fp.hash && k.fingerprint_len == fp.len);
                     let (file, offset) = match plain {

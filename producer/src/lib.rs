@@ -267,6 +267,9 @@ struct Producer {
     buf: Vec<u8>,
     /// Compressed rotations to backfill before following (see `compressed.rs`).
     compressed: Vec<Found>,
+    /// The checkpoint's entries as loaded, for recognising a compressed copy
+    /// of a file that was followed (`known` is consumed at start-up).
+    checkpointed: Vec<FileState>,
 }
 
 fn now_ms() -> i64 {
@@ -379,12 +382,14 @@ impl Producer {
             _watcher: watcher,
             buf: vec![0u8; 1 << 20],
             compressed: Vec::new(),
+            checkpointed: Vec::new(),
             cfg,
         };
         let found = p.discovery.scan();
         let compressed = p.discovery.scan_kind(discover::Kind::Compressed);
         if p.cfg.from_beginning && p.cfg.exit_on_eof {
             p.compressed = compressed.clone();
+            p.checkpointed = p.known.clone();
         } else if !compressed.is_empty() {
             tracing::warn!(files = compressed.len(), first = %compressed[0].path.display(), "compressed files match the inputs and are not followed; to load them, backfill once with --from-beginning --exit-on-eof");
         }

@@ -328,3 +328,61 @@ fn shutdown_during_an_outage_exits_cleanly_and_the_restart_sends_everything() {
     }
     stop(p);
 }
+
+/// A followed file rotated and gzipped while the producer was stopped: the
+/// backfill finds the `.gz` by its first line and sends only what the
+/// checkpoint had not acknowledged, under the file's own identity and
+/// offsets; then the new file. A second backfill sends nothing.
+#[test]
+fn a_file_compressed_while_stopped_continues_where_its_checkpoint_was() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let glob = format!("{}/access.log*", dir.path().display());
+    let line = |i: usize| format!("line {i:04} of the first file\n");
+    let first: String = (0..100).map(line).collect();
+    std::fs::write(&log, &first).unwrap();
+    let mut cfg = s_config(&s, &glob, dir.path());
+    cfg.exit_on_eof = true;
+    let run = || logpipe_producer::run_with(cfg.clone(), Control::default()).unwrap();
+    assert_eq!(run().lines, 100);
+    // More lines, then rotated and compressed (the original removed), and a
+    // new live file — all while the producer is not running.
+    let more: String = (100..150).map(line).collect();
+    append(&log, more.as_bytes());
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(dir.path().join("access.log.1.gz")).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(std::fs::read(&log).unwrap().as_slice())
+        .unwrap();
+    enc.finish().unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&log, "new file line 1\nnew file line 2\n").unwrap();
+    assert_eq!(run().lines, 52);
+    let got = s.wait_for(152).to_vec();
+    let file_of = |r: &Rec| r.header("file").unwrap().to_string();
+    assert!(
+        got[..150].iter().all(|r| file_of(r) == file_of(&got[0])),
+        "one identity for the first file"
+    );
+    for (i, r) in got[..150].iter().enumerate() {
+        assert_eq!(r.text(), line(i).trim_end());
+        assert_eq!(
+            r.header("offset"),
+            Some((i * line(0).len()).to_string().as_str())
+        );
+        assert_eq!(r.header("source"), Some(log.display().to_string().as_str()));
+    }
+    assert_ne!(file_of(&got[150]), file_of(&got[0]));
+    assert_eq!(got[151].text(), "new file line 2");
+    assert_eq!(run().lines, 0, "a second backfill sends nothing");
+    s.assert_quiet();
+}
+
+fn s_config(s: &Setup, glob: &str, dir: &Path) -> ProducerConfig {
+    let mut cfg = s.config(vec![glob.to_string()]);
+    cfg.from_beginning = true;
+    cfg.checkpoint_dir = Some(dir.join("checkpoints"));
+    cfg
+}
