@@ -13,7 +13,7 @@
 //! batch, offsets stay where the last accepted write put them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,9 @@ pub struct Control {
     /// The largest event time seen, refreshed with `progress` (`i64::MIN`
     /// before the first line).
     event_ms: AtomicI64,
+    /// Records consumed by every analyzer of this control, refreshed every
+    /// 64 records (a partition re-read after a rebalance counts again).
+    consumed: AtomicU64,
 }
 
 const RUN: u8 = 0;
@@ -79,6 +82,7 @@ impl Default for Control {
             progress: Mutex::default(),
             assignments: Mutex::default(),
             event_ms: AtomicI64::new(i64::MIN),
+            consumed: AtomicU64::new(0),
         }
     }
 }
@@ -86,6 +90,10 @@ impl Default for Control {
 impl Control {
     pub fn new() -> Arc<Self> {
         Arc::new(Control::default())
+    }
+    /// Records consumed so far by the analyzers of this control.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
     }
     /// The largest event time seen so far, if any line was.
     pub fn event_ms(&self) -> Option<i64> {
@@ -343,6 +351,7 @@ impl Analyzer {
         // records a second, reading the clock twice per record was an eighth
         // of the polling thread's time.
         let mut records = 0u32;
+        let mut reported = 0u64;
         loop {
             let mode = self.control.mode.load(Ordering::SeqCst);
             if mode != RUN {
@@ -378,6 +387,10 @@ impl Analyzer {
                 continue;
             }
             records = 0;
+            self.control
+                .consumed
+                .fetch_add(self.counters.consumed - reported, Ordering::Relaxed);
+            reported = self.counters.consumed;
             self.dlq.poll();
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 last_progress = Instant::now();

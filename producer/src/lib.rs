@@ -154,6 +154,10 @@ pub struct Control {
     pub shutdown: Arc<AtomicBool>,
     /// Abrupt, like `kill -9`: return at once, no drain, no checkpoint (tests).
     pub abort: Arc<AtomicBool>,
+    /// While set, reading waits (nothing is lost: the files are the buffer).
+    /// `logpipe demo` holds its producer while the analyzers are further
+    /// behind than the embedded broker keeps records.
+    pub hold: Arc<AtomicBool>,
     pub stats: Arc<Stats>,
 }
 
@@ -270,6 +274,8 @@ struct Producer {
     /// The checkpoint's entries as loaded, for recognising a compressed copy
     /// of a file that was followed (`known` is consumed at start-up).
     checkpointed: Vec<FileState>,
+    /// [`Control::hold`].
+    hold: Arc<AtomicBool>,
 }
 
 fn now_ms() -> i64 {
@@ -383,6 +389,7 @@ impl Producer {
             buf: vec![0u8; 1 << 20],
             compressed: Vec::new(),
             checkpointed: Vec::new(),
+            hold: ctl.hold.clone(),
             cfg,
         };
         let found = p.discovery.scan();
@@ -713,6 +720,7 @@ impl Producer {
             summary,
             stats,
             retired,
+            hold: self_hold,
             ..
         } = self;
         for f in files.iter_mut() {
@@ -783,7 +791,7 @@ impl Producer {
                 Stats::add(&stats.bytes_read, bytes);
                 stats.sample_in_flight();
                 (lines, bytes) = (0, 0);
-                if n == 0 || read >= BUDGET {
+                if n == 0 || read >= BUDGET || self_hold.load(Ordering::Relaxed) {
                     break;
                 }
             }
@@ -935,6 +943,10 @@ impl Producer {
         loop {
             if ctl.shutdown.load(Ordering::Relaxed) || ctl.abort.load(Ordering::Relaxed) {
                 return Ok(());
+            }
+            if self.hold.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
             }
             let progressed = match self.read_round() {
                 Err(ProduceError::Publish(PublishError::Stopping)) => {
