@@ -269,6 +269,42 @@ fn demo_one_shot_analysis_matches_truth() {
     assert_eq!(rows, expected.windows.len(), "{stdout}");
 }
 
+/// A file far larger than the embedded broker keeps (it drops the oldest
+/// batches beyond ~5 MiB per partition): 300 000 lines in one source, one
+/// partition. The producer is held back while the analyzer is behind, so
+/// every line is counted (before, most were deleted unread).
+#[test]
+fn demo_on_a_file_larger_than_the_embedded_broker_keeps_counts_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.log");
+    let mut expected = Expected::new(WINDOW_MS);
+    expected.generate_file(
+        &path,
+        &path.display().to_string(),
+        9,
+        START_MS,
+        500.0,
+        300_000,
+    );
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > 40 << 20,
+        "well over 5 MiB even compressed"
+    );
+    let influx = Influx::start();
+    let db = unique("big");
+    let (_, stderr) = one_shot_demo(&path, &influx, &db, &[]);
+    let got = Expected::from_influx(&influx, &db);
+    assert!(
+        got == expected.windows,
+        "demo windows differ:\n{}\n{stderr}",
+        diff(&expected.windows, &got)
+    );
+    assert!(
+        stderr.contains("300000 lines produced; 300000 read"),
+        "{stderr}"
+    );
+}
+
 /// The real 10 000-line Apache log of `shared/data`, analysed by the demo,
 /// against an independent count (a regex and chrono, not logpipe's parser).
 #[test]
