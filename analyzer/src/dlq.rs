@@ -110,7 +110,7 @@ impl DeadLetters {
     }
 
     /// Queues `msg` as a dead letter; blocks while the local queue is full.
-    pub fn send(&mut self, msg: &BorrowedMessage<'_>, error: &ParseError) {
+    pub fn send<M: Message>(&mut self, msg: &M, error: &ParseError) {
         let mut headers = OwnedHeaders::new();
         if let Some(h) = msg.headers() {
             for h in h.iter() {

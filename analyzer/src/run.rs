@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use logpipe_consumer::{GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use logpipe_consumer::{
+    Batch as RecordBatch, GroupConfig, GroupConsumer, RebalanceEvent, Record, StartOffsets,
+};
+use rdkafka::message::{Headers, Message};
 
 use crate::counters::Counters;
 use crate::dedup::Dedup;
@@ -67,8 +69,11 @@ pub struct Control {
     /// before the first line).
     event_ms: AtomicI64,
     /// Records consumed by every analyzer of this control, refreshed every
-    /// 64 records (a partition re-read after a rebalance counts again).
+    /// batch of records (a partition re-read after a rebalance counts again).
     consumed: AtomicU64,
+    /// Records fetched from the broker and not yet consumed, over every
+    /// analyzer of this control, refreshed with `consumed`.
+    queued: AtomicU64,
 }
 
 const RUN: u8 = 0;
@@ -83,6 +88,7 @@ impl Default for Control {
             assignments: Mutex::default(),
             event_ms: AtomicI64::new(i64::MIN),
             consumed: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +100,11 @@ impl Control {
     /// Records consumed so far by the analyzers of this control.
     pub fn consumed(&self) -> u64 {
         self.consumed.load(Ordering::Relaxed)
+    }
+    /// Records taken from the broker so far: consumed, or fetched and
+    /// waiting in the analyzers' queues.
+    pub fn fetched(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed)
     }
     /// The largest event time seen so far, if any line was.
     pub fn event_ms(&self) -> Option<i64> {
@@ -158,7 +169,7 @@ struct SourceTable {
 }
 
 impl SourceTable {
-    fn id(&mut self, key: &[u8], headers: Option<&rdkafka::message::BorrowedHeaders>) -> SourceId {
+    fn id<H: Headers>(&mut self, key: &[u8], headers: Option<&H>) -> SourceId {
         if let Some(&id) = self.by_key.get(key) {
             return id;
         }
@@ -346,51 +357,51 @@ impl Analyzer {
         let mut last_flush = Instant::now();
         let mut last_progress = Instant::now();
         let mut backoff = self.cfg.flush_interval;
-        // Clocks and the dead-letter producer are looked at every 64 records
-        // (or when the poll came back empty), not per record: at a million
-        // records a second, reading the clock twice per record was an eighth
-        // of the polling thread's time.
-        let mut records = 0u32;
+        // Clocks and the dead-letter producer are looked at once per batch
+        // (up to 1024 records), not per record: at a million records a
+        // second, reading the clock twice per record was an eighth of the
+        // polling thread's time.
         let mut reported = 0u64;
+        let mut reported_queued = 0u64;
+        let mut records = RecordBatch::with_capacity(1024);
         loop {
             let mode = self.control.mode.load(Ordering::SeqCst);
             if mode != RUN {
+                self.control
+                    .queued
+                    .fetch_sub(reported_queued, Ordering::Relaxed);
                 return self.shut_down(consumer, mode == FINISH);
             }
-            let polled = consumer.poll(Duration::from_millis(100));
+            let stray = consumer.poll_batch(&mut records, Duration::from_millis(100));
             // Assignment changes made inside this poll come first: a record of
             // a newly assigned partition needs its restored state.
             while let Some(ev) = consumer.take_rebalance() {
                 self.apply_rebalance(consumer, ev)?;
             }
-            match polled {
-                Some(Ok(msg)) => {
-                    let msg: BorrowedMessage<'_> = msg;
-                    if self.cfg.replay.is_none() || self.replay_wants(consumer, &msg) {
-                        handle(
-                            &mut self.parts,
-                            &mut self.sources,
-                            &mut self.counters,
-                            &mut self.dlq,
-                            &msg,
-                        );
-                        if self.cfg.replay.is_some() {
-                            self.replay_after(consumer, msg.partition(), msg.offset());
-                        }
+            match stray {
+                Some(Ok(msg)) => self.record(consumer, &msg),
+                Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                None => {}
+            }
+            for rec in records.iter() {
+                match rec.error() {
+                    None => self.record(consumer, &rec),
+                    Some(e) => {
+                        tracing::warn!(error = %e, partition = rec.partition(), "Kafka consumer error")
                     }
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
-                None => records = u32::MAX - 1,
             }
-            records += 1;
-            if records < 64 {
-                continue;
-            }
-            records = 0;
+            records.clear();
             self.control
                 .consumed
                 .fetch_add(self.counters.consumed - reported, Ordering::Relaxed);
             reported = self.counters.consumed;
+            let queued = consumer.queued() as u64;
+            // Deltas, so that several analyzers add up in one counter.
+            self.control
+                .queued
+                .fetch_add(queued.wrapping_sub(reported_queued), Ordering::Relaxed);
+            reported_queued = queued;
             self.dlq.poll();
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 last_progress = Instant::now();
@@ -433,6 +444,23 @@ impl Analyzer {
                     }
                     Err(e) => return Err(AnalyzeError::Sink(e)),
                 }
+            }
+        }
+    }
+
+    /// One record: de-duplicate, parse, aggregate (a replay first checks
+    /// that the record is inside its plan).
+    fn record<M: WireRecord>(&mut self, consumer: &GroupConsumer, msg: &M) {
+        if self.cfg.replay.is_none() || self.replay_wants(consumer, msg) {
+            handle(
+                &mut self.parts,
+                &mut self.sources,
+                &mut self.counters,
+                &mut self.dlq,
+                msg,
+            );
+            if self.cfg.replay.is_some() {
+                self.replay_after(consumer, msg.partition(), msg.offset());
             }
         }
     }
@@ -491,12 +519,28 @@ impl Analyzer {
                                 max_event_ms: pt
                                     .sources
                                     .iter()
-                                    .map(|(k, m)| (self.sources.id(k.as_bytes(), None), *m))
+                                    .map(|(k, m)| {
+                                        (
+                                            self.sources.id::<rdkafka::message::OwnedHeaders>(
+                                                k.as_bytes(),
+                                                None,
+                                            ),
+                                            *m,
+                                        )
+                                    })
                                     .collect(),
                                 ahead: pt
                                     .ahead
                                     .iter()
-                                    .map(|(k, u)| (self.sources.id(k.as_bytes(), None), *u))
+                                    .map(|(k, u)| {
+                                        (
+                                            self.sources.id::<rdkafka::message::OwnedHeaders>(
+                                                k.as_bytes(),
+                                                None,
+                                            ),
+                                            *u,
+                                        )
+                                    })
                                     .collect(),
                             };
                             PartitionWindows::restored(self.cfg.spec, &point)
@@ -697,7 +741,7 @@ impl Analyzer {
     /// Replay: should this record be read? Records at or after a partition's
     /// end offset, or (starting by time) with an ingest time past the
     /// range's end plus the maximum delay, end the partition instead.
-    fn replay_wants(&mut self, consumer: &GroupConsumer, msg: &BorrowedMessage<'_>) -> bool {
+    fn replay_wants<M: Message>(&mut self, consumer: &GroupConsumer, msg: &M) -> bool {
         let Some(r) = &self.cfg.replay else {
             return true;
         };
@@ -770,31 +814,46 @@ impl Analyzer {
     }
 }
 
-/// The `file` and `offset` headers, in one pass over the headers.
-fn file_and_offset<'a>(msg: &'a BorrowedMessage<'_>) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
-    let (mut file, mut offset) = (None, None);
-    if let Some(hs) = msg.headers() {
-        for h in hs.iter() {
-            if h.key == logpipe_wire::FILE {
-                file = h.value;
-            } else if h.key == logpipe_wire::OFFSET {
-                offset = h.value;
-            }
-            if file.is_some() && offset.is_some() {
-                break;
+/// A record as the analyzer reads it: rdkafka's [`Message`], plus the two
+/// headers looked at for every record.
+trait WireRecord: Message {
+    /// The `file` and `offset` headers.
+    fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        let (mut file, mut offset) = (None, None);
+        if let Some(hs) = self.headers() {
+            for h in hs.iter() {
+                if h.key == logpipe_wire::FILE {
+                    file = h.value;
+                } else if h.key == logpipe_wire::OFFSET {
+                    offset = h.value;
+                }
+                if file.is_some() && offset.is_some() {
+                    break;
+                }
             }
         }
+        (file, offset)
     }
-    (file, offset)
+}
+
+impl WireRecord for rdkafka::message::BorrowedMessage<'_> {}
+
+impl WireRecord for Record<'_> {
+    fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        (
+            self.header(logpipe_wire::FILE_C),
+            self.header(logpipe_wire::OFFSET_C),
+        )
+    }
 }
 
 /// One record: de-duplicate, parse, aggregate.
-fn handle(
+fn handle<M: WireRecord>(
     parts: &mut HashMap<i32, Part>,
     sources: &mut SourceTable,
     counters: &mut Counters,
     dlq: &mut DeadLetters,
-    msg: &BorrowedMessage<'_>,
+    msg: &M,
 ) {
     let partition = msg.partition();
     let offset = msg.offset();
@@ -817,7 +876,7 @@ fn handle(
         }
     }
     part.next = Some(offset + 1);
-    let (file, at) = file_and_offset(msg);
+    let (file, at) = msg.file_and_offset();
     if let (Some(file), Some(at)) = (file, at.and_then(parse_u64)) {
         if part.dedup.is_duplicate(file, at) {
             counters.duplicates += 1;
@@ -865,6 +924,34 @@ fn handle(
     }
 }
 
+/// A decimal `offset` header (at most 19 digits: no overflow).
 fn parse_u64(b: &[u8]) -> Option<u64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_u64;
+
+    #[test]
+    fn offset_headers_parse_as_decimal_or_not_at_all() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(
+            parse_u64(b"1234567890123456789"),
+            Some(1_234_567_890_123_456_789)
+        );
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"12a"), None);
+        assert_eq!(parse_u64(b"-1"), None);
+        assert_eq!(
+            parse_u64(b"12345678901234567890"),
+            None,
+            "20 digits could overflow"
+        );
+    }
 }

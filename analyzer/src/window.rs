@@ -29,7 +29,7 @@
 //! Because `M` only grows and is restored exactly, every later decision
 //! (closing, lateness) is the one an uninterrupted run makes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use cardinality_estimator::CardinalityEstimator;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
@@ -242,7 +242,7 @@ pub struct PartitionWindows {
     spec: WindowSpec,
     open: BTreeMap<(i64, SourceId), Open>,
     /// Max event time seen per source, the base of its watermark.
-    max_event_ms: HashMap<SourceId, i64>,
+    max_event_ms: crate::FastMap<SourceId, i64>,
     /// Sources whose `M` changed since [`PartitionWindows::take_changed_sources`].
     changed: Vec<SourceId>,
     /// Offset after the last record seen.
@@ -251,7 +251,7 @@ pub struct PartitionWindows {
     replay_until: i64,
     /// Per source, when a previous writer had seen further (see
     /// [`RestorePoint::ahead`]).
-    replay_until_source: HashMap<SourceId, i64>,
+    replay_until_source: crate::FastMap<SourceId, i64>,
     late: u64,
 }
 
@@ -260,11 +260,11 @@ impl PartitionWindows {
         PartitionWindows {
             spec,
             open: BTreeMap::new(),
-            max_event_ms: HashMap::new(),
+            max_event_ms: crate::FastMap::default(),
             changed: Vec::new(),
             next_offset: None,
             replay_until: i64::MIN,
-            replay_until_source: HashMap::new(),
+            replay_until_source: crate::FastMap::default(),
             late: 0,
         }
     }

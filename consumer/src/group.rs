@@ -6,8 +6,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use rdkafka::bindings as rdsys;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -15,6 +17,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::batch::Batch;
 
 /// Settings of a group member.
 #[derive(Debug, Clone)]
@@ -66,6 +70,9 @@ pub type StartOffsets = Box<dyn Fn(&[i32]) -> Result<HashMap<i32, i64>, String> 
 
 pub struct Ctx {
     events: Mutex<VecDeque<RebalanceEvent>>,
+    /// Where fetched records of assigned partitions are forwarded (set once
+    /// the client exists, before the first poll).
+    records: OnceLock<Arc<RecordQueue>>,
     start: Option<StartOffsets>,
     /// The configured assignment strategy is cooperative. Known from the
     /// configuration rather than asked with `rebalance_protocol()` inside the
@@ -100,6 +107,9 @@ impl ConsumerContext for Ctx {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let ps = partitions(tpl);
+                if let Some(q) = self.records.get() {
+                    q.take(consumer, &tpl_topic(tpl), &ps);
+                }
                 if let Some(start) = &self.start {
                     match start(&ps) {
                         Ok(offsets) => {
@@ -158,11 +168,87 @@ fn tpl_topic(tpl: &TopicPartitionList) -> String {
         .unwrap_or_default()
 }
 
+/// The queue the fetched records of every assigned partition are forwarded
+/// to, apart from the consumer queue that keeps the group's events
+/// (rebalances, commits, errors): records are taken from it in batches, and
+/// events still go through rdkafka's handlers, which apply them through
+/// [`Ctx`]'s callback. Forwarding is set by the application
+/// (`rd_kafka_queue_forward`), so librdkafka's own fetch start does not undo it.
+struct RecordQueue {
+    /// `None` once the queue was destroyed (the consumer is going away).
+    queue: Mutex<Option<QueuePtr>>,
+}
+
+struct QueuePtr(*mut rdsys::rd_kafka_queue_t);
+// SAFETY: librdkafka queue handles may be used from any thread.
+unsafe impl Send for QueuePtr {}
+
+impl RecordQueue {
+    fn ptr(&self) -> Option<*mut rdsys::rd_kafka_queue_t> {
+        self.queue.lock().unwrap().as_ref().map(|q| q.0)
+    }
+
+    /// Forwards the fetch queues of `partitions` here; called before they
+    /// are assigned, so no record of theirs reaches the consumer queue.
+    fn take<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partitions: &[i32],
+    ) {
+        let Some(dst) = self.ptr() else { return };
+        let Ok(topic) = CString::new(topic) else {
+            return;
+        };
+        for &p in partitions {
+            // SAFETY: a live client; the partition queue handle is released
+            // right after forwarding (the forward stays with the partition).
+            unsafe {
+                let pq = rdsys::rd_kafka_queue_get_partition(
+                    consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    p,
+                );
+                if pq.is_null() {
+                    continue;
+                }
+                rdsys::rd_kafka_queue_forward(pq, dst);
+                rdsys::rd_kafka_queue_destroy(pq);
+            }
+        }
+    }
+
+    /// Wakes a [`GroupConsumer::poll_batch`] waiting for records, because
+    /// the consumer queue has an event to serve.
+    fn wake(&self) {
+        if let Some(q) = self.queue.lock().unwrap().as_ref() {
+            // SAFETY: the queue is live while it is in the mutex.
+            unsafe { rdsys::rd_kafka_queue_yield(q.0) };
+        }
+    }
+
+    fn destroy(&self) {
+        if let Some(q) = self.queue.lock().unwrap().take() {
+            // SAFETY: our own queue, destroyed once; nothing uses it after.
+            unsafe { rdsys::rd_kafka_queue_destroy(q.0) };
+        }
+    }
+}
+
 /// One member of a consumer group on one topic.
 pub struct GroupConsumer {
     consumer: BaseConsumer<Ctx>,
+    records: Arc<RecordQueue>,
     topic: String,
     topic_c: CString,
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        // Before the consumer closes (which serves its last events and so may
+        // call the wake-up): the wake-up then finds no queue.
+        self.records.destroy();
+    }
 }
 
 impl GroupConsumer {
@@ -190,13 +276,24 @@ impl GroupConsumer {
         let cooperative = cc
             .get("partition.assignment.strategy")
             .is_some_and(|s| s.contains("cooperative"));
-        let consumer: BaseConsumer<Ctx> = cc
+        let mut consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx {
                 events: Mutex::default(),
+                records: OnceLock::new(),
                 start,
                 cooperative,
             })
             .map_err(ConsumerError::Config)?;
+        // SAFETY: a live client; the queue is ours and destroyed in `drop`.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        let records = Arc::new(RecordQueue {
+            queue: Mutex::new((!queue.is_null()).then_some(QueuePtr(queue))),
+        });
+        let _ = consumer.context().records.set(records.clone());
+        {
+            let r = records.clone();
+            consumer.set_nonempty_callback(move || r.wake());
+        }
         match &cfg.partitions {
             None => {
                 consumer
@@ -212,6 +309,7 @@ impl GroupConsumer {
                     Some(start) => start(ps).map_err(ConsumerError::Start)?,
                     None => HashMap::new(),
                 };
+                records.take(&consumer, &cfg.topic, ps);
                 let mut tpl = TopicPartitionList::new();
                 for &p in ps {
                     // Without a start offset: the group's committed offset,
@@ -227,6 +325,7 @@ impl GroupConsumer {
         }
         Ok(GroupConsumer {
             consumer,
+            records,
             topic: cfg.topic.clone(),
             topic_c: CString::new(cfg.topic.clone()).unwrap_or_default(),
         })
@@ -236,6 +335,65 @@ impl GroupConsumer {
     /// are queued for [`GroupConsumer::take_rebalance`].
     pub fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
         self.consumer.poll(timeout)
+    }
+
+    /// Serves the group's events (rebalances land in
+    /// [`GroupConsumer::take_rebalance`]), then fills `batch` with the
+    /// records fetched so far, waiting up to `timeout` for the first when
+    /// there are none; an event arriving meanwhile ends the wait. A record
+    /// that reached the consumer queue instead (none should) is returned.
+    /// `batch` must be empty.
+    pub fn poll_batch(
+        &self,
+        batch: &mut Batch,
+        timeout: Duration,
+    ) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
+        // Every event waiting, not just one: the wake-up below only comes
+        // when the consumer queue goes from empty to non-empty.
+        loop {
+            if let Some(m) = self.consumer.poll(Duration::ZERO) {
+                return Some(m);
+            }
+            if self.events_waiting() == 0 {
+                break;
+            }
+        }
+        let Some(q) = self.records.ptr() else {
+            return self.consumer.poll(timeout);
+        };
+        if self.take_rebalance_pending() {
+            return None;
+        }
+        // SAFETY: our live queue; it is destroyed only in `drop`.
+        unsafe { batch.fill(q, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        None
+    }
+
+    /// Records fetched and not yet taken by [`GroupConsumer::poll_batch`]
+    /// (librdkafka fetches ahead up to `queued.min.messages`).
+    pub fn queued(&self) -> usize {
+        // SAFETY: our live queue, while it is in the mutex.
+        self.records
+            .ptr()
+            .map_or(0, |q| unsafe { rdsys::rd_kafka_queue_length(q) })
+    }
+
+    /// Events (and stray records) on the consumer queue.
+    fn events_waiting(&self) -> usize {
+        // SAFETY: a handle of the live client's consumer queue, released at once.
+        unsafe {
+            let q = rdsys::rd_kafka_queue_get_consumer(self.consumer.client().native_ptr());
+            if q.is_null() {
+                return 0;
+            }
+            let n = rdsys::rd_kafka_queue_length(q);
+            rdsys::rd_kafka_queue_destroy(q);
+            n
+        }
+    }
+
+    fn take_rebalance_pending(&self) -> bool {
+        !self.consumer.context().events.lock().unwrap().is_empty()
     }
 
     /// The next queued assignment change, oldest first.
@@ -327,6 +485,16 @@ mod tests {
         .unwrap()
     }
 
+    /// Applies an assignment change to the set of partitions a member owns.
+    fn apply(own: &mut Vec<i32>, ev: RebalanceEvent) {
+        match ev {
+            RebalanceEvent::Assigned(ps) => own.extend(ps),
+            RebalanceEvent::Revoked(ps) => own.retain(|p| !ps.contains(p)),
+            RebalanceEvent::Lost => own.clear(),
+            RebalanceEvent::AssignFailed(e) => panic!("{e}"),
+        }
+    }
+
     /// Polls both members until `done` holds on their owned partition sets.
     fn settle(ms: &[&GroupConsumer], owned: &mut [Vec<i32>], done: impl Fn(&[Vec<i32>]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,12 +503,7 @@ mod tests {
             for (m, own) in ms.iter().zip(owned.iter_mut()) {
                 let _ = m.poll(Duration::from_millis(50));
                 while let Some(ev) = m.take_rebalance() {
-                    match ev {
-                        RebalanceEvent::Assigned(ps) => own.extend(ps),
-                        RebalanceEvent::Revoked(ps) => own.retain(|p| !ps.contains(p)),
-                        RebalanceEvent::Lost => own.clear(),
-                        RebalanceEvent::AssignFailed(e) => panic!("{e}"),
-                    }
+                    apply(own, ev);
                 }
             }
         }
@@ -399,5 +562,98 @@ mod tests {
         .err()
         .expect("a start-offset failure is an error");
         assert_eq!(err.to_string(), "state store down");
+    }
+
+    /// Records come out of `poll_batch` whole and in order (key, payload,
+    /// headers, timestamp), a batch never holds more than its capacity, and
+    /// a second member's join is applied through the same calls.
+    #[test]
+    fn batches_carry_every_record_in_order_and_rebalances_still_apply() {
+        use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+        let broker = MockBroker::start(1).unwrap();
+        broker.create_topic("t", 2).unwrap();
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .create()
+            .unwrap();
+        const N: usize = 5000;
+        for i in 0..N {
+            let key = format!("k{}", i % 2);
+            let value = format!("line {i}");
+            let offset = i.to_string();
+            producer
+                .send(
+                    BaseRecord::to("t")
+                        .key(&key)
+                        .payload(&value)
+                        .partition((i % 2) as i32)
+                        .timestamp(1_000 + i as i64)
+                        .headers(OwnedHeaders::new().insert(Header {
+                            key: "offset",
+                            value: Some(&offset),
+                        })),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let a = member(&broker, "g");
+        let mut batch = Batch::with_capacity(256);
+        let mut seen: Vec<Vec<usize>> = vec![vec![], vec![]];
+        let mut owned = vec![];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.iter().map(Vec::len).sum::<usize>() < N {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} records",
+                seen.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            assert!(a
+                .poll_batch(&mut batch, Duration::from_millis(50))
+                .is_none());
+            while let Some(ev) = a.take_rebalance() {
+                apply(&mut owned, ev);
+            }
+            assert!(batch.len() <= 256);
+            for r in batch.iter() {
+                assert_eq!(r.error(), None);
+                let i: usize = std::str::from_utf8(r.payload().unwrap()).unwrap()[5..]
+                    .parse()
+                    .unwrap();
+                assert_eq!(r.key(), Some(format!("k{}", i % 2).as_bytes()));
+                assert_eq!(r.partition(), (i % 2) as i32);
+                assert_eq!(r.offset(), (i / 2) as i64);
+                assert_eq!(r.timestamp().to_millis(), Some(1_000 + i as i64));
+                let h = r.headers().unwrap();
+                assert_eq!(h.count(), 1);
+                assert_eq!(h.get(0).key, "offset");
+                assert_eq!(h.get(0).value, Some(i.to_string().as_bytes()));
+                seen[r.partition() as usize].push(i);
+            }
+            batch.clear();
+        }
+        owned.sort();
+        assert_eq!(owned, vec![0, 1]);
+        for (p, s) in seen.iter().enumerate() {
+            let want: Vec<usize> = (0..N).filter(|i| i % 2 == p).collect();
+            assert_eq!(s, &want, "partition {p} in order, each once");
+        }
+
+        // A second member: `a` is told of the revoke through poll_batch.
+        let b = member(&broker, "g");
+        let mut owned = vec![owned, vec![]];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(owned[0].len() == 1 && owned[1].len() == 1) {
+            assert!(Instant::now() < deadline, "group did not settle: {owned:?}");
+            for (m, own) in [&a, &b].iter().zip(owned.iter_mut()) {
+                let _ = m.poll_batch(&mut batch, Duration::from_millis(50));
+                batch.clear();
+                while let Some(ev) = m.take_rebalance() {
+                    apply(own, ev);
+                }
+            }
+        }
     }
 }

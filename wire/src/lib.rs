@@ -26,6 +26,11 @@ pub const FILE: &str = "file";
 /// Header: byte offset of the line's first byte in that file, decimal.
 pub const OFFSET: &str = "offset";
 
+/// [`FILE`] and [`OFFSET`] as C strings, for librdkafka's look-up of a
+/// header by name (read for every record).
+pub const FILE_C: &std::ffi::CStr = c"file";
+pub const OFFSET_C: &std::ffi::CStr = c"offset";
+
 /// Header, only on a line longer than the producer's `--max-line-bytes`: the
 /// line's full length in bytes (decimal); the value holds its first bytes.
 pub const CUT: &str = "cut";
@@ -55,6 +60,12 @@ pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn c_string_header_names_equal_the_names() {
+        assert_eq!(FILE_C.to_str(), Ok(FILE));
+        assert_eq!(OFFSET_C.to_str(), Ok(OFFSET));
+    }
 
     #[test]
     fn key_round_trips_with_colons_in_source() {
