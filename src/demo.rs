@@ -19,17 +19,21 @@ use crate::cli::DemoArgs;
 
 const GROUP: &str = "logpipe-demo";
 
-/// Records the analyzers may be behind the producer. The embedded broker
-/// (librdkafka's mock cluster) keeps at most 5 MiB of batches per partition
-/// and drops the oldest beyond that, so a producer reading a large file far
-/// faster than one analyzer can consume would have lines deleted before they
-/// are read (a 1 M-line file lost 90 % of its lines this way). 20 000
-/// lz4-compressed records are about 1 MiB (uncompressed they would be about
-/// 5 MiB: with compression off, a run held at 15 000 still lost 1 %).
-const MAX_BEHIND: u64 = 20_000;
+/// Bytes of records the embedded broker may hold that no analyzer has
+/// fetched yet. It is librdkafka's mock cluster, which keeps at most 5 MiB
+/// of batches per partition and drops the oldest beyond that; a producer
+/// reading a large file faster than an analyzer consumes would have lines
+/// deleted before they are read (a 1 M-line file lost 90 % of its lines this
+/// way before the producer was held).
+const MAX_UNFETCHED_BYTES: u64 = 3 << 20;
+/// What a record costs beside its line: key, headers, record framing.
+const RECORD_OVERHEAD_BYTES: u64 = 200;
 
-/// Holds the producer while the analyzers are more than [`MAX_BEHIND`]
-/// records behind it; returns the switch that ends the watch.
+/// Holds the producer while the records the broker holds beyond what the
+/// analyzers fetched (read by the producer, minus consumed or queued in
+/// the analyzers' fetch queues — an upper bound) would be more than
+/// [`MAX_UNFETCHED_BYTES`] at the average line length so far; returns the
+/// switch that ends the watch.
 fn hold_producer_while_behind(
     pctl: logpipe_producer::Control,
     control: Arc<Control>,
@@ -39,8 +43,11 @@ fn hold_producer_while_behind(
     std::thread::spawn(move || {
         while !d.load(Ordering::Relaxed) {
             let read = pctl.stats.lines_read.load(Ordering::Relaxed);
-            let behind = read.saturating_sub(control.consumed());
-            pctl.hold.store(behind > MAX_BEHIND, Ordering::Relaxed);
+            let bytes = pctl.stats.bytes_read.load(Ordering::Relaxed);
+            let record = bytes / read.max(1) + RECORD_OVERHEAD_BYTES;
+            let unfetched = read.saturating_sub(control.fetched());
+            pctl.hold
+                .store(unfetched * record > MAX_UNFETCHED_BYTES, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(1));
         }
         pctl.hold.store(false, Ordering::Relaxed);
@@ -162,6 +169,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     pcfg.from_beginning = from_beginning;
     pcfg.exit_on_eof = a.exit_on_eof;
     pcfg.poll_interval = Duration::from_millis(50);
+    // The broker is in this process: compressing batches only costs CPU
+    // (lz4 was a third of the producer's Kafka thread and a copy on both ends).
+    pcfg.extra.push(("compression.type".into(), "none".into()));
     let pctl = logpipe_producer::Control {
         shutdown: stop_input.clone(),
         ..Default::default()

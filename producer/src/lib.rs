@@ -154,7 +154,8 @@ pub struct Control {
     pub shutdown: Arc<AtomicBool>,
     /// Abrupt, like `kill -9`: return at once, no drain, no checkpoint (tests).
     pub abort: Arc<AtomicBool>,
-    /// While set, reading waits (nothing is lost: the files are the buffer).
+    /// While set, reading waits, line by line (nothing is lost: the files
+    /// are the buffer).
     /// `logpipe demo` holds its producer while the analyzers are further
     /// behind than the embedded broker keeps records.
     pub hold: Arc<AtomicBool>,
@@ -305,7 +306,7 @@ fn last_line_start(file: &File, len: u64, max_line: usize) -> std::io::Result<u6
 impl Producer {
     fn start(cfg: ProducerConfig, ctl: &Control) -> Result<Self, ProduceError> {
         let discovery = Discovery::new(cfg.inputs.clone())?;
-        let publisher = Publisher::new(
+        let mut publisher = Publisher::new(
             &cfg.brokers,
             &cfg.topic,
             cfg.max_in_flight_bytes,
@@ -314,6 +315,7 @@ impl Producer {
             ctl.stats.clone(),
             vec![ctl.shutdown.clone(), ctl.abort.clone()],
         )?;
+        publisher.hold_with(ctl.hold.clone());
         let cp_path = cfg
             .checkpoint_dir
             .as_ref()
