@@ -477,6 +477,9 @@ impl Producer {
         for i in 0..self.files.len() {
             self.check_file(i)?;
         }
+        // Files seen without a first line that are gone (deleted, or no
+        // longer matched): forgotten, so they are not looked for again.
+        self.unidentified.retain(|k, _| seen.contains(k));
         Ok(())
     }
 
@@ -968,6 +971,14 @@ impl Producer {
                 let _ = self.events.recv_timeout(self.cfg.poll_interval);
                 // Idle partial lines and finished files are not left to the scan.
                 self.housekeeping()?;
+            }
+            // A file seen before its first line was complete (a new empty log
+            // after rotation) is followed once it has one: looked at again
+            // every 100 ms, not only at the next scan (up to 5 s of lines late).
+            if last_scan.elapsed() >= Duration::from_millis(100)
+                && self.unidentified.values().any(|u| u.ignored_len.is_none())
+            {
+                self.rescan.store(true, Ordering::Relaxed);
             }
             if self.rescan.swap(false, Ordering::Relaxed)
                 || last_scan.elapsed() >= self.cfg.scan_interval

@@ -287,6 +287,26 @@ fn files_already_there_start_at_their_last_whole_line_by_default() {
     stop(p);
 }
 
+/// A file that is empty when first seen (a log just created by rotation)
+/// is followed as soon as its first line is complete, not at the next
+/// directory scan — here an hour away, so without the look-again the lines
+/// would not come at all.
+#[test]
+fn a_file_empty_when_seen_is_followed_once_its_first_line_is_written() {
+    let mut s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("access.log");
+    append(&f, b"");
+    let mut cfg = s.config(vec![f.display().to_string()]);
+    cfg.scan_interval = Duration::from_secs(3600);
+    let p = start(cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    append(&f, b"first\nsecond\n");
+    let got: Vec<String> = s.wait_for(2).iter().map(Rec::text).collect();
+    assert_eq!(got, ["first", "second"]);
+    stop(p);
+}
+
 #[test]
 fn shutdown_during_an_outage_exits_cleanly_and_the_restart_sends_everything() {
     let mut s = Setup::new();
