@@ -165,12 +165,21 @@ struct SourceTable {
     names: Vec<(String, String, String)>,
     /// The parser of each source, resolved when it is first seen.
     parsers: Vec<Arc<Parser>>,
+    /// The source of the previous record.
+    last: Option<SourceId>,
     formats: Arc<Formats>,
 }
 
 impl SourceTable {
     fn id<H: Headers>(&mut self, key: &[u8], headers: Option<&H>) -> SourceId {
+        // Records of one source come in runs: the previous key first.
+        if let Some(last) = self.last {
+            if self.names[last as usize].2.as_bytes() == key {
+                return last;
+            }
+        }
         if let Some(&id) = self.by_key.get(key) {
+            self.last = Some(id);
             return id;
         }
         let header = |name: &str| {
@@ -190,6 +199,7 @@ impl SourceTable {
         self.names
             .push((host, source, String::from_utf8_lossy(key).into_owned()));
         self.by_key.insert(key.into(), id);
+        self.last = Some(id);
         id
     }
 
@@ -305,6 +315,7 @@ pub fn run(
             by_key: crate::FastMap::default(),
             names: Vec::new(),
             parsers: Vec::new(),
+            last: None,
             formats,
         },
         dlq,
