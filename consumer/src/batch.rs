@@ -71,10 +71,10 @@ impl Batch {
 
     /// Takes what `queue` holds, up to the capacity; when it holds nothing,
     /// waits up to `timeout_ms` for the first record (or a yield). A batch
-    /// that is not full then waits up to 1 ms more to fill: a consumer
-    /// faster than its producer otherwise spun through batches of a few
-    /// records, each paying the per-batch work, and took CPU from the
-    /// producer on the same cores. The batch must be empty.
+    /// that is not full then takes what came 1 ms later: a consumer faster
+    /// than its producer otherwise spun through batches of a few records,
+    /// each paying the per-batch work, and took CPU from the producer on the
+    /// same cores. The batch must be empty.
     ///
     /// (`rd_kafka_consume_batch_queue` returns early only once it has as
     /// many records as asked for, so the wait for the first asks for one.)
@@ -93,7 +93,12 @@ impl Batch {
                 return;
             }
         }
-        self.take(queue, 1, self.capacity - self.msgs.len());
+        if !self.is_full() {
+            // Sleeping, not waiting on the queue: a wait with a timeout wakes
+            // for every record the fetcher adds, one at a time.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.take(queue, 0, self.capacity - self.msgs.len());
+        }
     }
 
     /// Appends up to `max` records, waiting up to `timeout_ms` for all of them.
