@@ -8,36 +8,12 @@
 //!   producer process;
 //! - 1000 idle followed files: RSS and CPU seconds over 10 s.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use logpipe_analyzer::generate::Generator;
-
 mod common;
-use common::{bin, median, wait_measured, Broker};
-
-const LINES: usize = 1_000_000;
-
-/// The cached 1 M-line log (seed 7, 2 000 lines/s of event time).
-fn log_file() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access-1m.log");
-    if !path.exists() {
-        let tmp = path.with_extension("tmp");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-        let mut g = Generator::new(7, 1_704_067_200_000, 2_000.0).malformed_one_in(0);
-        for _ in 0..LINES {
-            writeln!(f, "{}", g.next_line().0).unwrap();
-        }
-        f.flush().unwrap();
-        drop(f);
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-    path
-}
+use common::{bin, log_file, median, runs, wait_measured, Broker, LINES};
 
 fn produce_once(log: &Path) -> (f64, f64, f64) {
     let broker = Broker::start("logs", 6);
@@ -112,10 +88,7 @@ fn idle_files() -> (f64, f64) {
 }
 
 fn main() {
-    let runs: usize = std::env::var("LOGPIPE_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let runs = runs(3);
     let log = log_file();
     let size = std::fs::metadata(&log).unwrap().len();
     println!(

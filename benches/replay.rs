@@ -20,7 +20,7 @@ use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{unique, Influx};
 
 mod common;
-use common::{bin, median, wait_measured, Broker};
+use common::{bin, median, runs, wait_measured, Broker};
 
 const SOURCES: usize = 64;
 const PER_SOURCE: usize = 15_625;
@@ -89,10 +89,7 @@ fn replay_once(broker: &Broker, influx: &Influx, log: &Path) -> (f64, f64, f64, 
 }
 
 fn main() {
-    let runs: usize = std::env::var("LOGPIPE_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let runs = runs(5);
     let broker = Broker::start("logs", 32);
     let dir = tempfile::tempdir().unwrap();
     fill_topic(&broker, dir.path());

@@ -2,13 +2,27 @@
 //! measured wait for a child process, medians.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use logpipe_analyzer::generate::Generator;
+
+/// Lines in the benchmark log.
+pub const LINES: usize = 1_000_000;
+/// Its generator: seed, first time, lines per second of event time.
+pub const SEED: u64 = 7;
+pub const START_MS: i64 = 1_704_067_200_000;
+pub const RATE: f64 = 2_000.0;
+
+/// The logpipe binary: this build's, or `LOGPIPE_BENCH_BIN` (to measure
+/// another build, e.g. an older commit's, with the same bench).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_logpipe"))
+    std::env::var_os("LOGPIPE_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_logpipe")))
 }
 
 pub struct Broker {
@@ -33,6 +47,10 @@ impl Broker {
             child,
             bootstrap: line.trim().to_string(),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -61,7 +79,34 @@ pub fn wait_measured(child: &mut std::process::Child, started: Instant) -> (f64,
     (wall, cpu, ru.ru_maxrss as f64 / 1024.0)
 }
 
+/// Runs per row: `LOGPIPE_BENCH_RUNS`, else `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("LOGPIPE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The cached 1 M-line log (seed 7, 2 000 lines/s of event time).
+pub fn log_file() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access-1m.log");
+    if !path.exists() {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        let mut g = Generator::new(SEED, START_MS, RATE).malformed_one_in(0);
+        for _ in 0..LINES {
+            writeln!(f, "{}", g.next_line().0).unwrap();
+        }
+        f.flush().unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
 }
