@@ -30,7 +30,7 @@ const MAX_UNFETCHED_BYTES: u64 = 3 << 20;
 const RECORD_OVERHEAD_BYTES: u64 = 200;
 
 /// Holds the producer while the records the broker holds beyond what the
-/// analyzers fetched (read by the producer, minus consumed or queued in
+/// analyzers fetched (sent by the producer, minus consumed or queued in
 /// the analyzers' fetch queues — an upper bound) would be more than
 /// [`MAX_UNFETCHED_BYTES`] at the average line length so far; returns the
 /// switch that ends the watch.
@@ -42,10 +42,12 @@ fn hold_producer_while_behind(
     let d = done.clone();
     std::thread::spawn(move || {
         while !d.load(Ordering::Relaxed) {
+            // Sent is counted per line; read (for the average) per 1 MiB.
+            let sent = pctl.stats.lines_sent.load(Ordering::Relaxed);
             let read = pctl.stats.lines_read.load(Ordering::Relaxed);
             let bytes = pctl.stats.bytes_read.load(Ordering::Relaxed);
             let record = bytes / read.max(1) + RECORD_OVERHEAD_BYTES;
-            let unfetched = read.saturating_sub(control.fetched());
+            let unfetched = sent.saturating_sub(control.fetched());
             pctl.hold
                 .store(unfetched * record > MAX_UNFETCHED_BYTES, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(1));

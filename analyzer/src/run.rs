@@ -203,6 +203,11 @@ impl SourceTable {
         id
     }
 
+    /// The id of a source known by its key alone (a restore point's).
+    fn id_of_key(&mut self, key: &str) -> SourceId {
+        self.id::<rdkafka::message::OwnedHeaders>(key.as_bytes(), None)
+    }
+
     fn key(&self, id: SourceId) -> &str {
         &self.names[id as usize].2
     }
@@ -530,28 +535,12 @@ impl Analyzer {
                                 max_event_ms: pt
                                     .sources
                                     .iter()
-                                    .map(|(k, m)| {
-                                        (
-                                            self.sources.id::<rdkafka::message::OwnedHeaders>(
-                                                k.as_bytes(),
-                                                None,
-                                            ),
-                                            *m,
-                                        )
-                                    })
+                                    .map(|(k, m)| (self.sources.id_of_key(k), *m))
                                     .collect(),
                                 ahead: pt
                                     .ahead
                                     .iter()
-                                    .map(|(k, u)| {
-                                        (
-                                            self.sources.id::<rdkafka::message::OwnedHeaders>(
-                                                k.as_bytes(),
-                                                None,
-                                            ),
-                                            *u,
-                                        )
-                                    })
+                                    .map(|(k, u)| (self.sources.id_of_key(k), *u))
                                     .collect(),
                             };
                             PartitionWindows::restored(self.cfg.spec, &point)
@@ -851,10 +840,13 @@ impl WireRecord for rdkafka::message::BorrowedMessage<'_> {}
 
 impl WireRecord for Record<'_> {
     fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        (
-            self.header(logpipe_wire::FILE_C),
-            self.header(logpipe_wire::OFFSET_C),
-        )
+        match self.headers() {
+            Some(h) => (
+                h.get_last(logpipe_wire::FILE_C),
+                h.get_last(logpipe_wire::OFFSET_C),
+            ),
+            None => (None, None),
+        }
     }
 }
 

@@ -159,32 +159,6 @@ impl Record<'_> {
     }
 }
 
-impl Record<'_> {
-    /// The value of the last header called `name` (`Some(&[])` for a header
-    /// without a value), compared by librdkafka: cheaper than walking
-    /// [`Message::headers`], which turns every name into a `&str`.
-    pub fn header(&self, name: &CStr) -> Option<&[u8]> {
-        let mut h = ptr::null_mut();
-        let mut value = ptr::null();
-        let mut size = 0;
-        // SAFETY: a live message; the header list and the values it points
-        // to are owned by the message.
-        unsafe {
-            if rdsys::rd_kafka_message_headers(self.ptr.as_ptr(), &mut h)
-                != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-            {
-                return None;
-            }
-            if rdsys::rd_kafka_header_get_last(h, name.as_ptr(), &mut value, &mut size)
-                != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-            {
-                return None;
-            }
-        }
-        Some(slice(value, size).unwrap_or(&[]))
-    }
-}
-
 fn slice<'a>(p: *const std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
     if p.is_null() {
         None
@@ -268,6 +242,25 @@ pub struct RecordHeaders {
 impl RecordHeaders {
     fn native(&self) -> *const rdsys::rd_kafka_headers_t {
         self as *const RecordHeaders as *const rdsys::rd_kafka_headers_t
+    }
+}
+
+impl RecordHeaders {
+    /// The value of the last header called `name` (`Some(&[])` for a header
+    /// without a value), compared by librdkafka: cheaper than walking the
+    /// list with [`Headers::try_get`], which turns every name into a `&str`.
+    pub fn get_last(&self, name: &CStr) -> Option<&[u8]> {
+        let mut value = ptr::null();
+        let mut size = 0;
+        // SAFETY: `self` is a live header list (see `Record::headers`); the
+        // value it points to is owned by it.
+        let err = unsafe {
+            rdsys::rd_kafka_header_get_last(self.native(), name.as_ptr(), &mut value, &mut size)
+        };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        Some(slice(value, size).unwrap_or(&[]))
     }
 }
 

@@ -497,11 +497,23 @@ mod tests {
 
     /// Polls both members until `done` holds on their owned partition sets.
     fn settle(ms: &[&GroupConsumer], owned: &mut [Vec<i32>], done: impl Fn(&[Vec<i32>]) -> bool) {
+        settle_with(ms, owned, done, |m| {
+            let _ = m.poll(Duration::from_millis(50));
+        });
+    }
+
+    /// [`settle`], polling each member with `poll`.
+    fn settle_with(
+        ms: &[&GroupConsumer],
+        owned: &mut [Vec<i32>],
+        done: impl Fn(&[Vec<i32>]) -> bool,
+        mut poll: impl FnMut(&GroupConsumer),
+    ) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done(owned) {
             assert!(Instant::now() < deadline, "group did not settle: {owned:?}");
             for (m, own) in ms.iter().zip(owned.iter_mut()) {
-                let _ = m.poll(Duration::from_millis(50));
+                poll(m);
                 while let Some(ev) = m.take_rebalance() {
                     apply(own, ev);
                 }
@@ -644,16 +656,14 @@ mod tests {
         // A second member: `a` is told of the revoke through poll_batch.
         let b = member(&broker, "g");
         let mut owned = vec![owned, vec![]];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(owned[0].len() == 1 && owned[1].len() == 1) {
-            assert!(Instant::now() < deadline, "group did not settle: {owned:?}");
-            for (m, own) in [&a, &b].iter().zip(owned.iter_mut()) {
+        settle_with(
+            &[&a, &b],
+            &mut owned,
+            |o| o[0].len() == 1 && o[1].len() == 1,
+            |m| {
                 let _ = m.poll_batch(&mut batch, Duration::from_millis(50));
                 batch.clear();
-                while let Some(ev) = m.take_rebalance() {
-                    apply(own, ev);
-                }
-            }
-        }
+            },
+        );
     }
 }

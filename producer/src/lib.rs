@@ -725,7 +725,6 @@ impl Producer {
             summary,
             stats,
             retired,
-            hold: self_hold,
             ..
         } = self;
         for f in files.iter_mut() {
@@ -796,7 +795,7 @@ impl Producer {
                 Stats::add(&stats.bytes_read, bytes);
                 stats.sample_in_flight();
                 (lines, bytes) = (0, 0);
-                if n == 0 || read >= BUDGET || self_hold.load(Ordering::Relaxed) {
+                if n == 0 || read >= BUDGET {
                     break;
                 }
             }

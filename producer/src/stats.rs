@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     pub lines_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Lines handed to librdkafka, counted per line (`lines_read` is added
+    /// per read of up to 1 MiB): what `logpipe demo`'s hold watches.
+    pub lines_sent: AtomicU64,
     /// Counted by the delivery callback on librdkafka's thread: kept on a
     /// cache line of their own, away from the reader's counters.
     pub acked: Acked,
