@@ -178,11 +178,70 @@ pub struct ProduceArgs {
     /// How often the counters (lines read/acked, in flight, files, rotations...) are logged.
     #[arg(long, env = "LOGPIPE_STATS_INTERVAL", default_value = "60s", value_parser = duration)]
     pub stats_interval: Duration,
+    /// Receive newline-delimited lines over TCP on this address (e.g.
+    /// 0.0.0.0:5140), published as --tcp-source. A closed connection's
+    /// unterminated last piece is sent too, marked `partial: eof`.
+    #[arg(long, env = "LOGPIPE_TCP", help_heading = "Network and plugin inputs")]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Source name of the --tcp lines.
+    #[arg(
+        long,
+        env = "LOGPIPE_TCP_SOURCE",
+        default_value = "tcp",
+        help_heading = "Network and plugin inputs"
+    )]
+    pub tcp_source: String,
+    /// Serve `POST /lines` (newline-delimited body, gzip allowed; answered
+    /// once Kafka acknowledged every line) and `GET /health` on this address.
+    /// Source: `?source=NAME`, the `X-Logpipe-Source` header, or --http-source.
+    #[arg(long, env = "LOGPIPE_HTTP", help_heading = "Network and plugin inputs")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Source name of --http lines whose request names none.
+    #[arg(
+        long,
+        env = "LOGPIPE_HTTP_SOURCE",
+        default_value = "http",
+        help_heading = "Network and plugin inputs"
+    )]
+    pub http_source: String,
+    /// Largest request body (compressed, and decompressed); larger: 413.
+    #[arg(long, env = "LOGPIPE_HTTP_MAX_BODY", default_value = "64MiB", value_parser = bytes, help_heading = "Network and plugin inputs")]
+    pub http_max_body: usize,
+    /// How long a request waits for Kafka's acknowledgement before it is answered 503.
+    #[arg(long, env = "LOGPIPE_HTTP_ACK_TIMEOUT", default_value = "30s", value_parser = duration, help_heading = "Network and plugin inputs")]
+    pub http_ack_timeout: Duration,
+    /// Receive Python `logging.handlers.SocketHandler` records (TCP) and
+    /// `DatagramHandler` records (UDP) on this address; each is published as
+    /// one JSON line with the logger name as its source. Pickles are decoded
+    /// as plain data only: anything naming a Python object is refused.
+    #[arg(
+        long,
+        env = "LOGPIPE_PYTHON_LOGGING",
+        help_heading = "Network and plugin inputs"
+    )]
+    pub python_logging: Option<std::net::SocketAddr>,
+    /// Run tcollector-style plugins: executables in DIR/0/ run continuously
+    /// (restarted when they exit), those in DIR/<N>/ every N seconds (killed
+    /// when still running at the next run). Each stdout line is published
+    /// with the plugin's file name as source; stderr goes to the log.
+    #[arg(long, env = "LOGPIPE_EXEC", help_heading = "Network and plugin inputs")]
+    pub exec: Option<PathBuf>,
+    /// First wait before a DIR/0/ plugin that exited is started again (doubles up to 1 min).
+    #[arg(long, env = "LOGPIPE_EXEC_RESTART_BACKOFF", default_value = "1s", value_parser = duration, help_heading = "Network and plugin inputs")]
+    pub exec_restart_backoff: Duration,
+    /// Most connections at once on each of --tcp, --http and --python-logging.
+    #[arg(
+        long,
+        env = "LOGPIPE_MAX_CONNECTIONS",
+        default_value = "1024",
+        help_heading = "Network and plugin inputs"
+    )]
+    pub max_connections: usize,
     /// Files and globs to follow (`/var/log/nginx/*.log`, `/srv/**/access.log`).
     #[arg(
         env = "LOGPIPE_PATHS",
         value_delimiter = ',',
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "tcp", "http", "python_logging", "exec"]
     )]
     pub paths: Vec<String>,
 }

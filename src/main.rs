@@ -172,7 +172,12 @@ fn produce(a: ProduceArgs) -> Result<()> {
             source: a.source,
         });
     }
-    if a.checkpoint_dir.is_none() && !a.exit_on_eof {
+    let network =
+        a.tcp.is_some() || a.http.is_some() || a.python_logging.is_some() || a.exec.is_some();
+    if network && a.exit_on_eof {
+        bail!("--exit-on-eof reads files to their end; it cannot be combined with --tcp, --http, --python-logging or --exec, which have no end");
+    }
+    if a.checkpoint_dir.is_none() && !a.exit_on_eof && !inputs.is_empty() {
         tracing::warn!("no --checkpoint-dir: a restart starts again at the end of the files, so lines written while logpipe is stopped are not read");
     }
     let host = a.host.unwrap_or_else(hostname);
@@ -192,6 +197,18 @@ fn produce(a: ProduceArgs) -> Result<()> {
     cfg.shutdown_timeout = a.shutdown_timeout;
     cfg.stats_interval = a.stats_interval;
     cfg.extra = cli::flat(a.kafka.kafka);
+    let c = &mut cfg.collect;
+    c.tcp = a.tcp;
+    c.tcp_source = a.tcp_source;
+    c.http = a.http;
+    c.http_source = a.http_source;
+    c.http_max_body = a.http_max_body;
+    c.http_ack_timeout = a.http_ack_timeout;
+    c.python_logging = a.python_logging;
+    c.exec = a.exec;
+    c.exec_restart_backoff = a.exec_restart_backoff;
+    c.max_line_bytes = a.max_line_bytes;
+    c.max_connections = a.max_connections;
     let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
     eprintln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",

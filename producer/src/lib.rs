@@ -26,6 +26,7 @@
 //! in their old directory and drained.
 
 pub mod checkpoint;
+pub mod collect;
 mod compressed;
 pub mod discover;
 pub mod identity;
@@ -86,6 +87,8 @@ pub struct ProducerConfig {
     pub stats_interval: Duration,
     /// Extra librdkafka properties.
     pub extra: Vec<(String, String)>,
+    /// Inputs that are not files (TCP, HTTP, Python logging, plugins).
+    pub collect: collect::CollectConfig,
 }
 
 impl ProducerConfig {
@@ -110,6 +113,7 @@ impl ProducerConfig {
             shutdown_timeout: Duration::from_secs(30),
             stats_interval: Duration::from_secs(60),
             extra: Vec::new(),
+            collect: collect::CollectConfig::new(),
         }
     }
 }
@@ -138,6 +142,10 @@ pub enum ProduceError {
     },
     #[error("no file matches {0} (with --exit-on-eof there is nothing to wait for)")]
     NothingToRead(String),
+    #[error(transparent)]
+    Collect(#[from] collect::CollectError),
+    #[error("an input collector stopped (see the log above); the producer stops too")]
+    CollectorFailed,
 }
 
 /// What a run did.
@@ -176,7 +184,20 @@ pub fn run(cfg: ProducerConfig, shutdown: Arc<AtomicBool>) -> Result<ProduceSumm
 
 /// [`run`] with an abort switch and counters the caller can read.
 pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, ProduceError> {
+    let collect_cfg = cfg.collect.clone();
     let mut p = Producer::start(cfg, &ctl)?;
+    let mut collectors = if collect_cfg.any() {
+        let c = collect::Collectors::start(
+            collect_cfg,
+            p.publisher.clone(),
+            &p.cfg.host,
+            ctl.stats.clone(),
+        )?;
+        p.collect_failed = Some(c.failed.clone());
+        Some(c)
+    } else {
+        None
+    };
     let compressed = std::mem::take(&mut p.compressed);
     let result = match p
         .backfill_compressed(&ctl, compressed)
@@ -188,6 +209,13 @@ pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, Pro
     };
     if ctl.abort.load(Ordering::SeqCst) {
         return result.map(|()| p.summary);
+    }
+    // Streams hand over what they received before the final flush.
+    if let Some(c) = &mut collectors {
+        c.stop();
+        let (lines, bytes) = c.totals();
+        p.summary.lines += lines;
+        p.summary.bytes += bytes;
     }
     result?;
     p.finish(&ctl)
@@ -249,7 +277,9 @@ struct Unidentified {
 struct Producer {
     cfg: ProducerConfig,
     discovery: Discovery,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
+    /// Set when a collector failed for good.
+    collect_failed: Option<Arc<AtomicBool>>,
     files: Vec<Followed>,
     unidentified: HashMap<(u64, u64), Unidentified>,
     /// Checkpoint entries of files not found yet (start-up only).
@@ -373,7 +403,8 @@ impl Producer {
         let known_paths = known.iter().map(|k| k.path.clone()).collect();
         let mut p = Producer {
             discovery,
-            publisher,
+            publisher: Arc::new(publisher),
+            collect_failed: None,
             files: Vec::new(),
             unidentified: HashMap::new(),
             known,
@@ -947,6 +978,13 @@ impl Producer {
         loop {
             if ctl.shutdown.load(Ordering::Relaxed) || ctl.abort.load(Ordering::Relaxed) {
                 return Ok(());
+            }
+            if self
+                .collect_failed
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+            {
+                return Err(ProduceError::CollectorFailed);
             }
             if self.hold.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));

@@ -279,6 +279,11 @@ impl Publisher {
         Some(self.tracker.slots[slot].delivered.load(Relaxed))
     }
 
+    /// Lines of a slot handed to Kafka and not acknowledged (or refused) yet.
+    pub fn slot_in_flight(&self, slot: usize) -> u64 {
+        self.tracker.slots[slot].in_flight.load(Acquire)
+    }
+
     /// Queues a line, waiting (without dropping) while the queue is full.
     pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
         if self.tracker.failed.load(Relaxed) {

@@ -30,6 +30,10 @@ pub struct Stats {
     pub outages: AtomicU64,
     /// Milliseconds reading waited for room under the in-flight limit.
     pub paused_ms: AtomicU64,
+    /// Records of the Python logging input that were not published: a
+    /// pickle refused by the safe decoder, over the size limit, or not a
+    /// record (each logged).
+    pub records_refused: AtomicU64,
 }
 
 /// Lines and bytes Kafka acknowledged.
@@ -58,6 +62,7 @@ pub struct Snapshot {
     pub partial_lines: u64,
     pub outages: u64,
     pub paused_ms: u64,
+    pub records_refused: u64,
 }
 
 impl Stats {
@@ -93,6 +98,7 @@ impl Stats {
             partial_lines: g(&self.partial_lines),
             outages: g(&self.outages),
             paused_ms: g(&self.paused_ms),
+            records_refused: g(&self.records_refused),
         }
     }
 
@@ -114,6 +120,7 @@ impl Stats {
             partial_lines = s.partial_lines,
             outages = s.outages,
             paused_ms = s.paused_ms,
+            records_refused = s.records_refused,
             "{what}"
         );
     }

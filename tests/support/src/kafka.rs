@@ -201,7 +201,7 @@ impl Record {
 /// Every record of `topic` (all partitions, from the start to the high
 /// watermark at the time of the call), by partition and offset.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -241,7 +241,16 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
         if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
             ends.remove(&m.partition());
         }
-        out.push(Record {
+        out.push(Record::of(&m));
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        use rdkafka::message::{Headers, Message};
+        Record {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().unwrap_or(b"").to_vec(),
@@ -254,8 +263,81 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
                         .collect()
                 })
                 .unwrap_or_default(),
-        });
+        }
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
-    out
+}
+
+/// Reads a topic from its beginning while it is written, for topics that
+/// outgrow what the mock broker keeps (about 5 MiB per partition): start it
+/// before the records are produced.
+pub struct Tap {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    records: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    pub fn start(bootstrap: &str, topic: &str) -> Tap {
+        use rdkafka::{Offset, TopicPartitionList};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "logpipe-testkit-tap")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        assert!(tpl.count() > 0, "topic {topic} has no partitions");
+        c.assign(&tpl).expect("assign");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let records: std::sync::Arc<std::sync::Mutex<Vec<Record>>> = Default::default();
+        let handle = {
+            let (stop, records) = (stop.clone(), records.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                        records.lock().unwrap().push(Record::of(&m));
+                    }
+                }
+            })
+        };
+        Tap {
+            stop,
+            records,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every record so far, once there are `n` (or `timeout` passed).
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Record> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub mod process;
 pub mod truth;
 
 pub use influx::Influx;
-pub use kafka::{read_topic, LogpipeBroker, Record, Tansu};
+pub use kafka::{read_topic, LogpipeBroker, Record, Tansu, Tap};
 pub use logpipe::{produce_all, produce_cmd, Analyzer, Membership};
 pub use process::{free_port, wait_until, Child};
 pub use truth::{
