@@ -42,6 +42,14 @@ pub enum Command {
     /// the topic had when it began, and writes the final points of the
     /// windows entirely inside the range. Exits 0 when done.
     Replay(ReplayArgs),
+    /// Write the raw lines of the topic to DIR/<source>/<YYYY-MM-DD>.log (UTC
+    /// day of the record time), each line exactly once across crashes.
+    ///
+    /// A consumer in its own group (--group). Offsets are committed only after
+    /// the lines are fsynced and the directory's state saved; after a crash
+    /// the files are cut back to the saved state and the rest is read again.
+    /// Producer re-sends are dropped by their (file, offset) headers.
+    Archive(ArchiveArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -114,6 +122,35 @@ pub fn bytes(s: &str) -> Result<usize, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The archive directory (created if missing; one archive per directory).
+    #[arg(long, env = "LOGPIPE_ARCHIVE_DIR")]
+    pub dir: PathBuf,
+    /// Consumer group of the archive (its own: the analyzers' offsets are not touched).
+    #[arg(long, env = "LOGPIPE_ARCHIVE_GROUP", default_value = "logpipe-archive")]
+    pub group: String,
+    /// zstd-compress each day once it is closed: DIR/<source>/<day>.log.zst.
+    #[arg(long, env = "LOGPIPE_ARCHIVE_COMPRESS")]
+    pub compress: bool,
+    /// A day is closed this long after its end (UTC midnight); later lines of
+    /// it are still archived (as another zstd frame when compressed).
+    #[arg(long, env = "LOGPIPE_ARCHIVE_CLOSE_AFTER", default_value = "1h", value_parser = duration)]
+    pub close_after: Duration,
+    /// How often lines are fsynced, the state saved and offsets committed
+    /// (what a crash makes the archive read again).
+    #[arg(long, env = "LOGPIPE_ARCHIVE_COMMIT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub commit_interval: Duration,
+    /// Files (`file` headers) remembered per partition for dropping producer re-sends.
+    #[arg(long, env = "LOGPIPE_ARCHIVE_DEDUP_FILES", default_value = "4096")]
+    pub dedup_files: usize,
+    /// How often the counters are logged.
+    #[arg(long, env = "LOGPIPE_STATS_INTERVAL", default_value = "60s", value_parser = duration)]
+    pub stats_interval: Duration,
 }
 
 #[derive(Debug, Args)]

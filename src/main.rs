@@ -1,6 +1,7 @@
 //! `logpipe`: one binary, one subcommand per role. Parses flags, sets up
 //! logging, calls the role's `run`, maps errors to exit codes (1 runtime, 2 usage).
 
+mod archive;
 mod cli;
 mod demo;
 mod replay;
@@ -42,6 +43,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Dlq(a) => dlq(a),
         Command::Replay(a) => replay::run(a),
+        Command::Archive(a) => archive::run(a),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {

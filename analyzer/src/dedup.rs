@@ -100,6 +100,43 @@ impl Dedup {
     pub fn files(&self) -> usize {
         self.last.len()
     }
+
+    /// Every file's highest offset, least recently seen first (for saving
+    /// the state; [`Dedup::restore`] rebuilds it).
+    pub fn entries(&self) -> Vec<(&[u8], u64)> {
+        let mut v: Vec<(&[u8], Seen)> = self.last.iter().map(|(f, s)| (&**f, *s)).collect();
+        if let Some((f, s)) = &self.recent {
+            match v.iter_mut().find(|(g, _)| *g == &**f) {
+                Some(e) => e.1 = *s,
+                None => v.push((f, *s)),
+            }
+        }
+        v.sort_by_key(|(_, s)| s.tick);
+        v.into_iter().map(|(f, s)| (f, s.offset)).collect()
+    }
+
+    /// A state holding `entries` (least recently seen first), as saved by
+    /// [`Dedup::entries`].
+    pub fn restore<'a>(
+        capacity: usize,
+        entries: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) -> Self {
+        let mut d = Dedup::new(capacity);
+        for (f, offset) in entries {
+            d.tick += 1;
+            if d.last.len() >= d.capacity {
+                d.forget_oldest_half();
+            }
+            d.last.insert(
+                f.into(),
+                Seen {
+                    offset,
+                    tick: d.tick,
+                },
+            );
+        }
+        d
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +155,27 @@ mod tests {
         assert!(!d.is_duplicate(b"801:1f:0", 240));
         // Truncated: new generation, offsets start again at 0.
         assert!(!d.is_duplicate(b"801:1f:1", 0));
+    }
+
+    #[test]
+    fn a_saved_and_restored_state_drops_the_same_records() {
+        let mut d = Dedup::new(100);
+        for (f, o) in [(&b"a"[..], 5), (b"b", 7), (b"a", 9), (b"c", 1)] {
+            d.is_duplicate(f, o);
+        }
+        let saved: Vec<(Vec<u8>, u64)> = d
+            .entries()
+            .into_iter()
+            .map(|(f, o)| (f.to_vec(), o))
+            .collect();
+        assert_eq!(
+            saved,
+            [(b"b".to_vec(), 7), (b"a".to_vec(), 9), (b"c".to_vec(), 1)]
+        );
+        let mut r = Dedup::restore(100, saved.iter().map(|(f, o)| (&f[..], *o)));
+        for (f, o) in [(&b"a"[..], 9), (b"a", 10), (b"b", 7), (b"c", 2), (b"d", 0)] {
+            assert_eq!(r.is_duplicate(f, o), d.is_duplicate(f, o), "{f:?} {o}");
+        }
     }
 
     #[test]
