@@ -246,6 +246,23 @@ fn python_socket_and_datagram_handlers_from_four_processes() {
         };
         *seen.entry((name.to_string(), i)).or_default() += 1;
     }
+    let mut report = String::new();
+    for proc in 0..4 {
+        for (kind, count) in [("tcp", n), ("udp", n_udp)] {
+            let name = format!("app.{kind}.p{proc}");
+            let missing: Vec<usize> = (0..count)
+                .filter(|i| !seen.contains_key(&(name.clone(), *i)))
+                .collect();
+            if !missing.is_empty() {
+                report.push_str(&format!(
+                    "{name}: {} missing, first {:?}\n",
+                    missing.len(),
+                    &missing[..missing.len().min(8)]
+                ));
+            }
+        }
+    }
+    assert!(report.is_empty(), "{report}{}", p.log());
     for proc in 0..4 {
         for (kind, count) in [("tcp", n), ("udp", n_udp)] {
             let name = format!("app.{kind}.p{proc}");

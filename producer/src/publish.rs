@@ -286,6 +286,16 @@ impl Publisher {
 
     /// Queues a line, waiting (without dropping) while the queue is full.
     pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
+        self.send_or_wait(line, true).map(|_| ())
+    }
+
+    /// Queues a line unless librdkafka's queue is full (`Ok(false)`: nothing
+    /// was queued; call [`Publisher::send`] from where waiting is allowed).
+    pub fn try_send(&self, line: &Line<'_>) -> Result<bool, PublishError> {
+        self.send_or_wait(line, false)
+    }
+
+    fn send_or_wait(&self, line: &Line<'_>, wait: bool) -> Result<bool, PublishError> {
         if self.tracker.failed.load(Relaxed) {
             self.check()?;
         }
@@ -367,9 +377,13 @@ impl Publisher {
                     if warned {
                         tracing::info!("in-flight limit: room again, reading resumed");
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if !wait {
+                        unsent(self);
+                        return Ok(false);
+                    }
                     // Back-pressure: Kafka is slow or down; the file is the buffer.
                     record = r;
                     let since = *waiting_since.get_or_insert_with(Instant::now);

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::process::{Child, Command};
 
 use super::tcp::Splitter;
-use super::{blocking, now_ms, Shared};
+use super::{now_ms, Shared};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Plugin {
@@ -160,10 +160,10 @@ async fn run_once(
             r = out.read_buf(&mut buf), if stdout_open => match r {
                 Ok(0) | Err(_) => stdout_open = false,
                 Ok(_) => {
-                    let sent = blocking(|| {
+                    let sent = {
                         let ts = now_ms();
                         split.feed(&mut buf, &mut |v, o, e, m| stream.send(&p.name, v, o, e, m, ts))
-                    });
+                    };
                     if let Err(e) = sent {
                         tracing::error!(plugin = %p.name, error = %e, "plugin lines could not be sent");
                         signal_group(&child, libc::SIGKILL);
@@ -200,12 +200,12 @@ async fn run_once(
     // The group may still hold stderr open (a killed plugin's children).
     signal_group(&child, libc::SIGKILL);
     let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
-    let r = blocking(|| {
+    let r = {
         let ts = now_ms();
         split.finish(&mut buf, &mut |v, o, e, m| {
             stream.send(&p.name, v, o, e, m, ts)
         })
-    });
+    };
     if let Err(e) = r {
         tracing::error!(plugin = %p.name, error = %e, "plugin lines could not be sent");
     }

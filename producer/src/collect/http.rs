@@ -25,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::tcp::Splitter;
-use super::{blocking, now_ms, Shared, Stream};
+use super::{now_ms, Shared, Stream};
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -240,13 +240,13 @@ async fn post_lines(
     }
     let (stream, split) = guard.as_mut().expect("created above");
     let mut lines = 0u64;
-    let sent = blocking(|| {
+    let sent = {
         let ts = now_ms();
         split.feed(&mut data, &mut |v, o, e, m| {
             lines += 1;
             stream.send(&source, v, o, e, m, ts)
         })
-    });
+    };
     if let Err(e) = sent {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

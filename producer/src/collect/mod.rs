@@ -23,7 +23,7 @@ mod exec;
 mod http;
 pub mod pickle;
 pub mod pyformat;
-mod pylog;
+pub mod pylog;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     pub cfg: CollectConfig,
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Bytes the Python logging connections read and did not publish yet.
+    pub backlog: std::sync::atomic::AtomicUsize,
     /// Lines and bytes handed to Kafka by all streams.
     pub lines: Arc<AtomicU64>,
     pub bytes: Arc<AtomicU64>,
@@ -158,8 +160,8 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// Queues one line (blocking while librdkafka's queue is full: call from
-    /// a blocking context). `offset`: where it starts in the stream; `end`:
+    /// Queues one line; while librdkafka's queue is full it waits (in
+    /// `block_in_place`: call it on the collectors' runtime). `offset`: where it starts in the stream; `end`:
     /// where the next starts.
     pub fn send(
         &mut self,
@@ -188,7 +190,7 @@ impl Stream {
         if marks.partial.is_some() {
             Stats::add(&stats.partial_lines, 1);
         }
-        self.shared.publisher.send(&Line {
+        let line = Line {
             slot: self.slot,
             key: &self.key,
             value,
@@ -199,7 +201,14 @@ impl Stream {
             end,
             marks,
             timestamp_ms,
-        })
+        };
+        let publisher = &self.shared.publisher;
+        if publisher.try_send(&line)? {
+            return Ok(());
+        }
+        // The in-flight limit: wait for room off the runtime's scheduling
+        // (the connection stops reading meanwhile: back-pressure to its client).
+        tokio::task::block_in_place(|| publisher.send(&line))
     }
 
     /// Lines of this stream handed to Kafka and not acknowledged yet.
@@ -312,6 +321,7 @@ impl Collectors {
             stats,
             cfg,
             stopping,
+            backlog: Default::default(),
             lines: lines.clone(),
             bytes: bytes.clone(),
         });
@@ -414,12 +424,6 @@ fn big_receive_buffer(s: &std::net::UdpSocket) {
         }
     }
     tracing::warn!("python-logging UDP: could not enlarge the receive buffer; bursts of datagrams may be lost by the kernel");
-}
-
-/// Runs blocking sends of a stream on the runtime's worker without
-/// stalling the other tasks on it.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 /// Accepts connections until the producer stops (at most

@@ -17,8 +17,6 @@
 //! size: a recursive structure or a pickle that references one container
 //! exponentially often is an error, not a hang.
 
-use std::collections::HashMap;
-
 /// A decoded value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -83,6 +81,9 @@ pub enum PickleError {
 pub const MAX_DEPTH: usize = 64;
 /// Most values in the tree handed out.
 pub const MAX_NODES: usize = 1 << 20;
+/// Longest LONG4 integer: 4300 decimal digits (Python's default
+/// `sys.int_max_str_digits`); converting a longer one to text is quadratic.
+const MAX_INT_BYTES: usize = 1786;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Item {
@@ -105,7 +106,9 @@ struct Machine<'a> {
     pos: usize,
     arena: Vec<Node>,
     stack: Vec<Item>,
-    memo: HashMap<u32, usize>,
+    /// Memo key → arena index (`usize::MAX`: not set). Keys are small and
+    /// dense in practice (Python numbers them 0, 1, 2 …).
+    memo: Vec<usize>,
     /// `MEMOIZE` (protocol 4) numbers entries itself.
     next_memo: u32,
 }
@@ -138,12 +141,13 @@ pub fn decode(data: &[u8]) -> Result<Value, PickleError> {
         pos: 0,
         arena: Vec::new(),
         stack: Vec::new(),
-        memo: HashMap::new(),
+        memo: Vec::new(),
         next_memo: 0,
     };
     let top = m.run()?;
+    let refs = m.refs(top);
     let mut budget = MAX_NODES;
-    m.build(top, 0, &mut budget)
+    m.build(top, 0, &mut budget, &refs, false)
 }
 
 impl Machine<'_> {
@@ -258,9 +262,24 @@ impl Machine<'_> {
         if let Ok(n) = t.parse::<i64>() {
             return Ok(Value::Int(n));
         }
-        let digits = t.strip_prefix('-').unwrap_or(t);
+        let (neg, digits) = match t.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        if digits.len() > 4300 {
+            return Err(
+                self.malformed("an integer longer than Python prints (sys.int_max_str_digits)")
+            );
+        }
         if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Value::BigInt(t.to_string()))
+            // Python reads "007" as 7: no leading zeros (they are not JSON either).
+            let digits = digits.trim_start_matches('0');
+            let text = format!("{}{digits}", if neg { "-" } else { "" });
+            Ok(match text.parse::<i64>() {
+                Ok(n) => Value::Int(n),
+                Err(_) if digits.is_empty() => Value::Int(0),
+                Err(_) => Value::BigInt(text),
+            })
         } else {
             Err(self.malformed(format!("integer {t:?}")))
         }
@@ -295,20 +314,25 @@ impl Machine<'_> {
 
     fn memo_put(&mut self, key: u32) -> Result<(), PickleError> {
         let top = self.top()?;
-        if self.memo.len() >= MAX_NODES && !self.memo.contains_key(&key) {
+        let k = key as usize;
+        if k >= MAX_NODES {
             return Err(PickleError::TooBig);
         }
-        self.memo.insert(key, top);
+        if k >= self.memo.len() {
+            self.memo.resize(k + 1, usize::MAX);
+        }
+        self.memo[k] = top;
         Ok(())
     }
 
     fn memo_get(&mut self, key: u32) -> Result<(), PickleError> {
-        let i = *self
-            .memo
-            .get(&key)
-            .ok_or_else(|| self.malformed(format!("memo {key} not set")))?;
-        self.stack.push(Item::Node(i));
-        Ok(())
+        match self.memo.get(key as usize) {
+            Some(&i) if i != usize::MAX => {
+                self.stack.push(Item::Node(i));
+                Ok(())
+            }
+            _ => Err(self.malformed(format!("memo {key} not set"))),
+        }
     }
 
     fn add_to_list(&mut self, items: Vec<usize>) -> Result<(), PickleError> {
@@ -407,6 +431,7 @@ impl Machine<'_> {
                 0x8a => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?;
+                    // At most 255 bytes: printed quickly.
                     let v = Self::long_bytes(b);
                     self.scalar(v);
                 }
@@ -416,6 +441,9 @@ impl Machine<'_> {
                         return Err(self.malformed("negative LONG4 length"));
                     }
                     let n = self.check_left(n as usize)?;
+                    if n > MAX_INT_BYTES {
+                        return Err(self.malformed(format!("an integer of {n} bytes: longer than Python prints (sys.int_max_str_digits)")));
+                    }
                     let b = self.take(n)?;
                     let v = Self::long_bytes(b);
                     self.scalar(v);
@@ -586,31 +614,72 @@ impl Machine<'_> {
         }
     }
 
-    fn build(&self, i: usize, depth: usize, budget: &mut usize) -> Result<Value, PickleError> {
+    /// How often each arena node is referenced from the result: a scalar
+    /// referenced once is moved out by [`Machine::build`], not cloned.
+    fn refs(&self, top: usize) -> Vec<u32> {
+        let mut refs = vec![0u32; self.arena.len()];
+        refs[top] += 1;
+        for n in &self.arena {
+            match n {
+                Node::Scalar(_) => {}
+                Node::Tuple(v) | Node::List(v) | Node::Set(v) => {
+                    v.iter().for_each(|&j| refs[j] = refs[j].saturating_add(1))
+                }
+                Node::Dict(kv) => kv.iter().for_each(|&(k, v)| {
+                    refs[k] = refs[k].saturating_add(1);
+                    refs[v] = refs[v].saturating_add(1);
+                }),
+            }
+        }
+        refs
+    }
+
+    fn build(
+        &mut self,
+        i: usize,
+        depth: usize,
+        budget: &mut usize,
+        refs: &[u32],
+        shared: bool,
+    ) -> Result<Value, PickleError> {
+        // Reached through a node referenced more than once: it is built again
+        // for each reference, so nothing below may be moved out.
+        let shared = shared || refs[i] > 1;
         if depth > MAX_DEPTH || *budget == 0 {
             return Err(PickleError::TooBig);
         }
         *budget -= 1;
-        let many = |v: &[usize], budget: &mut usize| -> Result<Vec<Value>, PickleError> {
-            v.iter()
-                .map(|&j| self.build(j, depth + 1, budget))
-                .collect()
+        let node = match &mut self.arena[i] {
+            Node::Scalar(v) if !shared => return Ok(std::mem::replace(v, Value::None)),
+            Node::Scalar(v) => return Ok(v.clone()),
+            // Containers are taken apart once; a shared one is rebuilt from
+            // its (cloned) children each time.
+            Node::Tuple(v) => Node::Tuple(v.clone()),
+            Node::List(v) => Node::List(v.clone()),
+            Node::Set(v) => Node::Set(v.clone()),
+            Node::Dict(v) => Node::Dict(v.clone()),
         };
-        Ok(match &self.arena[i] {
-            Node::Scalar(v) => v.clone(),
-            Node::Tuple(v) => Value::Tuple(many(v, budget)?),
-            Node::List(v) => Value::List(many(v, budget)?),
-            Node::Set(v) => Value::Set(many(v, budget)?),
-            Node::Dict(kv) => Value::Dict(
-                kv.iter()
-                    .map(|&(k, v)| {
-                        Ok((
-                            self.build(k, depth + 1, budget)?,
-                            self.build(v, depth + 1, budget)?,
-                        ))
-                    })
-                    .collect::<Result<_, PickleError>>()?,
-            ),
+        let many =
+            |this: &mut Self, v: &[usize], budget: &mut usize| -> Result<Vec<Value>, PickleError> {
+                let mut out = Vec::with_capacity(v.len());
+                for &j in v {
+                    out.push(this.build(j, depth + 1, budget, refs, shared)?);
+                }
+                Ok(out)
+            };
+        Ok(match node {
+            Node::Scalar(_) => unreachable!("returned above"),
+            Node::Tuple(v) => Value::Tuple(many(self, &v, budget)?),
+            Node::List(v) => Value::List(many(self, &v, budget)?),
+            Node::Set(v) => Value::Set(many(self, &v, budget)?),
+            Node::Dict(kv) => {
+                let mut out = Vec::with_capacity(kv.len());
+                for (k, v) in kv {
+                    let k = self.build(k, depth + 1, budget, refs, shared)?;
+                    out.push((k, self.build(v, depth + 1, budget, refs, shared)?));
+                }
+                Value::Dict(out)
+            }
         })
     }
 }
@@ -745,6 +814,7 @@ fn unescape(t: &[u8], unicode: bool) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::any;
 
     /// `pickle.dumps({'name': 'app', 'msg': 'hi', 'args': None, 'levelno': 20,
     /// 'created': 1.5, 'ok': True}, 1)` from CPython 3.11.
@@ -825,6 +895,15 @@ mod tests {
             Value::BigInt("-1180591620717411303424".into())
         );
         assert_eq!(decode(b"I-7\n.").unwrap(), Value::Int(-7));
+        // Found by the fuzzer: leading zeros made invalid JSON numbers.
+        assert_eq!(
+            decode(b"L0012121504627842660096L\n.").unwrap(),
+            Value::BigInt("12121504627842660096".into())
+        );
+        assert_eq!(
+            decode(b"L-000000000000000000000000L\n.").unwrap(),
+            Value::Int(0)
+        );
         assert_eq!(
             decode(b"L12345678901234567890123L\n.").unwrap(),
             Value::BigInt("12345678901234567890123".into())
@@ -843,5 +922,128 @@ mod tests {
         ));
         assert_eq!(decode(b"N"), Err(PickleError::NoStop));
         assert!(decode(b"").is_err());
+    }
+
+    /// A protocol-2 pickler of plain values (what Python writes for them).
+    fn pickle(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::None => out.push(b'N'),
+            Value::Bool(true) => out.push(0x88),
+            Value::Bool(false) => out.push(0x89),
+            Value::Int(n) => match i32::try_from(*n) {
+                Ok(m) => {
+                    out.push(b'J');
+                    out.extend_from_slice(&m.to_le_bytes());
+                }
+                Err(_) => {
+                    out.extend_from_slice(&[0x8a, 8]);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            },
+            Value::BigInt(s) => {
+                out.push(b'L');
+                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(b"L\n");
+            }
+            Value::Float(f) => {
+                out.push(b'G');
+                out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Str(s) => {
+                out.push(b'X');
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Bytes(b) => {
+                out.push(b'B');
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+            Value::List(items) => {
+                out.extend_from_slice(b"](");
+                items.iter().for_each(|x| pickle(x, out));
+                out.push(b'e');
+            }
+            Value::Tuple(items) => {
+                out.push(b'(');
+                items.iter().for_each(|x| pickle(x, out));
+                out.push(b't');
+            }
+            Value::Set(items) => {
+                out.extend_from_slice(&[0x8f, b'(']);
+                items.iter().for_each(|x| pickle(x, out));
+                out.push(0x90);
+            }
+            Value::Dict(kv) => {
+                out.extend_from_slice(b"}(");
+                for (k, x) in kv {
+                    pickle(k, out);
+                    pickle(x, out);
+                }
+                out.push(b'u');
+            }
+        }
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::None),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            "-?[1-9][0-9]{19,40}".prop_map(Value::BigInt),
+            any::<f64>()
+                .prop_filter("NaN is not equal to itself", |f| !f.is_nan())
+                .prop_map(Value::Float),
+            ".*".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Set),
+                proptest::collection::vec((".*".prop_map(Value::Str), inner), 0..6)
+                    .prop_map(Value::Dict),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Plain data pickled as Python does comes back equal.
+        #[test]
+        fn plain_values_round_trip(v in value()) {
+            let mut b = vec![0x80, 2];
+            pickle(&v, &mut b);
+            b.push(b'.');
+            proptest::prop_assert_eq!(decode(&b), Ok(v));
+        }
+
+        /// Arbitrary bytes, and real pickles with bytes changed, cut or
+        /// inserted: a value or an error, never a panic or a hang.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(
+            which in 0usize..3,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..8),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let seeds: [&[u8]; 3] = [RECORD_P1, b"\x80\x02]q\x00(]q\x01K\x01ah\x01e.", b"\x80\x02\x8a\t\x00\x00\x00\x00\x00\x00\x00\x00@."];
+            let mut b = seeds[which].to_vec();
+            for (at, byte, kind) in edits {
+                let i = at % (b.len() + 1);
+                match kind {
+                    0 if i < b.len() => b[i] = byte,
+                    1 => b.insert(i, byte),
+                    _ => b.truncate(i.max(1)),
+                }
+            }
+            let _ = decode(&b);
+            let _ = decode(&junk);
+            if let Ok((_, line)) = crate::collect::pylog::record_line(&b) {
+                proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&line).is_ok(), "{}", String::from_utf8_lossy(&line));
+            }
+        }
     }
 }

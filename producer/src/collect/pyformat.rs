@@ -265,6 +265,11 @@ pub fn percent_format(fmt: &str, args: &Value) -> Result<String, String> {
         } else {
             None
         };
+        // A record's format cannot make the receiver allocate without bound
+        // (found by the fuzzer: "%999999999999s").
+        if width.max(precision).is_some_and(|n| n > MAX_WIDTH) {
+            return Err(format!("width or precision over {MAX_WIDTH}"));
+        }
         while matches!(b.get(i), Some(b'h' | b'l' | b'L')) {
             i += 1;
         }
@@ -298,6 +303,9 @@ pub fn percent_format(fmt: &str, args: &Value) -> Result<String, String> {
     }
     Ok(out)
 }
+
+/// Largest width or precision a format may ask for.
+pub const MAX_WIDTH: usize = 10_000;
 
 #[derive(Default)]
 struct Flags {
@@ -520,6 +528,9 @@ mod tests {
             "ff FF 10"
         );
         assert!(percent_format("%s %s", &Value::Tuple(vec![s("a")])).is_err());
+        assert!(percent_format("%999999999999s", &Value::Tuple(vec![s("a")])).is_err());
+        assert!(percent_format("%.99999999f", &Value::Tuple(vec![Value::Float(1.0)])).is_err());
+        assert!(percent_format("%*s", &Value::Tuple(vec![Value::Int(1 << 40), s("a")])).is_err());
         assert!(percent_format("%s", &Value::Tuple(vec![s("a"), s("b")])).is_err());
     }
 

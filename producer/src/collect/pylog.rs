@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use super::pickle::{self, Value};
 use super::pyformat::{percent_format, py_str};
-use super::{blocking, now_ms, Shared};
+use super::{now_ms, Shared};
 use crate::stats::Stats;
 use crate::tail::Marks;
 
@@ -172,9 +172,21 @@ pub(crate) async fn serve_tcp(
     super::accept_loop(shared, l, "python-logging input", connection).await
 }
 
-/// Frames decoded and queued per blocking section (fewer switches to
-/// blocking mode at high rates).
+/// Frames per batch handed from a connection's reader to its publisher.
 const BATCH: usize = 256;
+
+/// Bytes of records read from all connections and not yet published, at
+/// most. Python's SocketHandler gives up on a record (silently, and
+/// reconnects) when a send blocks for a second, so each connection's reader
+/// keeps reading while its records wait to be decoded and published — up to
+/// this much; beyond it, readers wait (back-pressure to the clients).
+const TCP_BACKLOG: usize = 64 << 20;
+
+/// Frames read from one connection: (stream offset, range in `data`).
+struct Frames {
+    data: Vec<u8>,
+    frames: Vec<(u64, std::ops::Range<usize>)>,
+}
 
 async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     let mut stream = match shared.stream("pylog") {
@@ -185,49 +197,22 @@ async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
         }
     };
     let peer_s = peer.to_string();
-    let mut r = BufReader::with_capacity(256 << 10, sock);
-    let mut stopping = shared.stopping.clone();
-    let max = shared.cfg.max_line_bytes;
-    let mut offset = 0u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Frames>();
+    let reader = tokio::spawn(read_frames(shared.clone(), sock, peer_s.clone(), tx));
     let mut refused_n = 0u64;
-    let mut frames: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
-    'conn: loop {
-        // One frame at least, then whatever is already buffered.
-        loop {
-            let mut len = [0u8; 4];
-            let got = tokio::select! {
-                r = r.read_exact(&mut len) => r,
-                _ = stopping.changed(), if frames.is_empty() => break 'conn,
-            };
-            if got.is_err() {
-                break;
-            }
-            let n = u32::from_be_bytes(len) as usize;
-            if n > max {
-                refused(&shared.stats, &peer_s, refused_n, &format!("record of {n} bytes is over the limit of {max} (--max-line-bytes); connection closed"));
-                break 'conn;
-            }
-            let mut frame = vec![0u8; n];
-            if let Err(e) = r.read_exact(&mut frame).await {
-                tracing::debug!(peer = %peer_s, error = %e, "python-logging input: connection ended inside a record (that record is incomplete and not published)");
-                break;
-            }
-            frames.push((offset, frame));
-            offset += 4 + n as u64;
-            if frames.len() >= BATCH || r.buffer().len() < 4 {
-                break;
-            }
-        }
-        if frames.is_empty() {
-            break;
-        }
-        let result = blocking(|| {
+    // Ends when the reader is done and everything it read is published.
+    while let Some(batch) = rx.recv().await {
+        shared
+            .backlog
+            .fetch_sub(batch.data.len(), std::sync::atomic::Ordering::Relaxed);
+        let result = (|| {
             let ts = now_ms();
-            for (o, frame) in frames.drain(..) {
-                match record_line(&frame) {
+            for (o, range) in &batch.frames {
+                let frame = &batch.data[range.clone()];
+                match record_line(frame) {
                     Ok((name, line)) => {
                         let end = o + 4 + frame.len() as u64;
-                        stream.send(&name, &line, o, end, Marks::default(), ts)?;
+                        stream.send(&name, &line, *o, end, Marks::default(), ts)?;
                     }
                     Err(e) => {
                         refused(&shared.stats, &peer_s, refused_n, &e);
@@ -236,12 +221,78 @@ async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
                 }
             }
             Ok::<_, crate::publish::PublishError>(())
-        });
+        })();
         if let Err(e) = result {
             if !matches!(e, crate::publish::PublishError::Stopping) {
                 tracing::error!(peer = %peer_s, error = %e, "python-logging input: records could not be sent");
             }
+            reader.abort();
             break;
+        }
+    }
+}
+
+/// Reads length-prefixed frames until the client closes, a frame is over
+/// the size limit, or the producer stops.
+async fn read_frames(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: String,
+    tx: tokio::sync::mpsc::UnboundedSender<Frames>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut r = BufReader::with_capacity(256 << 10, sock);
+    let mut stopping = shared.stopping.clone();
+    let max = shared.cfg.max_line_bytes;
+    let mut offset = 0u64;
+    loop {
+        let mut batch = Frames {
+            data: Vec::with_capacity(64 << 10),
+            frames: Vec::with_capacity(BATCH),
+        };
+        let mut done = false;
+        // One frame at least, then whatever is already buffered.
+        loop {
+            let mut len = [0u8; 4];
+            let got = tokio::select! {
+                r = r.read_exact(&mut len) => r,
+                _ = stopping.changed(), if batch.frames.is_empty() => return,
+            };
+            if got.is_err() {
+                done = true;
+                break;
+            }
+            let n = u32::from_be_bytes(len) as usize;
+            if n > max {
+                refused(&shared.stats, &peer, 0, &format!("record of {n} bytes is over the limit of {max} (--max-line-bytes); connection closed"));
+                done = true;
+                break;
+            }
+            let start = batch.data.len();
+            batch.data.resize(start + n, 0);
+            if let Err(e) = r.read_exact(&mut batch.data[start..]).await {
+                tracing::debug!(%peer, error = %e, "python-logging input: connection ended inside a record (that record is incomplete and not published)");
+                batch.data.truncate(start);
+                done = true;
+                break;
+            }
+            batch.frames.push((offset, start..start + n));
+            offset += 4 + n as u64;
+            if batch.frames.len() >= BATCH || r.buffer().len() < 4 {
+                break;
+            }
+        }
+        if !batch.frames.is_empty() {
+            shared.backlog.fetch_add(batch.data.len(), Relaxed);
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+        if done {
+            return;
+        }
+        while shared.backlog.load(Relaxed) > TCP_BACKLOG {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }
@@ -300,7 +351,7 @@ pub(crate) async fn serve_udp(
     let mut batch = Vec::with_capacity(BATCH);
     // Ends when the receiver stopped and everything it queued is published.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let r = blocking(|| {
+        let r = (|| {
             let ts = now_ms();
             for (peer, d) in batch.drain(..) {
                 queued.fetch_sub(d.len(), std::sync::atomic::Ordering::Relaxed);
@@ -330,7 +381,7 @@ pub(crate) async fn serve_udp(
                 }
             }
             Ok::<_, crate::publish::PublishError>(())
-        });
+        })();
         if let Err(e) = r {
             receiver.abort();
             if matches!(e, crate::publish::PublishError::Stopping) {

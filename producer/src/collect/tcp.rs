@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{blocking, now_ms, Shared};
+use super::{now_ms, Shared};
 use crate::publish::PublishError;
 use crate::tail::Marks;
 
@@ -168,12 +168,12 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
         match n {
             Ok(0) => break,
             Ok(_) => {
-                result = blocking(|| {
+                result = {
                     let ts = now_ms();
                     split.feed(&mut buf, &mut |v, o, e, m| {
                         stream.send(&source, v, o, e, m, ts)
                     })
-                });
+                };
                 if result.is_err() {
                     break;
                 }
@@ -185,12 +185,12 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
         }
     }
     if result.is_ok() {
-        result = blocking(|| {
+        result = {
             let ts = now_ms();
             split.finish(&mut buf, &mut |v, o, e, m| {
                 stream.send(&source, v, o, e, m, ts)
             })
-        });
+        };
     }
     if let Err(e) = result {
         if !matches!(e, PublishError::Stopping) {

@@ -1,0 +1,201 @@
+//! Network inputs of `logpipe produce` against `logpipe broker`, release build:
+//!
+//! - **python-logging**: 4 Python processes, each logging 50 000 records
+//!   through `logging.handlers.SocketHandler` (the stdlib client, pickling
+//!   every record) into `--python-logging`; timed from the clients' start
+//!   until the producer reports every record acknowledged by Kafka
+//!   (`GET /health` of an idle `--http` beside it).
+//! - **http**: 4 client threads POSTing the 1 M-line benchmark log to
+//!   `/lines` in batches of 1000 lines over keep-alive connections; each
+//!   answer comes after Kafka acknowledged its lines, so the last answer
+//!   is the end.
+//!
+//! Both share the 2 cores with their clients. Prints per run and the median
+//! (`LOGPIPE_BENCH_RUNS`, default 3); `LOGPIPE_BENCH_ONLY=python|http`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, median, runs, wait_measured, Broker};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Producer {
+    child: std::process::Child,
+    http: u16,
+}
+
+impl Producer {
+    fn start(broker: &Broker, args: &[String]) -> Producer {
+        let http = free_port();
+        let child = Command::new(bin())
+            .args([
+                "produce",
+                "--brokers",
+                &broker.bootstrap,
+                "--topic",
+                "logs",
+                "--host",
+                "bench",
+            ])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .env("LOGPIPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start logpipe produce");
+        let p = Producer { child, http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(Instant::now() < deadline, "produce did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn acknowledged(&self, client: &reqwest::blocking::Client) -> u64 {
+        let body = client
+            .get(format!("http://127.0.0.1:{}/health", self.http))
+            .send()
+            .and_then(|r| r.text())
+            .expect("GET /health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        h["lines_acknowledged"].as_u64().unwrap()
+    }
+
+    /// SIGTERM; (CPU seconds, peak RSS MiB) of the whole run.
+    fn stop(mut self) -> (f64, f64) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let (_, cpu, rss) = wait_measured(&mut self.child, Instant::now());
+        (cpu, rss)
+    }
+}
+
+const PY_CLIENT: &str = r#"
+import logging, logging.handlers, sys
+port, proc, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+log = logging.getLogger(f"bench.p{proc}")
+log.setLevel(logging.INFO)
+log.propagate = False
+log.addHandler(logging.handlers.SocketHandler("127.0.0.1", port))
+for i in range(n):
+    log.info("request %d handled for %s in %.3f ms", i, "user-%d" % (i % 97), i % 1000 / 7)
+logging.shutdown()
+"#;
+
+fn python_row(runs: usize) {
+    let (clients, per) = (4usize, 50_000usize);
+    let total = (clients * per) as u64;
+    let script = std::env::temp_dir().join("logpipe-bench-pylog.py");
+    std::fs::write(&script, PY_CLIENT).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let (mut rates, mut cpus, mut rsss, mut client_s) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        let broker = Broker::start("logs", 6);
+        let port = free_port();
+        let p = Producer::start(
+            &broker,
+            &["--python-logging".into(), format!("127.0.0.1:{port}")],
+        );
+        let started = Instant::now();
+        let kids: Vec<_> = (0..clients)
+            .map(|i| {
+                Command::new("python3")
+                    .arg(&script)
+                    .args([port.to_string(), i.to_string(), per.to_string()])
+                    .spawn()
+                    .expect("python3")
+            })
+            .collect();
+        for mut k in kids {
+            assert!(k.wait().unwrap().success());
+        }
+        let clients_done = started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while p.acknowledged(&http) < total {
+            assert!(
+                Instant::now() < deadline,
+                "not every record was acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let (cpu, rss) = p.stop();
+        let rate = total as f64 / wall;
+        println!("python-logging run {}: {total} records in {wall:.2} s = {rate:.0} records/s (clients done after {clients_done:.2} s); producer {cpu:.2} CPU-s, peak RSS {rss:.1} MiB", run + 1);
+        rates.push(rate);
+        cpus.push(cpu);
+        rsss.push(rss);
+        client_s.push(clients_done);
+    }
+    println!(
+        "python-logging median: {:.0} records/s (4 SocketHandler processes × 50 000), producer {:.2} CPU-s, {:.1} MiB; clients alone {:.2} s",
+        median(rates),
+        median(cpus),
+        median(rsss),
+        median(client_s)
+    );
+}
+
+fn http_row(runs: usize) {
+    let text = std::fs::read(common::log_file()).unwrap();
+    let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+    let batches: Vec<Vec<u8>> = lines.chunks(1000).map(|c| c.concat()).collect();
+    let total = lines.len() as f64;
+    let threads = 4;
+    let (mut rates, mut cpus, mut rsss) = (vec![], vec![], vec![]);
+    for run in 0..runs {
+        let broker = Broker::start("logs", 6);
+        let p = Producer::start(&broker, &[]);
+        let url = format!("http://127.0.0.1:{}/lines?source=bench", p.http);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (batches, url) = (&batches, &url);
+                s.spawn(move || {
+                    let c = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(120))
+                        .build()
+                        .unwrap();
+                    for b in batches.iter().skip(t).step_by(threads) {
+                        let r = c.post(url).body(b.clone()).send().expect("POST /lines");
+                        assert!(r.status().is_success(), "{}", r.status());
+                    }
+                });
+            }
+        });
+        let wall = started.elapsed().as_secs_f64();
+        let (cpu, rss) = p.stop();
+        let rate = total / wall;
+        println!("http run {}: {total} lines in {wall:.2} s = {rate:.0} lines/s; producer {cpu:.2} CPU-s, peak RSS {rss:.1} MiB", run + 1);
+        rates.push(rate);
+        cpus.push(cpu);
+        rsss.push(rss);
+    }
+    println!(
+        "http median: {:.0} lines/s (4 clients, 1000 lines per POST), producer {:.2} CPU-s, {:.1} MiB",
+        median(rates),
+        median(cpus),
+        median(rsss)
+    );
+}
+
+fn main() {
+    let only = std::env::var("LOGPIPE_BENCH_ONLY").unwrap_or_default();
+    let n = runs(3);
+    if only.is_empty() || only == "python" {
+        python_row(n);
+    }
+    if only.is_empty() || only == "http" {
+        http_row(n);
+    }
+}
