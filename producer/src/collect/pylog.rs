@@ -124,7 +124,8 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
         Value::None => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-        Value::BigInt(s) => out.extend_from_slice(s.as_bytes()),
+        // Beyond 64 bits: decimal text (many JSON readers cannot hold such a number).
+        Value::BigInt(s) => json_str(out, s),
         Value::Float(f) if f.is_finite() => {
             serde_json::to_writer(&mut *out, f).expect("writing to a Vec")
         }
