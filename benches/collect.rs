@@ -5,13 +5,16 @@
 //!   every record) into `--python-logging`; timed from the clients' start
 //!   until the producer reports every record acknowledged by Kafka
 //!   (`GET /health` of an idle `--http` beside it).
+//! - **frames**: the receiver alone — SocketHandler frames Python made once
+//!   (`SocketHandler.makePickle` of 250 000 records) written by 4 connections
+//!   from the bench process at full speed, until all are acknowledged.
 //! - **http**: 4 client threads POSTing the 1 M-line benchmark log to
 //!   `/lines` in batches of 1000 lines over keep-alive connections; each
 //!   answer comes after Kafka acknowledged its lines, so the last answer
 //!   is the end.
 //!
 //! Both share the 2 cores with their clients. Prints per run and the median
-//! (`LOGPIPE_BENCH_RUNS`, default 3); `LOGPIPE_BENCH_ONLY=python|http`.
+//! (`LOGPIPE_BENCH_RUNS`, default 3); `LOGPIPE_BENCH_ONLY=python|frames|http`.
 
 mod common;
 
@@ -71,12 +74,20 @@ impl Producer {
         h["lines_acknowledged"].as_u64().unwrap()
     }
 
-    /// SIGTERM; (CPU seconds, peak RSS MiB) of the whole run.
+    /// SIGTERM; (CPU seconds, peak RSS MiB) of the whole run. The peak is
+    /// the process's own `VmHWM`: wait4's maxrss of a child forked from a
+    /// bench holding the 1 M-line log in memory counts the bench's pages.
     fn stop(mut self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let hwm_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let (_, cpu, rss) = wait_measured(&mut self.child, Instant::now());
-        (cpu, rss)
+        let (_, cpu, _) = wait_measured(&mut self.child, Instant::now());
+        (cpu, hwm_kb / 1024.0)
     }
 }
 
@@ -146,6 +157,65 @@ fn python_row(runs: usize) {
     );
 }
 
+const PY_FRAMES: &str = r#"
+import logging, logging.handlers, sys
+out, n = sys.argv[1], int(sys.argv[2])
+h = logging.handlers.SocketHandler("127.0.0.1", 1)
+with open(out, "wb") as f:
+    for i in range(n):
+        r = logging.LogRecord(f"bench.p{i % 4}", logging.INFO, __file__, 7, "request %d handled for %s in %.3f ms", (i, "user-%d" % (i % 97), i % 1000 / 7), None)
+        f.write(h.makePickle(r))
+"#;
+
+/// The receiver alone: SocketHandler frames made by Python once
+/// (`SocketHandler.makePickle`), replayed by 4 connections from this process.
+fn frames_row(runs: usize) {
+    let (conns, per) = (4usize, 250_000usize);
+    let file = std::env::temp_dir().join("logpipe-bench-frames.bin");
+    let script = std::env::temp_dir().join("logpipe-bench-frames.py");
+    std::fs::write(&script, PY_FRAMES).unwrap();
+    let st = Command::new("python3").arg(&script).arg(&file).arg(per.to_string()).status().unwrap();
+    assert!(st.success());
+    let frames = std::fs::read(&file).unwrap();
+    let total = (conns * per) as u64;
+    let http = reqwest::blocking::Client::new();
+    let (mut rates, mut cpus, mut rsss) = (vec![], vec![], vec![]);
+    for run in 0..runs {
+        let broker = Broker::start("logs", 6);
+        let port = free_port();
+        let p = Producer::start(&broker, &["--python-logging".into(), format!("127.0.0.1:{port}")]);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..conns {
+                let frames = &frames;
+                s.spawn(move || {
+                    use std::io::Write;
+                    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.write_all(frames).unwrap();
+                });
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while p.acknowledged(&http) < total {
+            assert!(Instant::now() < deadline, "not every record was acknowledged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let (cpu, rss) = p.stop();
+        let rate = total as f64 / wall;
+        println!("python-logging frames run {}: {total} records in {wall:.2} s = {rate:.0} records/s; producer {cpu:.2} CPU-s, peak RSS {rss:.1} MiB", run + 1);
+        rates.push(rate);
+        cpus.push(cpu);
+        rsss.push(rss);
+    }
+    println!(
+        "python-logging frames median: {:.0} records/s (4 connections × 250 000 pre-pickled records), producer {:.2} CPU-s, {:.1} MiB",
+        median(rates),
+        median(cpus),
+        median(rsss)
+    );
+}
+
 fn http_row(runs: usize) {
     let text = std::fs::read(common::log_file()).unwrap();
     let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
@@ -194,6 +264,9 @@ fn main() {
     let n = runs(3);
     if only.is_empty() || only == "python" {
         python_row(n);
+    }
+    if only.is_empty() || only == "frames" {
+        frames_row(n);
     }
     if only.is_empty() || only == "http" {
         http_row(n);

@@ -164,6 +164,7 @@ async fn run_once(
                         let ts = now_ms();
                         split.feed(&mut buf, &mut |v, o, e, m| stream.send(&p.name, v, o, e, m, ts))
                     };
+                    stream.account();
                     if let Err(e) = sent {
                         tracing::error!(plugin = %p.name, error = %e, "plugin lines could not be sent");
                         signal_group(&child, libc::SIGKILL);

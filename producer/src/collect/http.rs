@@ -247,6 +247,7 @@ async fn post_lines(
             stream.send(&source, v, o, e, m, ts)
         })
     };
+    stream.account();
     if let Err(e) = sent {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

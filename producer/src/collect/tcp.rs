@@ -174,6 +174,7 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
                         stream.send(&source, v, o, e, m, ts)
                     })
                 };
+                stream.account();
                 if result.is_err() {
                     break;
                 }
