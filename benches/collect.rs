@@ -5,6 +5,9 @@
 //!   every record) into `--python-logging`; timed from the clients' start
 //!   until the producer reports every record acknowledged by Kafka
 //!   (`GET /health` of an idle `--http` beside it).
+//! - **baseline**: the same clients into `bench/baseline/pylog_server.py`,
+//!   the logging cookbook's receiver (`pickle.loads`, a FileHandler): the
+//!   kind of server `--python-logging` replaces.
 //! - **frames**: the receiver alone — SocketHandler frames Python made once
 //!   (`SocketHandler.makePickle` of 250 000 records) written by 4 connections
 //!   from the bench process at full speed, until all are acknowledged.
@@ -14,7 +17,7 @@
 //!   is the end.
 //!
 //! Both share the 2 cores with their clients. Prints per run and the median
-//! (`LOGPIPE_BENCH_RUNS`, default 3); `LOGPIPE_BENCH_ONLY=python|frames|http`.
+//! (`LOGPIPE_BENCH_RUNS`, default 3); `LOGPIPE_BENCH_ONLY=python|baseline|frames|http`.
 
 mod common;
 
@@ -167,6 +170,66 @@ with open(out, "wb") as f:
         f.write(h.makePickle(r))
 "#;
 
+/// The server logpipe replaces (`bench/baseline/pylog_server.py`, the
+/// logging cookbook's receiver: `pickle.loads` and a FileHandler), fed by
+/// the same 4 clients.
+fn python_baseline_row(runs: usize) {
+    let (clients, per) = (4usize, 50_000usize);
+    let script = std::env::temp_dir().join("logpipe-bench-pylog.py");
+    std::fs::write(&script, PY_CLIENT).unwrap();
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baseline/pylog_server.py");
+    let mut rates = vec![];
+    for run in 0..runs {
+        let port = free_port();
+        let out = std::env::temp_dir().join("logpipe-bench-pylog-server.log");
+        let _ = std::fs::remove_file(&out);
+        let mut srv = Command::new("python3")
+            .arg(&server)
+            .arg(port.to_string())
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = std::io::BufReader::new(srv.stdout.take().unwrap());
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut l).unwrap();
+        assert_eq!(l.trim(), "ready");
+        let started = Instant::now();
+        let kids: Vec<_> = (0..clients)
+            .map(|i| {
+                Command::new("python3")
+                    .arg(&script)
+                    .args([port.to_string(), i.to_string(), per.to_string()])
+                    .spawn()
+                    .expect("python3")
+            })
+            .collect();
+        for mut k in kids {
+            assert!(k.wait().unwrap().success());
+        }
+        // Done when the file stops growing (records the server never got are
+        // lost: SocketHandler drops one whenever a send blocks for 1 s).
+        let count = || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count());
+        let (mut written, mut last_growth) = (count(), Instant::now());
+        let mut wall = started.elapsed().as_secs_f64();
+        while last_growth.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+            let n = count();
+            if n != written {
+                written = n;
+                last_growth = Instant::now();
+                wall = started.elapsed().as_secs_f64();
+            }
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+        let rate = written as f64 / wall;
+        println!("python baseline server run {}: {written} of {} records written in {wall:.2} s = {rate:.0} records/s ({} lost)", run + 1, clients * per, clients * per - written);
+        rates.push(rate);
+    }
+    println!("python baseline server median: {:.0} records/s (same 4 clients; pickle.loads + FileHandler)", median(rates));
+}
+
 /// The receiver alone: SocketHandler frames made by Python once
 /// (`SocketHandler.makePickle`), replayed by 4 connections from this process.
 fn frames_row(runs: usize) {
@@ -264,6 +327,9 @@ fn main() {
     let n = runs(3);
     if only.is_empty() || only == "python" {
         python_row(n);
+    }
+    if only.is_empty() || only == "baseline" {
+        python_baseline_row(n);
     }
     if only.is_empty() || only == "frames" {
         frames_row(n);
