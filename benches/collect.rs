@@ -177,7 +177,8 @@ fn python_baseline_row(runs: usize) {
     let (clients, per) = (4usize, 50_000usize);
     let script = std::env::temp_dir().join("logpipe-bench-pylog.py");
     std::fs::write(&script, PY_CLIENT).unwrap();
-    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baseline/pylog_server.py");
+    let server =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baseline/pylog_server.py");
     let mut rates = vec![];
     for run in 0..runs {
         let port = free_port();
@@ -237,7 +238,12 @@ fn frames_row(runs: usize) {
     let file = std::env::temp_dir().join("logpipe-bench-frames.bin");
     let script = std::env::temp_dir().join("logpipe-bench-frames.py");
     std::fs::write(&script, PY_FRAMES).unwrap();
-    let st = Command::new("python3").arg(&script).arg(&file).arg(per.to_string()).status().unwrap();
+    let st = Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .arg(per.to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
     let frames = std::fs::read(&file).unwrap();
     let total = (conns * per) as u64;
@@ -246,7 +252,10 @@ fn frames_row(runs: usize) {
     for run in 0..runs {
         let broker = Broker::start("logs", 6);
         let port = free_port();
-        let p = Producer::start(&broker, &["--python-logging".into(), format!("127.0.0.1:{port}")]);
+        let p = Producer::start(
+            &broker,
+            &["--python-logging".into(), format!("127.0.0.1:{port}")],
+        );
         let started = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..conns {
@@ -260,7 +269,10 @@ fn frames_row(runs: usize) {
         });
         let deadline = Instant::now() + Duration::from_secs(300);
         while p.acknowledged(&http) < total {
-            assert!(Instant::now() < deadline, "not every record was acknowledged");
+            assert!(
+                Instant::now() < deadline,
+                "not every record was acknowledged"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let wall = started.elapsed().as_secs_f64();
