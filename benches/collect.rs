@@ -106,6 +106,22 @@ for i in range(n):
 logging.shutdown()
 "#;
 
+/// Runs `clients` processes of `script` (`PY_CLIENT`), `per` records each, to the end.
+fn run_clients(script: &std::path::Path, port: u16, clients: usize, per: usize) {
+    let kids: Vec<_> = (0..clients)
+        .map(|i| {
+            Command::new("python3")
+                .arg(script)
+                .args([port.to_string(), i.to_string(), per.to_string()])
+                .spawn()
+                .expect("python3")
+        })
+        .collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+}
+
 fn python_row(runs: usize) {
     let (clients, per) = (4usize, 50_000usize);
     let total = (clients * per) as u64;
@@ -121,18 +137,7 @@ fn python_row(runs: usize) {
             &["--python-logging".into(), format!("127.0.0.1:{port}")],
         );
         let started = Instant::now();
-        let kids: Vec<_> = (0..clients)
-            .map(|i| {
-                Command::new("python3")
-                    .arg(&script)
-                    .args([port.to_string(), i.to_string(), per.to_string()])
-                    .spawn()
-                    .expect("python3")
-            })
-            .collect();
-        for mut k in kids {
-            assert!(k.wait().unwrap().success());
-        }
+        run_clients(&script, port, clients, per);
         let clients_done = started.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(300);
         while p.acknowledged(&http) < total {
@@ -196,18 +201,7 @@ fn python_baseline_row(runs: usize) {
         std::io::BufRead::read_line(&mut lines, &mut l).unwrap();
         assert_eq!(l.trim(), "ready");
         let started = Instant::now();
-        let kids: Vec<_> = (0..clients)
-            .map(|i| {
-                Command::new("python3")
-                    .arg(&script)
-                    .args([port.to_string(), i.to_string(), per.to_string()])
-                    .spawn()
-                    .expect("python3")
-            })
-            .collect();
-        for mut k in kids {
-            assert!(k.wait().unwrap().success());
-        }
+        run_clients(&script, port, clients, per);
         // Done when the file stops growing (records the server never got are
         // lost: SocketHandler drops one whenever a send blocks for 1 s).
         let count = || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count());

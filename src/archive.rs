@@ -44,6 +44,7 @@ use crate::cli::ArchiveArgs;
 
 const STATE: &str = ".archive-state.json";
 const LOCK: &str = ".archive.lock";
+const DAY_MS: i64 = 86_400_000;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -152,6 +153,8 @@ struct Archive {
     duplicates: u64,
     /// State as last saved (a save with no change is skipped).
     last_saved: Vec<u8>,
+    /// The previous record's source, UTC day (start, ms) and file.
+    last_file: Option<(Vec<u8>, i64, String)>,
 }
 
 impl Archive {
@@ -265,6 +268,7 @@ impl Archive {
                 archived: 0,
                 duplicates: 0,
                 last_saved: Vec::new(),
+                last_file: None,
             },
             lock,
         ))
@@ -326,7 +330,16 @@ impl Archive {
             Some(t) if t >= 0 => t,
             _ => chrono::Utc::now().timestamp_millis(),
         };
-        let rel = format!("{}/{}.log", dir_name(source), day_of(ts));
+        // Records of one source and day come in runs: name the file once per run.
+        let day_start = ts.div_euclid(DAY_MS) * DAY_MS;
+        let rel = match &self.last_file {
+            Some((s, d, rel)) if s.as_slice() == source && *d == day_start => rel.clone(),
+            _ => {
+                let rel = format!("{}/{}.log", dir_name(source), day_of(ts));
+                self.last_file = Some((source.to_vec(), day_start, rel.clone()));
+                rel
+            }
+        };
         let value = m.payload().unwrap_or(b"");
         let open = match self.files.get_mut(&rel) {
             Some(o) => o,

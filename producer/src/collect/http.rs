@@ -142,13 +142,14 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => {
             let s = shared.stats.snapshot();
+            let ok = shared.publisher.check().is_ok();
             let body = serde_json::json!({
-                "status": if shared.publisher.check().is_ok() { "ok" } else { "failing" },
+                "status": if ok { "ok" } else { "failing" },
                 "lines_received": s.lines_read,
                 "lines_acknowledged": s.lines_acked,
                 "in_flight": s.in_flight,
             });
-            let status = if shared.publisher.check().is_ok() {
+            let status = if ok {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -240,11 +240,20 @@ impl Drop for Stream {
         // The slot is freed once its last line is acknowledged.
         let (publisher, slot) = (self.shared.publisher.clone(), self.slot);
         if !publisher.remove_slot_if_done(slot) {
-            std::thread::spawn(move || {
-                while !publisher.remove_slot_if_done(slot) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
+            // A task, not a thread: many connections may close at once.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    while !publisher.remove_slot_if_done(slot) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+            } else {
+                std::thread::spawn(move || {
+                    while !publisher.remove_slot_if_done(slot) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
         }
     }
 }
