@@ -90,6 +90,17 @@ fn describe(toks: &[Tok], k: usize) -> &'static str {
     intern(s)
 }
 
+/// Where a line ends when it ends at token `k`: inside a field, or after
+/// the field before a literal.
+fn describe_end(toks: &[Tok], k: usize) -> &'static str {
+    let s = match (&toks[k], k.checked_sub(1).map(|j| &toks[j])) {
+        (Tok::Var(_, name), _) => format!("inside the {name} field"),
+        (Tok::Lit(_), Some(Tok::Var(_, name))) => format!("after the {name} field"),
+        (Tok::Lit(l), _) => format!("before '{}'", String::from_utf8_lossy(l)),
+    };
+    intern(s)
+}
+
 /// A `'static` copy of an error description, kept once per distinct text
 /// (so that parse errors stay `Copy` and cheap). Formats are compiled at
 /// start-up, so this holds a few strings per format, not per line.
@@ -112,6 +123,8 @@ pub struct LogFormat {
     toks: Vec<Tok>,
     /// Per token, what an error at it says is expected.
     expected: Vec<&'static str>,
+    /// Per token, where the line ends when it ends there.
+    ends: Vec<&'static str>,
     /// Per token, whether it is a field between quotes (its end skips `\"`).
     quoted: Vec<bool>,
     /// nginx `escape=` of the pasted `log_format` (Apache: its own, `Default`).
@@ -120,6 +133,8 @@ pub struct LogFormat {
     has_time: bool,
     /// Whether the format has a body-bytes field (a cut line needs it read).
     needs_bytes: bool,
+    /// Whether the format has a client address field.
+    needs_client: bool,
     spec: String,
 }
 
@@ -373,16 +388,20 @@ impl LogFormat {
         }
         let needs_bytes = has(Var::BodyBytes);
         let expected = (0..toks.len()).map(|k| describe(&toks, k)).collect();
+        let ends = (0..toks.len()).map(|k| describe_end(&toks, k)).collect();
+        let needs_client = has(Var::Client);
         let quoted = (0..toks.len())
             .map(|k| k > 0 && matches!(&toks[k - 1], Tok::Lit(l) if l.ends_with(b"\"")))
             .collect();
         Ok(LogFormat {
             toks,
             expected,
+            ends,
             quoted,
             escape,
             has_time,
             needs_bytes,
+            needs_client,
             spec: s.to_string(),
         })
     }
@@ -392,8 +411,27 @@ impl LogFormat {
         &self.spec
     }
 
-    /// Matches one line.
+    /// Matches one whole line: every token of the format, up to its end;
+    /// after a final literal only a space (further fields) or nothing may
+    /// follow. A line that ends earlier is an error naming the field.
     pub fn parse<'a>(&self, line: &'a [u8]) -> Result<AccessLine<'a>, ParseError> {
+        self.parse_line(line, false)
+    }
+
+    /// A line the producer cut at `--max-line-bytes`: it counts when its
+    /// time, status, body bytes and client (those the format has) are whole
+    /// (each followed by the literal after it); the field the cut falls in
+    /// and every later one are absent.
+    pub fn parse_cut<'a>(&self, line: &'a [u8]) -> Result<AccessLine<'a>, ParseError> {
+        self.parse_line(line, true)
+    }
+
+    fn parse_line<'a>(&self, line: &'a [u8], cut: bool) -> Result<AccessLine<'a>, ParseError> {
+        if self.escape != Escape::None {
+            if let Some(e) = ParseError::nul_byte(line) {
+                return Err(e);
+            }
+        }
         let mut out = AccessLine {
             client: b"",
             user: None,
@@ -419,29 +457,63 @@ impl LogFormat {
             for (k, tok) in self.toks.iter().enumerate() {
                 match tok {
                     Tok::Lit(l) => {
-                        if !starts_with(&line[i..], l) {
-                            return Err(ParseError {
-                                at: i,
-                                expected: self.expected[k],
+                        let rest = &line[i..];
+                        if !starts_with(rest, l) {
+                            return Err(if l.starts_with(rest) {
+                                ParseError::ends(line.len(), self.ends[k])
+                            } else {
+                                ParseError::expected(i, self.expected[k])
                             });
                         }
                         i += l.len();
+                        if k + 1 == self.toks.len() && i < line.len() && line[i] != b' ' {
+                            return Err(ParseError::expected(
+                                i,
+                                "a space or the end of the line after the format",
+                            ));
+                        }
                     }
                     Tok::Var(var, name) => {
                         let quoted = self.quoted[k];
+                        // Set when the line ends right after this field,
+                        // in the first bytes of the literal after it: the
+                        // field is whole, the line is not.
+                        let mut ends_after = None;
                         let end = match self.toks.get(k + 1) {
+                            // The last field runs to the end of the line; in
+                            // a cut line it may be cut short: not read.
+                            None if cut => return Ok(()),
                             None => line.len(),
-                            // No literal after it: the line ends inside or
-                            // right after this field; take the rest, and the
-                            // literal's check below reports where it ended.
-                            Some(Tok::Lit(next)) => field_end(line, i, next, quoted, var.is_list())
-                                .unwrap_or(line.len()),
+                            Some(Tok::Lit(next)) => {
+                                match field_end(line, i, next, quoted, var.is_list()) {
+                                    Some(end) => end,
+                                    None => {
+                                        let rest = &line[i..];
+                                        let partial = (1..next.len())
+                                            .rev()
+                                            .find(|&n| rest.ends_with(&next[..n]))
+                                            .filter(|&n| {
+                                                !var.is_list()
+                                                    && !(quoted
+                                                        && rest[..rest.len() - n].ends_with(b"\\"))
+                                            });
+                                        let Some(n) = partial else {
+                                            // The line ends inside this field
+                                            // (which may have gone on).
+                                            return Err(ParseError::ends(line.len(), self.ends[k]));
+                                        };
+                                        ends_after =
+                                            Some(ParseError::ends(line.len(), self.ends[k + 1]));
+                                        line.len() - n
+                                    }
+                                }
+                            }
                             Some(Tok::Var(..)) => unreachable!("rejected when compiled"),
                         };
                         let f = &line[i..end];
                         let at = i;
                         i = end;
-                        let err = |expected| ParseError { at, expected };
+                        let err = |expected| ParseError::expected(at, expected);
                         match var {
                             Var::Client => out.client = f,
                             Var::ForwardedFor => forwarded = opt_dash(f),
@@ -511,19 +583,31 @@ impl LogFormat {
                             Var::UserAgent => out.user_agent = opt_dash(f),
                             Var::Ignored | Var::IgnoredList => {}
                         }
+                        if let Some(e) = ends_after {
+                            return Err(e);
+                        }
                     }
                 }
             }
             Ok(())
         })();
-        if let Err(e) = result {
-            // A line cut after its time, status and size still counts.
-            if (self.has_time && out.time_ms == i64::MIN)
-                || !have_status
-                || (needs_bytes && !have_bytes)
-            {
-                return Err(e);
+        // Only a line the producer cut may end early, and only after the
+        // fields the metrics need.
+        let whole_enough = || {
+            !(self.has_time && out.time_ms == i64::MIN)
+                && have_status
+                && (!needs_bytes || have_bytes)
+                && (!self.needs_client || !out.client.is_empty())
+        };
+        match result {
+            Err(e) if !cut || e.kind != crate::parse::ErrorKind::Ends || !whole_enough() => {
+                return Err(e)
             }
+            Ok(()) if cut && !whole_enough() => return Err(ParseError::ends(
+                line.len(),
+                "where the producer cut it (--max-line-bytes), before the fields a request needs",
+            )),
+            _ => {}
         }
         if out.client.is_empty() {
             // No address field (or `-`): the first hop of X-Forwarded-For.

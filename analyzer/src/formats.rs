@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::format::{FormatError, LogFormat};
 use crate::json::{JsonFields, JsonFormat};
-use crate::parse::{parse_combined, AccessLine, ParseError};
+use crate::parse::{parse_combined, parse_combined_cut, AccessLine, ParseError};
 
 /// A parser for one format.
 #[derive(Debug, Clone)]
@@ -63,6 +63,21 @@ impl Parser {
             Parser::Combined => parse_combined(line),
             Parser::Compiled(f) => f.parse(line),
             Parser::Json(j) => j.parse(line),
+        }
+    }
+
+    /// A line the producer cut at `--max-line-bytes` (its `cut` header):
+    /// counted when the fields a request needs are whole before the cut
+    /// (see [`LogFormat::parse_cut`]); a cut JSON object is never whole.
+    #[inline]
+    pub fn parse_cut<'a>(&self, line: &'a [u8]) -> Result<AccessLine<'a>, ParseError> {
+        match self {
+            Parser::Combined => parse_combined_cut(line),
+            Parser::Compiled(f) => f.parse_cut(line),
+            Parser::Json(_) => Err(ParseError::ends(
+                line.len(),
+                "where the producer cut it (--max-line-bytes): a cut JSON object is not whole",
+            )),
         }
     }
 

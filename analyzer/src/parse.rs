@@ -143,12 +143,70 @@ pub fn unescape(escape: Escape, raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParseError {
     pub at: usize,
+    /// What was expected (`a 3-digit status`), or with [`ErrorKind::Ends`]
+    /// where the line ended (`inside the user-agent field`).
     pub expected: &'static str,
+    pub kind: ErrorKind,
+}
+
+/// How a line failed, for operators (and the dead-letter counts by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A byte that does not fit the format.
+    Expected,
+    /// The line ends before the format does: a line cut short in the file
+    /// (a crash mid-write, a full disk) or a piece of a line.
+    Ends,
+    /// The line holds a NUL byte: servers escape control bytes, so this is
+    /// damage (a file preallocated before a crash is full of NULs).
+    Damaged,
+}
+
+impl ParseError {
+    /// `expected` was not found at byte `at`.
+    pub const fn expected(at: usize, expected: &'static str) -> Self {
+        ParseError {
+            at,
+            expected,
+            kind: ErrorKind::Expected,
+        }
+    }
+
+    /// The line ends at byte `at`, `where_` (`inside the user-agent field`).
+    pub const fn ends(at: usize, where_: &'static str) -> Self {
+        ParseError {
+            at,
+            expected: where_,
+            kind: ErrorKind::Ends,
+        }
+    }
+
+    /// A NUL byte at `at`, or `None` for a line without one.
+    pub fn nul_byte(line: &[u8]) -> Option<Self> {
+        memchr::memchr(0, line).map(|at| ParseError {
+            at,
+            expected: "a NUL byte: a damaged line (servers escape control bytes)",
+            kind: ErrorKind::Damaged,
+        })
+    }
+
+    /// A short name of the kind, for counts (`expected`, `ends`, `damaged`).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Expected => "expected",
+            ErrorKind::Ends => "ends",
+            ErrorKind::Damaged => "damaged",
+        }
+    }
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "expected {} at byte {}", self.expected, self.at)
+        match self.kind {
+            ErrorKind::Expected => write!(f, "expected {} at byte {}", self.expected, self.at),
+            ErrorKind::Ends => write!(f, "line ends {} at byte {}", self.expected, self.at),
+            ErrorKind::Damaged => write!(f, "{} at byte {}", self.expected, self.at),
+        }
     }
 }
 
@@ -160,41 +218,48 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn err(&self, expected: &'static str) -> ParseError {
-        ParseError {
-            at: self.i,
-            expected,
-        }
+    fn at_end(&self) -> bool {
+        self.i >= self.b.len()
     }
 
-    fn expect(&mut self, lit: &'static [u8], what: &'static str) -> Result<(), ParseError> {
-        if self.b[self.i..].starts_with(lit) {
+    /// `lit` here, else: the line ended (`ends`), or something else is here.
+    fn expect(
+        &mut self,
+        lit: &'static [u8],
+        what: &'static str,
+        ends: &'static str,
+    ) -> Result<(), ParseError> {
+        let rest = &self.b[self.i..];
+        if rest.starts_with(lit) {
             self.i += lit.len();
             Ok(())
+        } else if lit.starts_with(rest) {
+            Err(ParseError::ends(self.b.len(), ends))
         } else {
-            Err(self.err(what))
+            Err(ParseError::expected(self.i, what))
         }
     }
 
-    /// Bytes up to (not including) the next `delim`; the cursor moves past it.
-    fn until(&mut self, delim: u8, what: &'static str) -> Result<&'a [u8], ParseError> {
+    /// Bytes up to (not including) the next `delim`; the cursor moves past
+    /// it. No `delim`: the line ends inside this field.
+    fn until(&mut self, delim: u8, ends: &'static str) -> Result<&'a [u8], ParseError> {
         let rest = &self.b[self.i..];
         match memchr::memchr(delim, rest) {
             Some(n) => {
                 self.i += n + 1;
                 Ok(&rest[..n])
             }
-            None => Err(self.err(what)),
+            None => Err(ParseError::ends(self.b.len(), ends)),
         }
     }
 
     /// A `"`-quoted field; `\x` escapes are skipped over, not decoded.
-    fn quoted(&mut self, what: &'static str) -> Result<&'a [u8], ParseError> {
-        self.expect(b"\"", what)?;
+    fn quoted(&mut self, what: &'static str, ends: &'static str) -> Result<&'a [u8], ParseError> {
+        self.expect(b"\"", what, ends)?;
         let start = self.i;
         let b = self.b;
         let mut j = start;
-        loop {
+        while j < b.len() {
             match memchr::memchr2(b'"', b'\\', &b[j..]) {
                 Some(n) if b[j + n] == b'\\' => j += n + 2,
                 Some(n) => {
@@ -203,15 +268,12 @@ impl<'a> Cursor<'a> {
                 }
                 None => break,
             }
-            if j >= b.len() {
-                break;
-            }
         }
-        self.i = b.len();
-        Err(self.err("closing quote"))
+        Err(ParseError::ends(b.len(), ends))
     }
 
-    fn uint(&mut self, what: &'static str) -> Result<u64, ParseError> {
+    /// Decimal digits; `ends` when the line ends before the first one.
+    fn uint(&mut self, what: &'static str, ends: &'static str) -> Result<u64, ParseError> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(&c) = self.b.get(self.i) {
@@ -221,20 +283,17 @@ impl<'a> Cursor<'a> {
             v = v
                 .checked_mul(10)
                 .and_then(|v| v.checked_add(u64::from(c - b'0')))
-                .ok_or(ParseError {
-                    at: start,
-                    expected: what,
-                })?;
+                .ok_or(ParseError::expected(start, what))?;
             self.i += 1;
         }
         if self.i == start {
-            return Err(self.err(what));
+            return Err(if self.at_end() {
+                ParseError::ends(self.i, ends)
+            } else {
+                ParseError::expected(self.i, what)
+            });
         }
         Ok(v)
-    }
-
-    fn space(&mut self) -> Result<(), ParseError> {
-        self.expect(b" ", "a space")
     }
 }
 
@@ -242,72 +301,114 @@ fn opt_dash(f: &[u8]) -> Option<&[u8]> {
     (f != b"-").then_some(f)
 }
 
-/// Parses one nginx/Apache `combined` line (trailing fields after the user
-/// agent are allowed and ignored; a `common` line without referer and agent is
-/// accepted too).
+/// Parses one whole nginx/Apache `combined` line, with an optional trailing
+/// `$request_time` (and further trailing fields after a space, ignored).
+///
+/// Every field up to the user agent's closing quote must be there: a line
+/// that ends earlier (cut short in the file) is an error saying where it
+/// ends, never a request with made-up values. Apache `common` lines (no
+/// referer, no agent) need `--format common`.
 pub fn parse_combined(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
+    parse_combined_line(line, false)
+}
+
+/// A line the producer cut at `--max-line-bytes` (the `cut` header): it
+/// counts when the cut falls after the body bytes (they are followed by the
+/// space that opens the referer); the field the cut falls in and everything
+/// after it are absent, the trailing `$request_time` too.
+pub fn parse_combined_cut(line: &[u8]) -> Result<AccessLine<'_>, ParseError> {
+    parse_combined_line(line, true)
+}
+
+fn parse_combined_line(line: &[u8], cut: bool) -> Result<AccessLine<'_>, ParseError> {
+    if let Some(e) = ParseError::nul_byte(line) {
+        return Err(e);
+    }
     let mut c = Cursor { b: line, i: 0 };
-    let client = c.until(b' ', "client address")?;
+    let client = c.until(b' ', "inside the client address")?;
     if client.is_empty() {
-        return Err(ParseError {
-            at: 0,
-            expected: "client address",
-        });
+        return Err(ParseError::expected(0, "client address"));
     }
     // `$remote_user` may contain spaces: it ends at the ` [` that opens the time.
     let ident_start = c.i;
     let rest = &line[ident_start..];
-    let open = crate::format::find_lit(rest, b" [").ok_or(c.err("' [' before the time"))?;
+    let open = crate::format::find_lit(rest, b" [")
+        .ok_or(ParseError::ends(line.len(), "before the time"))?;
     // ident (`-`) and user are separated by the first space of this stretch.
     let stretch = &rest[..open];
     let user = match memchr::memchr(b' ', stretch) {
         Some(sp) => opt_dash(&stretch[sp + 1..]),
-        None => return Err(c.err("'- ' ident field")),
+        None => return Err(ParseError::expected(c.i, "'- ' ident field")),
     };
     c.i = ident_start + open + 2;
     let time_start = c.i;
-    let time = c.until(b']', "']' closing the time")?;
-    let time_ms = parse_clf_time(time).ok_or(ParseError {
-        at: time_start,
-        expected: "time like 10/Oct/2000:13:55:36 -0700",
-    })?;
-    c.space()?;
-    let request = c.quoted("'\"' opening the request")?;
-    c.space()?;
+    let time = c.until(b']', "inside the time")?;
+    let time_ms = parse_clf_time(time).ok_or(ParseError::expected(
+        time_start,
+        "time like 10/Oct/2000:13:55:36 -0700",
+    ))?;
+    c.expect(b" ", "a space", "after the time")?;
+    let request = c.quoted("'\"' opening the request", "inside the request field")?;
+    c.expect(b" ", "a space", "after the request")?;
     let status_at = c.i;
-    let status = c.uint("status")?;
-    if !(100..=999).contains(&status) {
-        return Err(ParseError {
-            at: status_at,
-            expected: "a 3-digit status",
-        });
+    let status = c.uint("status", "before the status")?;
+    if c.at_end() {
+        return Err(ParseError::ends(c.i, "inside the status"));
     }
-    c.space()?;
+    if !(100..=999).contains(&status) || c.i - status_at != 3 {
+        return Err(ParseError::expected(status_at, "a 3-digit status"));
+    }
+    // The status is whole only when something follows it.
+    c.expect(b" ", "a space", "after the status")?;
+    let bytes_at = c.i;
     let body_bytes = if line[c.i..].starts_with(b"-") {
         c.i += 1;
         0
     } else {
-        c.uint("body bytes or '-'")?
+        c.uint("body bytes or '-'", "before the body bytes")?
     };
-    // Referer and agent are not needed for the metrics, and real logs contain
-    // lines cut inside the agent: such a line still counts, without them.
-    let more = c.i < line.len();
+    // The body bytes are whole only when the referer's space follows them.
+    if c.at_end() {
+        return Err(ParseError::ends(
+            c.i,
+            "after the body bytes (before the referer)",
+        ));
+    }
+    if line[c.i] != b' ' {
+        return Err(ParseError::expected(bytes_at, "body bytes or '-'"));
+    }
+    c.i += 1;
     let mut tail = || -> Result<_, ParseError> {
-        c.space()?;
-        let referer = opt_dash(c.quoted("'\"' opening the referer")?);
-        c.space()?;
-        let user_agent = opt_dash(c.quoted("'\"' opening the user agent")?);
+        let referer = opt_dash(c.quoted("'\"' opening the referer", "inside the referer field")?);
+        c.expect(b" ", "a space", "after the referer")?;
+        let user_agent =
+            opt_dash(c.quoted("'\"' opening the user agent", "inside the user-agent field")?);
         let rest = &line[c.i..];
-        let request_time_s = rest.strip_prefix(b" ").and_then(|r| {
-            let end = memchr::memchr(b' ', r).unwrap_or(r.len());
-            parse_seconds(&r[..end])
-        });
+        let request_time_s = match rest.first() {
+            None => None,
+            Some(b' ') => {
+                let r = &rest[1..];
+                match memchr::memchr(b' ', r) {
+                    Some(end) => parse_seconds(&r[..end]),
+                    // The last bytes of a cut line may be a number cut short.
+                    None if cut => None,
+                    None => parse_seconds(r),
+                }
+            }
+            Some(_) => {
+                return Err(ParseError::expected(
+                    c.i,
+                    "a space or the end of the line after the user agent",
+                ))
+            }
+        };
         Ok((referer, user_agent, request_time_s))
     };
-    let (referer, user_agent, request_time_s) = if more {
-        tail().unwrap_or((None, None, None))
-    } else {
-        (None, None, None)
+    let (referer, user_agent, request_time_s) = match tail() {
+        Ok(t) => t,
+        // A cut line keeps what came before the field the cut fell in.
+        Err(e) if cut && e.kind == ErrorKind::Ends => (None, None, None),
+        Err(e) => return Err(e),
     };
     let (method, path) = split_request(request);
     Ok(AccessLine {
@@ -501,39 +602,100 @@ mod tests {
     }
 
     #[test]
-    fn common_format_and_trailing_fields_are_accepted() {
-        let l = p(r#"::1 - - [01/Jan/2024:00:00:09 -0000] "HEAD / HTTP/1.0" 304 0"#);
-        assert_eq!((l.status, l.time_ms), (304, 1_704_067_209_000));
+    fn trailing_fields_after_a_space_are_accepted_and_common_lines_are_not() {
         let l = p(r#"::1 - - [01/Jan/2024:00:00:09 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" 0.004"#);
         assert_eq!(l.user_agent, Some(&b"ua"[..]));
+        // A `common` line is a `combined` line cut after its size.
+        let e = parse_combined(br#"::1 - - [01/Jan/2024:00:00:09 -0000] "HEAD / HTTP/1.0" 304 0"#)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line ends after the body bytes (before the referer) at byte 60"
+        );
+        let e = parse_combined(
+            br#"::1 - - [01/Jan/2024:00:00:09 +0000] "GET / HTTP/1.1" 200 1 "-" "ua"x"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.expected, e.at),
+            ("a space or the end of the line after the user agent", 68)
+        );
     }
 
     #[test]
     fn malformed_lines_say_where() {
         let e = |s: &str| parse_combined(s.as_bytes()).unwrap_err();
-        assert_eq!(e("").expected, "client address");
-        assert_eq!(e("garbage").expected, "client address");
+        assert_eq!(
+            e("").to_string(),
+            "line ends inside the client address at byte 0"
+        );
+        assert_eq!(e("garbage").kind, ErrorKind::Ends);
         assert_eq!(
             e("1.2.3.4 - - [bad] \"GET /\" 200 1").expected,
             "time like 10/Oct/2000:13:55:36 -0700"
         );
         let err = e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" abc 1"#);
         assert_eq!((err.expected, err.at), ("status", 58));
+        let err = e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 2000 1 "-" "-""#);
+        assert_eq!((err.expected, err.at), ("a 3-digit status", 58));
         assert_eq!(
-            e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1 200 1"#).expected,
-            "closing quote"
+            e(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1 200 1"#).to_string(),
+            "line ends inside the request field at byte 62"
         );
+        let err =
+            e("1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"x\0\0\0");
+        assert_eq!((err.kind, err.at), (ErrorKind::Damaged, 70));
     }
 
     #[test]
-    fn a_line_cut_inside_the_user_agent_still_counts() {
+    fn a_line_cut_short_in_the_file_is_an_error_naming_the_field() {
         // As in the real log of shared/data: the agent lost its closing quote.
-        let l = p(
-            r#"46.118.127.106 - - [20/May/2015:12:05:17 +0000] "GET /x.py HTTP/1.1" 200 235 "-" "Mozilla/5.0 (compatible; Googlebot/2.1"#,
+        let line = r#"46.118.127.106 - - [20/May/2015:12:05:17 +0000] "GET /x.py HTTP/1.1" 200 235 "-" "Mozilla/5.0 (compatible; Googlebot/2.1"#;
+        assert_eq!(
+            parse_combined(line.as_bytes()).unwrap_err().to_string(),
+            format!(
+                "line ends inside the user-agent field at byte {}",
+                line.len()
+            )
         );
-        assert_eq!((l.status, l.body_bytes, l.user_agent), (200, 235, None));
-        let l = p(r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "x" 200 1 "-" "trailing\"#);
-        assert_eq!(l.referer, None);
+        let e =
+            parse_combined(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "x" 200 1 "-" "trailing\"#)
+                .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Ends);
+        // Ending inside the size would have added made-up bytes.
+        let e =
+            parse_combined(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "x" 200 12"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Ends);
+        let e = parse_combined(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "x" 20"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Ends);
+    }
+
+    #[test]
+    fn a_line_the_producer_cut_counts_once_its_size_is_whole() {
+        let full = r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1234 "https://example.com/" "Mozilla/5.0" 0.250"#;
+        let after_size = full.find(" \"https").unwrap();
+        for cut in 0..full.len() {
+            let r = parse_combined_cut(full[..cut].as_bytes());
+            if cut <= after_size {
+                assert!(r.is_err(), "cut at {cut}: {:?}", r);
+                continue;
+            }
+            let l = r.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!((l.status, l.body_bytes), (200, 1234), "cut at {cut}");
+            // The field the cut falls in is absent; the time at the end too.
+            assert_eq!(l.request_time_s, None, "cut at {cut}");
+            if cut < full.find(" \"Mozilla").unwrap() + 13 {
+                assert_eq!(l.user_agent, None, "cut at {cut}");
+            }
+        }
+        assert_eq!(
+            parse_combined_cut(full.as_bytes()).unwrap().request_time_s,
+            None
+        );
+        assert_eq!(
+            parse_combined(full.as_bytes()).unwrap().request_time_s,
+            Some(0.25)
+        );
     }
 
     #[test]

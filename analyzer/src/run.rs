@@ -895,10 +895,10 @@ fn handle<M: WireRecord>(
         .and_then(|mut l| {
             if l.time_ms == i64::MIN {
                 // No time in the line: when the producer read it.
-                l.time_ms = msg.timestamp().to_millis().ok_or(ParseError {
-                    at: 0,
-                    expected: "a time: the line has none and the record no timestamp",
-                })?;
+                l.time_ms = msg.timestamp().to_millis().ok_or(ParseError::expected(
+                    0,
+                    "a time: the line has none and the record no timestamp",
+                ))?;
             }
             Ok(l)
         });

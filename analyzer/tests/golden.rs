@@ -1,6 +1,8 @@
 //! Golden tests of the format compiler: each `tests/golden/*.case` file holds
 //! a format as pasted from a server config (`format:`), raw lines (`< `) and,
 //! after each line, the fields it must parse to (`> `), compared exactly.
+//! `<cut ` instead of `< ` marks a line the producer cut at
+//! `--max-line-bytes` (it carries the `cut` header).
 //! `LOGPIPE_BLESS=1 cargo test --test golden` rewrites the `> ` lines (review
 //! the diff before committing it).
 
@@ -73,6 +75,11 @@ fn every_case_parses_to_its_recorded_fields() {
             if let Some(raw) = line.strip_prefix("< ") {
                 let r = render(f.parse(raw.as_bytes()));
                 writeln!(out, "< {raw}\n> {r}").unwrap();
+                got.push(r);
+            } else if let Some(raw) = line.strip_prefix("<cut ") {
+                // A line the producer cut at --max-line-bytes (`cut` header).
+                let r = render(f.parse_cut(raw.as_bytes()));
+                writeln!(out, "<cut {raw}\n> {r}").unwrap();
                 got.push(r);
             } else if let Some(e) = line.strip_prefix("> ") {
                 expected.push(e.to_string());
