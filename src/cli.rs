@@ -373,6 +373,12 @@ pub struct AnalysisArgs {
     /// Files remembered per partition to drop producer re-sends by (file, offset).
     #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
     pub dedup_files: usize,
+    /// A line the producer published in pieces (`partial: idle`, after its
+    /// --partial-line-timeout) is held until its rest comes; it becomes a
+    /// dead letter when its source sends a record stamped this much later
+    /// without the rest.
+    #[arg(long, env = "LOGPIPE_PARTIAL_WAIT", default_value = "10m", value_parser = duration)]
+    pub partial_wait: Duration,
 }
 
 /// How lines are parsed, and where those that do not parse go.

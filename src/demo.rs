@@ -119,6 +119,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             flush_interval: a.window.flush_interval,
             analyzer_id: format!("demo-{i}"),
             dedup_files: 65_536,
+            partial_wait: Duration::from_secs(600),
             commit_interval: Duration::from_secs(5),
             formats: std::sync::Arc::new(Formats::single(Parser::Combined)),
             dlq_topic: logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(),

@@ -250,6 +250,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
             .analyzer_id
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         dedup_files: a.analysis.dedup_files,
+        partial_wait: a.analysis.partial_wait,
         commit_interval: a.commit_interval,
         formats: std::sync::Arc::new(formats),
         dlq_topic: a.analysis.parse.dlq_topic,

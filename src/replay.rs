@@ -286,6 +286,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("replay-{}-{}", crate::hostname(), std::process::id())),
         dedup_files: a.analysis.dedup_files,
+        partial_wait: a.analysis.partial_wait,
         commit_interval: Duration::from_secs(3600),
         formats: Arc::new(formats),
         dlq_topic: a.analysis.parse.dlq_topic.clone(),

@@ -1,7 +1,8 @@
 //! The analyzer's self-metrics: one place where they are counted and encoded
 //! as the `logpipe` measurement.
 //!
-//! They reconcile: `consumed = parsed + dead_lettered + duplicates` and
+//! They reconcile: `consumed = parsed + dead_lettered + duplicates + pieces`
+//! (plus the records of lines still held in pieces) and
 //! `parsed = counted + late + replayed`.
 
 use crate::line_protocol::{encode_counters, SELF_METRICS};
@@ -17,6 +18,9 @@ pub struct Counters {
     pub parsed: u64,
     /// Lines that did not parse, sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records that were pieces of a line completed (or given up) by a
+    /// later record, which counts the line (`partial: idle` pieces).
+    pub pieces: u64,
     /// Parsed lines added to a window.
     pub counted: u64,
     /// Parsed lines whose window had already closed.
@@ -53,6 +57,7 @@ impl Counters {
                 ("late", self.late),
                 ("offsets_skipped", self.offsets_skipped),
                 ("parsed", self.parsed),
+                ("pieces", self.pieces),
                 ("replayed", self.replayed),
                 ("windows_written", self.windows_written),
                 ("write_retries", self.write_retries),

@@ -26,7 +26,6 @@ use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::parse::ParseError;
 use crate::sink::SinkError;
 
 /// Header: what failed and where.
@@ -110,19 +109,39 @@ impl DeadLetters {
     }
 
     /// Queues `msg` as a dead letter; blocks while the local queue is full.
-    pub fn send<M: Message>(&mut self, msg: &M, error: &ParseError) {
-        let mut headers = OwnedHeaders::new();
-        if let Some(h) = msg.headers() {
-            for h in h.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
+    pub fn send<M: Message>(&mut self, msg: &M, error: &dyn std::fmt::Display) {
+        let headers: Vec<(&str, Option<&[u8]>)> = msg
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let origin = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+        self.send_parts(
+            msg.key(),
+            msg.payload().unwrap_or(b""),
+            &headers,
+            msg.timestamp().to_millis(),
+            &origin,
+            error,
+        );
+    }
+
+    /// Queues a line that is not one record (a line joined from pieces, or
+    /// a first piece given up): `headers` and `origin` are its first piece's.
+    pub fn send_parts(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, Option<&[u8]>)],
+        timestamp: Option<i64>,
+        origin: &str,
+        error: &dyn std::fmt::Display,
+    ) {
+        let mut hs = OwnedHeaders::new();
+        for &(key, value) in headers {
+            hs = hs.insert(Header { key, value });
         }
         let error = error.to_string();
-        let origin = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
-        headers = headers
+        hs = hs
             .insert(Header {
                 key: ERROR,
                 value: Some(&error),
@@ -133,15 +152,14 @@ impl DeadLetters {
             })
             .insert(Header {
                 key: ORIGIN,
-                value: Some(&origin),
+                value: Some(origin),
             });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .payload(msg.payload().unwrap_or(b""))
-            .headers(headers);
-        if let Some(k) = msg.key() {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.topic).payload(payload).headers(hs);
+        if let Some(k) = key {
             record = record.key(k);
         }
-        if let Some(ts) = msg.timestamp().to_millis() {
+        if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
         loop {

@@ -493,9 +493,9 @@ impl LogFormat {
                                             .rev()
                                             .find(|&n| rest.ends_with(&next[..n]))
                                             .filter(|&n| {
-                                                !var.is_list()
-                                                    && !(quoted
-                                                        && rest[..rest.len() - n].ends_with(b"\\"))
+                                                let escaped = quoted
+                                                    && rest[..rest.len() - n].ends_with(b"\\");
+                                                !(var.is_list() || escaped)
                                             });
                                         let Some(n) = partial else {
                                             // The line ends inside this field
@@ -594,10 +594,11 @@ impl LogFormat {
         // Only a line the producer cut may end early, and only after the
         // fields the metrics need.
         let whole_enough = || {
-            !(self.has_time && out.time_ms == i64::MIN)
-                && have_status
-                && (!needs_bytes || have_bytes)
-                && (!self.needs_client || !out.client.is_empty())
+            let missing = (self.has_time && out.time_ms == i64::MIN)
+                || !have_status
+                || (needs_bytes && !have_bytes)
+                || (self.needs_client && out.client.is_empty());
+            !missing
         };
         match result {
             Err(e) if !cut || e.kind != crate::parse::ErrorKind::Ends || !whole_enough() => {

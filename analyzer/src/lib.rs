@@ -25,6 +25,7 @@ pub mod generate;
 pub mod json;
 pub mod line_protocol;
 pub mod parse;
+pub mod pieces;
 pub mod replay;
 pub mod run;
 pub mod sink;

@@ -675,7 +675,7 @@ mod tests {
         let full = r#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1234 "https://example.com/" "Mozilla/5.0" 0.250"#;
         let after_size = full.find(" \"https").unwrap();
         for cut in 0..full.len() {
-            let r = parse_combined_cut(full[..cut].as_bytes());
+            let r = parse_combined_cut(&full.as_bytes()[..cut]);
             if cut <= after_size {
                 assert!(r.is_err(), "cut at {cut}: {:?}", r);
                 continue;

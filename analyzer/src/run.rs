@@ -27,7 +27,8 @@ use crate::dedup::Dedup;
 use crate::dlq::DeadLetters;
 use crate::formats::{Formats, Parser};
 use crate::line_protocol;
-use crate::parse::ParseError;
+use crate::parse::{AccessLine, ParseError};
+use crate::pieces::{FirstPiece, GaveUp, Held, Mark, Piece, Pieces, Step};
 use crate::replay::Replay;
 use crate::sink::{Sink, SinkError};
 use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
@@ -46,6 +47,9 @@ pub struct AnalyzerConfig {
     pub analyzer_id: String,
     /// Files remembered per partition for de-duplication.
     pub dedup_files: usize,
+    /// How long (by the source's record stamps) a line's first piece waits
+    /// for its rest before it is a dead letter (see [`crate::pieces`]).
+    pub partial_wait: Duration,
     /// How often restore offsets are committed to the group (for lag tools;
     /// resuming uses the restore points in the sink).
     pub commit_interval: Duration,
@@ -217,6 +221,8 @@ impl SourceTable {
 struct Part {
     windows: PartitionWindows,
     dedup: Dedup,
+    /// Lines held in pieces until their rest comes.
+    pieces: Pieces,
     /// Offset after the last record consumed (gap detection, progress).
     next: Option<i64>,
     /// (offset, next offset) of the last restore point the sink accepted.
@@ -488,6 +494,24 @@ impl Analyzer {
         consumer: &GroupConsumer,
         close_all: bool,
     ) -> Result<Counters, AnalyzeError> {
+        if close_all {
+            // The input ended: lines still in pieces never will be whole.
+            let mut ps: Vec<i32> = self.parts.keys().copied().collect();
+            ps.sort_unstable();
+            for p in ps {
+                let part = self.parts.get_mut(&p).expect("owned");
+                let mut gave_up = Vec::new();
+                part.pieces.give_up_all(&mut gave_up);
+                give_up(
+                    part,
+                    &self.sources,
+                    &mut self.counters,
+                    &mut self.dlq,
+                    gave_up,
+                    i64::MAX,
+                );
+            }
+        }
         let mut tries = 0;
         loop {
             match self.flush(consumer, close_all) {
@@ -557,6 +581,10 @@ impl Analyzer {
                         Part {
                             windows,
                             dedup: Dedup::new(self.cfg.dedup_files),
+                            pieces: Pieces::new(
+                                i64::try_from(self.cfg.partial_wait.as_millis())
+                                    .unwrap_or(i64::MAX),
+                            ),
                             next: None,
                             written: None,
                             dead_lettered_below,
@@ -814,25 +842,36 @@ impl Analyzer {
     }
 }
 
-/// A record as the analyzer reads it: rdkafka's [`Message`], plus the two
+/// A record as the analyzer reads it: rdkafka's [`Message`], plus the
 /// headers looked at for every record.
 trait WireRecord: Message {
     /// The `file` and `offset` headers.
     fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        let (mut file, mut offset) = (None, None);
-        if let Some(hs) = self.headers() {
-            for h in hs.iter() {
-                if h.key == logpipe_wire::FILE {
-                    file = h.value;
-                } else if h.key == logpipe_wire::OFFSET {
-                    offset = h.value;
-                }
-                if file.is_some() && offset.is_some() {
-                    break;
-                }
-            }
+        (
+            self.header(logpipe_wire::FILE),
+            self.header(logpipe_wire::OFFSET),
+        )
+    }
+
+    /// The `partial` and `cut` headers; only lines with more than the four
+    /// headers every line has are searched.
+    fn marks(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        match self.headers() {
+            Some(h) if h.count() > logpipe_wire::LINE_HEADERS => (
+                self.header(logpipe_wire::PARTIAL),
+                self.header(logpipe_wire::CUT),
+            ),
+            _ => (None, None),
         }
-        (file, offset)
+    }
+
+    /// The last header named `name`.
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()?
+            .iter()
+            .filter(|h| h.key == name)
+            .last()
+            .and_then(|h| h.value)
     }
 }
 
@@ -848,9 +887,19 @@ impl WireRecord for Record<'_> {
             None => (None, None),
         }
     }
+
+    fn marks(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        match self.headers() {
+            Some(h) if h.count() > logpipe_wire::LINE_HEADERS => (
+                h.get_last(logpipe_wire::PARTIAL_C),
+                h.get_last(logpipe_wire::CUT_C),
+            ),
+            _ => (None, None),
+        }
+    }
 }
 
-/// One record: de-duplicate, parse, aggregate.
+/// One record: de-duplicate, join pieces, parse, aggregate.
 fn handle<M: WireRecord>(
     parts: &mut HashMap<i32, Part>,
     sources: &mut SourceTable,
@@ -880,51 +929,251 @@ fn handle<M: WireRecord>(
     }
     part.next = Some(offset + 1);
     let (file, at) = msg.file_and_offset();
-    if let (Some(file), Some(at)) = (file, at.and_then(parse_u64)) {
-        if part.dedup.is_duplicate(file, at) {
-            counters.duplicates += 1;
-            part.windows.skip(offset);
-            return;
-        }
-    }
+    let at = at.and_then(parse_u64);
+    let (partial, cut) = msg.marks();
+    let mark = Mark::from_header(partial);
+    let cut = cut.and_then(parse_u64);
     let key = msg.key().unwrap_or(b"");
     let source = sources.id(key, msg.headers());
     let line = msg.payload().unwrap_or(b"");
-    let parsed = sources.parsers[source as usize]
-        .parse(line)
-        .and_then(|mut l| {
-            if l.time_ms == i64::MIN {
-                // No time in the line: when the producer read it.
-                l.time_ms = msg.timestamp().to_millis().ok_or(ParseError::expected(
-                    0,
-                    "a time: the line has none and the record no timestamp",
-                ))?;
+    let ts = msg.timestamp().to_millis();
+    let mut gave_up = Vec::new();
+    let step = match (file, at) {
+        (Some(file), Some(at)) => {
+            let piece = Piece {
+                offset,
+                at,
+                mark,
+                cut,
+                value: line,
+                timestamp: ts,
+                source,
+            };
+            if !part.pieces.is_empty() {
+                part.pieces.expired(&piece, &mut gave_up);
             }
-            Ok(l)
-        });
-    match parsed {
-        Ok(l) => {
-            counters.parsed += 1;
-            let hit = Hit::from_line(source, &l, offset);
-            match part.windows.record(&hit) {
-                Recorded::Added => counters.counted += 1,
-                Recorded::Late => counters.late += 1,
-                Recorded::Replayed => counters.replayed += 1,
+            // A re-send of a held piece replaces it: not a duplicate.
+            if !part.pieces.is_resend_of_held(file, at) && part.dedup.is_duplicate(file, at) {
+                counters.duplicates += 1;
+                part.windows.skip(offset);
+                give_up(part, sources, counters, dlq, gave_up, offset);
+                return;
+            }
+            if part.pieces.is_empty() && mark == Mark::Whole {
+                Step::Line
+            } else {
+                part.pieces
+                    .offer(file, &piece, || first_piece(msg), &mut gave_up)
             }
         }
-        Err(e) => {
-            counters.dead_lettered += 1;
+        // Without a file and offset, pieces cannot be matched: as they are.
+        _ => Step::Line,
+    };
+    match step {
+        Step::Line => match parse_line(sources, source, line, cut.is_some(), ts) {
+            Ok(l) => add(part, counters, Hit::from_line(source, &l, offset)),
+            Err(e) => {
+                let e = match mark {
+                    Mark::Eof => LineError::Eof(e),
+                    _ => LineError::Parse(e),
+                };
+                dead_letter(sources, counters, source, offset, &e, line);
+                part.windows.skip(offset);
+                if offset >= part.dead_lettered_below {
+                    dlq.send(msg, &e);
+                }
+            }
+        },
+        Step::Joined(held, end_mark) => {
+            counters.pieces += held.records() - 1;
+            let whole = held.cut_at.map_or(&held.line[..], |n| &held.line[..n]);
+            match parse_line(
+                sources,
+                source,
+                whole,
+                held.cut_at.is_some(),
+                held.timestamp,
+            ) {
+                Ok(l) => {
+                    let mut hit = Hit::from_line(source, &l, held.offset);
+                    hit.end_offset = offset;
+                    add(part, counters, hit);
+                }
+                Err(e) => {
+                    let e = match end_mark {
+                        Mark::Eof => LineError::Eof(e),
+                        _ => LineError::Joined(e),
+                    };
+                    dead_letter(sources, counters, source, offset, &e, &held.line);
+                    part.windows.skip(offset);
+                    // What decides is the record that completed the line: an
+                    // earlier owner that read it sent the dead letter.
+                    if offset >= part.dead_lettered_below {
+                        send_held(dlq, &held, &e);
+                    }
+                }
+            }
+        }
+        Step::Taken => part.windows.skip(offset),
+        Step::Orphan => {
+            dead_letter(sources, counters, source, offset, &LineError::Orphan, line);
             part.windows.skip(offset);
             if offset >= part.dead_lettered_below {
-                dlq.send(msg, &e);
-            }
-            if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
-                let (host, src, _) = &sources.names[source as usize];
-                tracing::warn!(%host, source = %src, partition, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
-                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to {}", dlq.topic());
+                dlq.send(msg, &LineError::Orphan);
             }
         }
     }
+    give_up(part, sources, counters, dlq, gave_up, offset);
+}
+
+/// Why a line is a dead letter: the parser's word, or what became of its pieces.
+#[derive(Debug)]
+enum LineError {
+    Parse(ParseError),
+    /// The unterminated end of a file or connection (`partial: eof`).
+    Eof(ParseError),
+    /// A line joined from pieces.
+    Joined(ParseError),
+    /// A `partial: rest` whose first piece was not read.
+    Orphan,
+    GaveUp(GaveUp),
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineError::Parse(e) => e.fmt(f),
+            LineError::Eof(e) => write!(
+                f,
+                "{e} (the unterminated end of a file or connection, partial: eof)"
+            ),
+            LineError::Joined(e) => write!(f, "{e} (a line joined from pieces)"),
+            LineError::Orphan => f.write_str(
+                "the rest of a line (partial: rest) whose first piece was not read: \
+                 deleted by the broker, or before the start of a replay",
+            ),
+            LineError::GaveUp(GaveUp::Gap { expected, got }) => write!(
+                f,
+                "{}: the next line starts at byte {got}, the rest was due at byte {expected}",
+                GaveUp::Gap {
+                    expected: *expected,
+                    got: *got
+                }
+                .describe()
+            ),
+            LineError::GaveUp(g) => f.write_str(g.describe()),
+        }
+    }
+}
+
+/// Parses with the source's parser (as a cut line when `cut`); a line
+/// without a time takes its record's timestamp.
+fn parse_line<'a>(
+    sources: &SourceTable,
+    source: SourceId,
+    line: &'a [u8],
+    cut: bool,
+    timestamp: Option<i64>,
+) -> Result<AccessLine<'a>, ParseError> {
+    let parser = &sources.parsers[source as usize];
+    let mut l = if cut {
+        parser.parse_cut(line)?
+    } else {
+        parser.parse(line)?
+    };
+    if l.time_ms == i64::MIN {
+        // No time in the line: when the producer read it.
+        l.time_ms = timestamp.ok_or(ParseError::expected(
+            0,
+            "a time: the line has none and the record no timestamp",
+        ))?;
+    }
+    Ok(l)
+}
+
+fn add(part: &mut Part, counters: &mut Counters, hit: Hit<'_>) {
+    counters.parsed += 1;
+    match part.windows.record(&hit) {
+        Recorded::Added => counters.counted += 1,
+        Recorded::Late => counters.late += 1,
+        Recorded::Replayed => counters.replayed += 1,
+    }
+}
+
+/// Counts and logs a dead letter (the caller sends it when it is its to send).
+fn dead_letter(
+    sources: &SourceTable,
+    counters: &mut Counters,
+    source: SourceId,
+    offset: i64,
+    e: &LineError,
+    line: &[u8],
+) {
+    counters.dead_lettered += 1;
+    if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
+        let (host, src, _) = &sources.names[source as usize];
+        tracing::warn!(%host, source = %src, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
+            line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to the dead-letter topic");
+    }
+}
+
+/// Dead letters for held lines that can no longer be completed; `offset`
+/// is the record that decided it.
+fn give_up(
+    part: &mut Part,
+    sources: &SourceTable,
+    counters: &mut Counters,
+    dlq: &mut DeadLetters,
+    gave_up: Vec<(Held, GaveUp)>,
+    offset: i64,
+) {
+    for (held, why) in gave_up {
+        counters.pieces += held.records() - 1;
+        let e = LineError::GaveUp(why);
+        dead_letter(sources, counters, held.source, held.offset, &e, &held.line);
+        if offset >= part.dead_lettered_below {
+            send_held(dlq, &held, &e);
+        }
+    }
+    part.windows.hold_from(part.pieces.floor());
+}
+
+/// What a dead letter of a held line needs of its first piece's record.
+fn first_piece<M: Message>(msg: &M) -> FirstPiece {
+    FirstPiece {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        key: msg.key().map(<[u8]>::to_vec),
+        headers: msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp: msg.timestamp().to_millis(),
+    }
+}
+
+/// A held line as a dead letter: its bytes, with the first piece's key,
+/// headers, timestamp and origin.
+fn send_held(dlq: &mut DeadLetters, held: &Held, e: &LineError) {
+    let f = &held.first;
+    let headers: Vec<(&str, Option<&[u8]>)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    let origin = format!("{}/{}/{}", f.topic, f.partition, held.offset);
+    dlq.send_parts(
+        f.key.as_deref(),
+        &held.line,
+        &headers,
+        f.timestamp,
+        &origin,
+        e,
+    );
 }
 
 /// A decimal `offset` header (at most 19 digits: no overflow).

@@ -38,7 +38,8 @@ use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 pub type SourceId = u32;
 
 /// Relative accuracy of the latency quantiles (DDSketch `alpha`): a reported
-/// p50/p90/p99 is within ±1 % of the true quantile's value.
+/// p50/p90/p99 is within ±1 % of the nearest-rank quantile's value (see
+/// [`nearest_rank`]).
 pub const LATENCY_RELATIVE_ERROR: f64 = 0.01;
 
 /// Distinct clients per window: exact up to a few hundred, then HyperLogLog++
@@ -98,13 +99,7 @@ impl Agg {
         if let Some(t) = hit.request_time_s {
             if t.is_finite() && t >= 0.0 {
                 self.latency
-                    .get_or_insert_with(|| {
-                        Box::new(DDSketch::new(SketchConfig::new(
-                            LATENCY_RELATIVE_ERROR,
-                            2048,
-                            1e-6,
-                        )))
-                    })
+                    .get_or_insert_with(|| Box::new(latency_sketch()))
                     .add(t);
             }
         }
@@ -112,14 +107,11 @@ impl Agg {
 
     /// The values written for this window.
     pub fn summary(&self) -> Metrics {
-        let latency = self.latency.as_ref().map(|s| {
-            let q = |p: f64| s.quantile(p).ok().flatten().unwrap_or(0.0);
-            Latency {
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                max: s.max().unwrap_or(0.0),
-            }
+        let latency = self.latency.as_ref().map(|s| Latency {
+            p50: nearest_rank(s, 500),
+            p90: nearest_rank(s, 900),
+            p99: nearest_rank(s, 990),
+            max: s.max().unwrap_or(0.0),
         });
         Metrics {
             count: self.count,
@@ -130,6 +122,40 @@ impl Agg {
             latency,
         }
     }
+}
+
+/// An empty sketch of request times: ±1 %, up to 2048 bins (a range of
+/// about e^41 between the smallest and the largest time), times below 1 µs
+/// counted as 0.
+pub fn latency_sketch() -> DDSketch {
+    DDSketch::new(SketchConfig::new(LATENCY_RELATIVE_ERROR, 2048, 1e-6))
+}
+
+/// The nearest-rank quantile `per_mille`/1000 of the sketch: the value of
+/// the `⌈q·n⌉`-th smallest request time (1-based), within the sketch's
+/// relative error of that value.
+///
+/// DDSketch's own `quantile(q)` answers for rank `⌊q·(n−1)⌋` (0-based),
+/// which is one rank below nearest-rank for most `n`: across a gap in the
+/// distribution that is a different value altogether (p99 5.755 where the
+/// 99th-percentile request took 6.272 s). The rank is computed here in
+/// integers and handed to the sketch as a `q` that floors to it.
+pub fn nearest_rank(s: &DDSketch, per_mille: u64) -> f64 {
+    let n = s.count() as u64;
+    if n == 0 {
+        return 0.0;
+    }
+    // 0-based index of the ⌈q·n⌉-th value.
+    let k = (per_mille * n).div_ceil(1000).clamp(1, n) - 1;
+    if k == n - 1 {
+        return s.max().unwrap_or(0.0);
+    }
+    if k == 0 {
+        return s.min().unwrap_or(0.0);
+    }
+    // ⌊q'·(n−1)⌋ = k with half a rank to spare for rounding.
+    let q = (k as f64 + 0.5) / (n - 1) as f64;
+    s.quantile(q).ok().flatten().unwrap_or(0.0)
 }
 
 /// Request-time quantiles of a window, in seconds.
@@ -164,8 +190,13 @@ pub struct Hit<'a> {
     pub client: &'a [u8],
     /// `$request_time` in seconds, when the format has it.
     pub request_time_s: Option<f64>,
-    /// Kafka offset of the record, for the restore point.
+    /// Kafka offset of the record, for the restore point (of its first
+    /// piece, for a line joined from pieces).
     pub offset: i64,
+    /// Kafka offset of the record that made the line whole (`offset` but
+    /// for a line joined from pieces): what an owner must have read to
+    /// have counted it.
+    pub end_offset: i64,
 }
 
 impl<'a> Hit<'a> {
@@ -179,6 +210,7 @@ impl<'a> Hit<'a> {
             client: l.client,
             request_time_s: l.request_time_s,
             offset,
+            end_offset: offset,
         }
     }
 }
@@ -249,6 +281,9 @@ pub struct PartitionWindows {
     next_offset: Option<i64>,
     /// Records before this offset were seen by a previous owner.
     replay_until: i64,
+    /// The smallest offset of a line held in pieces (see `crate::pieces`):
+    /// the restore offset must not pass it.
+    held_from: Option<i64>,
     /// Per source, when a previous writer had seen further (see
     /// [`RestorePoint::ahead`]).
     replay_until_source: crate::FastMap<SourceId, i64>,
@@ -264,6 +299,7 @@ impl PartitionWindows {
             changed: Vec::new(),
             next_offset: None,
             replay_until: i64::MIN,
+            held_from: None,
             replay_until_source: crate::FastMap::default(),
             late: 0,
         }
@@ -302,16 +338,24 @@ impl PartitionWindows {
         self.next_offset = Some(offset + 1);
     }
 
+    /// Sets the smallest offset of a line held in pieces (`None`: none held).
+    pub fn hold_from(&mut self, offset: Option<i64>) {
+        self.held_from = offset;
+    }
+
     pub fn record(&mut self, hit: &Hit<'_>) -> Recorded {
-        self.next_offset = Some(hit.offset + 1);
+        self.next_offset = Some(
+            self.next_offset
+                .map_or(hit.end_offset + 1, |n| n.max(hit.end_offset + 1)),
+        );
         let start = self.window_start(hit.time_ms);
         if let Some(c) = self.closed_through_ms(hit.source) {
             if start + self.spec.window_ms <= c {
-                if hit.offset < self.replay_until
+                if hit.end_offset < self.replay_until
                     || self
                         .replay_until_source
                         .get(&hit.source)
-                        .is_some_and(|&u| hit.offset < u)
+                        .is_some_and(|&u| hit.end_offset < u)
                 {
                     return Recorded::Replayed;
                 }
@@ -393,11 +437,16 @@ impl PartitionWindows {
     /// The offset to resume from so that every open window can be rebuilt:
     /// the smallest offset in an open window, else the next offset.
     pub fn restore_offset(&self) -> Option<i64> {
-        self.open
+        let open = self
+            .open
             .values()
             .map(|w| w.min_offset)
             .min()
-            .or(self.next_offset)
+            .or(self.next_offset);
+        match (open, self.held_from) {
+            (Some(o), Some(h)) => Some(o.min(h)),
+            (o, h) => o.or(h),
+        }
     }
 
     /// The restore point of the current state (`None` before any record).
@@ -434,6 +483,72 @@ impl PartitionWindows {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quantiles_are_nearest_rank_within_the_relative_error() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        // Distributions with gaps (two far-apart clusters, the split
+        // anywhere), heavy tails (Pareto-like), ties, and tiny counts.
+        let dist = prop_oneof![
+            (1usize..3000, 0.0f64..1.0, 1.0f64..100.0).prop_map(|(n, split, gap)| {
+                let low = (n as f64 * split) as usize;
+                (0..n)
+                    .map(|i| {
+                        if i < low {
+                            0.01 + i as f64 * 1e-5
+                        } else {
+                            gap + i as f64 * 1e-3
+                        }
+                    })
+                    .collect::<Vec<f64>>()
+            }),
+            prop::collection::vec(
+                (0.0f64..1.0).prop_map(|u| 0.001 / (1.0 - u).powf(1.5)),
+                1..3000
+            ),
+            prop::collection::vec(prop::sample::select(vec![0.005, 0.1, 6.272, 30.0]), 1..500),
+        ];
+        let mut runner = TestRunner::new(Config::with_cases(500));
+        runner
+            .run(&dist, |mut v| {
+                let mut s = super::latency_sketch();
+                for &t in &v {
+                    s.add(t);
+                }
+                v.sort_by(f64::total_cmp);
+                for pm in [500u64, 900, 990] {
+                    let n = v.len() as u64;
+                    let truth = v[((pm * n).div_ceil(1000) - 1) as usize];
+                    let got = super::nearest_rank(&s, pm);
+                    prop_assert!(
+                        (got - truth).abs()
+                            <= truth * super::LATENCY_RELATIVE_ERROR * 1.0001 + 1e-9,
+                        "q{pm}/1000 of {n}: {got} vs nearest-rank {truth}"
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_issue_case_a_gap_at_the_99th_rank() {
+        // 150 values, the slow ones last: nearest-rank p99 is the 149th
+        // (⌈148.5⌉); DDSketch's own rank ⌊0.99·149⌋ is the 148th, one below,
+        // which across the gap is a fast request instead of a slow one.
+        for (fast, want) in [(149, 0.05), (148, 6.272)] {
+            let mut s = super::latency_sketch();
+            for i in 0..150 {
+                s.add(if i < fast { 0.05 } else { 6.272 });
+            }
+            let got = super::nearest_rank(&s, 990);
+            assert!(
+                (got - want).abs() <= want * 0.01,
+                "{fast} fast: p99 {got}, want {want}"
+            );
+        }
+    }
+
     use super::*;
 
     const SPEC: WindowSpec = WindowSpec {
@@ -451,6 +566,7 @@ mod tests {
             client: b"10.0.0.1",
             request_time_s: None,
             offset,
+            end_offset: offset,
         }
     }
 

@@ -30,6 +30,12 @@ pub const OFFSET: &str = "offset";
 /// header by name (read for every record).
 pub const FILE_C: &std::ffi::CStr = c"file";
 pub const OFFSET_C: &std::ffi::CStr = c"offset";
+/// [`CUT`] and [`PARTIAL`] as C strings (looked up on records with more
+/// headers than the four every line has).
+pub const CUT_C: &std::ffi::CStr = c"cut";
+pub const PARTIAL_C: &std::ffi::CStr = c"partial";
+/// Headers every line carries: [`HOST`], [`SOURCE`], [`FILE`], [`OFFSET`].
+pub const LINE_HEADERS: usize = 4;
 
 /// Header, only on a line longer than the producer's `--max-line-bytes`: the
 /// line's full length in bytes (decimal); the value holds its first bytes.
@@ -65,6 +71,8 @@ mod tests {
     fn c_string_header_names_equal_the_names() {
         assert_eq!(FILE_C.to_str(), Ok(FILE));
         assert_eq!(OFFSET_C.to_str(), Ok(OFFSET));
+        assert_eq!(CUT_C.to_str(), Ok(CUT));
+        assert_eq!(PARTIAL_C.to_str(), Ok(PARTIAL));
     }
 
     #[test]
