@@ -6,7 +6,9 @@
 //! requests themselves, independently of the parser and the window code.
 //! The mix covers what the old scripts lost: IPv6 clients, logged-in users,
 //! `"-"` and garbage requests (status 400), escaped quotes (`\"` and `\x22`),
-//! `-` body sizes, and timestamps out of order by a few seconds.
+//! `-` body sizes, and timestamps out of order by a few seconds. Half of
+//! the malformed lines are valid lines cut short after their status (as a
+//! crash mid-write leaves them), some followed by NUL bytes.
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -124,10 +126,36 @@ impl Generator {
     pub fn next_line(&mut self) -> (String, Option<Request>) {
         self.t_ms += self.step_ms;
         let r = &mut self.rng;
-        if self.malformed_one_in > 0 && r.random_range(0..self.malformed_one_in) == 0 {
+        let damaged = self.malformed_one_in > 0 && r.random_range(0..self.malformed_one_in) == 0;
+        if damaged && r.random_bool(0.5) {
             let m = MALFORMED[r.random_range(0..MALFORMED.len())];
             return (m.to_string(), None);
         }
+        let (line, req) = self.request();
+        if !damaged {
+            return (line, Some(req));
+        }
+        // A line cut short in the file (a crash mid-write, a full disk): it
+        // keeps its status and ends in the size, the referer or the agent —
+        // the cuts that used to be counted with made-up values. Now and
+        // then NULs follow, as in a file preallocated before a crash.
+        let r = &mut self.rng;
+        let status_end = line.find(&format!("\" {} ", req.status)).expect("status") + 6;
+        let agent_close = line.len()
+            - req
+                .request_time_ms
+                .map_or(0, |_| line.len() - line.rfind(' ').unwrap())
+            - 1;
+        let mut cut = line[..r.random_range(status_end..agent_close)].to_string();
+        if r.random_bool(0.2) {
+            cut.push_str(&"\0".repeat(r.random_range(1..64)));
+        }
+        (cut, None)
+    }
+
+    /// A valid request and its line.
+    fn request(&mut self) -> (String, Request) {
+        let r = &mut self.rng;
         // A few seconds out of order now and then, as with buffered writers.
         let jitter = if r.random_bool(0.05) {
             r.random_range(1..=5) * 1000
@@ -219,7 +247,7 @@ impl Generator {
             user_agent,
             request_time_ms,
         };
-        (req.render(), Some(req))
+        (req.render(), req)
     }
 }
 
