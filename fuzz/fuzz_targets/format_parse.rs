@@ -1,6 +1,8 @@
 //! Compiled parsers on arbitrary lines. The first byte picks one of the
 //! real-world formats of the golden tests; the rest is the line. Fields of a
-//! parsed line lie inside the line and decode without panicking.
+//! parsed line lie inside the line and decode without panicking. With the
+//! pick byte's high bit set the line is parsed as one the producer cut at
+//! `--max-line-bytes`. An error saying the line ends points at its end.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use logpipe_analyzer::formats::Parser;
@@ -30,8 +32,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ps = parsers();
-    let p = &ps[pick as usize % ps.len()];
-    match p.parse(line) {
+    let p = &ps[(pick & 0x7f) as usize % ps.len()];
+    let parsed = if pick & 0x80 != 0 {
+        p.parse_cut(line)
+    } else {
+        p.parse(line)
+    };
+    match parsed {
         Ok(l) => {
             let range = line.as_ptr_range();
             for f in [Some(l.client), l.user, l.method, l.path, l.referer, l.user_agent, l.host]
@@ -44,6 +51,11 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!((100..=999).contains(&l.status));
         }
-        Err(e) => assert!(e.at <= line.len(), "error position {} beyond the line", e.at),
+        Err(e) => {
+            assert!(e.at <= line.len(), "error position {} beyond the line", e.at);
+            if e.kind == logpipe_analyzer::parse::ErrorKind::Ends {
+                assert_eq!(e.at, line.len(), "the line ends at its end: {e}");
+            }
+        }
     }
 });
