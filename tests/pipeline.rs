@@ -202,7 +202,7 @@ fn check_dead_letters(brokers: &str, topic: &str, expected: &Expected) {
         "logpipe dlq: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("  error: expected ").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("  error: ").count(), 5, "{stdout}");
     assert_eq!(stdout.matches("  line:  ").count(), 5, "{stdout}");
 }
 
@@ -319,9 +319,12 @@ fn demo_on_real_access_log_matches_an_independent_count() {
             data.display()
         )
     });
-    let re =
-        regex::Regex::new(r#"^(\S+) \S+ (.+?) \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-)"#)
-            .unwrap();
+    // Whole combined lines: the referer and the agent closed (a line cut
+    // inside its agent, as this log has one, is a dead letter).
+    let re = regex::Regex::new(
+        r#"^(\S+) \S+ (.+?) \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-) "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*"(?: .*)?$"#,
+    )
+    .unwrap();
     let source = data.display().to_string();
     let mut expected = BTreeMap::new();
     let mut unmatched = 0u64;
@@ -355,8 +358,8 @@ fn demo_on_real_access_log_matches_an_independent_count() {
         "{stderr}"
     );
     assert!(
-        expected.len() > 100 && unmatched == 0,
-        "{} windows, {unmatched} unmatched",
+        expected.len() > 100 && unmatched == 1,
+        "{} windows, {unmatched} unmatched (the log has one line cut inside its agent)",
         expected.len()
     );
 }
