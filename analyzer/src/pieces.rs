@@ -528,4 +528,91 @@ mod tests {
             s => panic!("{s:?}"),
         }
     }
+
+    mod joined_whole {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+            /// Any line, split at any bytes into pieces (the rest marked or
+            /// not), with other files' lines between them and, maybe, a
+            /// producer re-send from one piece's start on: one line, whole,
+            /// at the first piece's offset.
+            #[test]
+            fn a_line_in_any_pieces_is_joined_whole_once(
+                line in prop::collection::vec(any::<u8>(), 1..300),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+                rest_marked in any::<bool>(),
+                resend in prop::option::of(any::<prop::sample::Index>()),
+                base in 0u64..1_000_000,
+            ) {
+                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(line.len())).filter(|&c| c > 0).collect();
+                at.sort_unstable();
+                at.dedup();
+                let mut bounds = vec![0];
+                bounds.extend(at);
+                bounds.push(line.len());
+                let mut ps = Pieces::new(60_000);
+                let mut gone = Vec::new();
+                let mut offset = 100;
+                let mut result = None;
+                let n = bounds.len() - 1;
+                // With a re-send, the producer restarts after piece `r` was
+                // sent and sends the line again from piece `r`'s start.
+                let resend_from = resend.filter(|_| n > 1).map(|i| i.index(n - 1));
+                let mut k = 0;
+                let mut resent = false;
+                while k < n {
+                    let (a, b) = (bounds[k], bounds[n.min(k + 1)]);
+                    let last = k + 1 == n;
+                    let mark = if !last { Mark::Idle } else if rest_marked && n > 1 { Mark::Rest } else { Mark::Whole };
+                    // Another file's line between the pieces changes nothing.
+                    let other = piece(offset, 7, Mark::Whole, b"x", 0);
+                    prop_assert!(matches!(ps.offer(b"other", &other, first, &mut gone), Step::Line));
+                    offset += 1;
+                    let p = piece(offset, base + a as u64, mark, &line[a..b], 0);
+                    let step = ps.offer(b"f", &p, first, &mut gone);
+                    offset += 1;
+                    if let (Some(r), false) = (resend_from, resent) {
+                        if k == r + 1 {
+                            // The producer restarts: from piece r's start, the
+                            // whole rest of the line in one record.
+                            resent = true;
+                            prop_assert!(ps.is_resend_of_held(b"f", base + bounds[r] as u64) || r == 0 || matches!(step, Step::Joined(..)));
+                            if !matches!(step, Step::Joined(..)) {
+                                let from = bounds[r];
+                                let p = piece(offset, base + from as u64, Mark::Whole, &line[from..], 0);
+                                let step = ps.offer(b"f", &p, first, &mut gone);
+                                match step {
+                                    Step::Joined(h, _) => result = Some((h.line.clone(), h.offset)),
+                                    Step::Line => result = Some((line[from..].to_vec(), -1)),
+                                    s => prop_assert!(false, "{:?}", s),
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    match step {
+                        Step::Taken => prop_assert!(!last),
+                        Step::Joined(h, _) => { prop_assert!(last); result = Some((h.line.clone(), h.offset)); }
+                        Step::Line => { prop_assert!(n == 1 && last); result = Some((line.clone(), 101)); }
+                        Step::Orphan => prop_assert!(false, "orphan"),
+                    }
+                    k += 1;
+                }
+                prop_assert!(gone.is_empty(), "{:?}", gone);
+                prop_assert!(ps.is_empty());
+                let (joined, first_offset) = result.expect("a line");
+                if first_offset == -1 {
+                    // Re-sent from the very first piece: that record is the line.
+                    prop_assert_eq!(resend_from, Some(0));
+                    prop_assert_eq!(joined, line);
+                } else {
+                    prop_assert_eq!(joined, line);
+                    prop_assert_eq!(first_offset, 101);
+                }
+            }
+        }
+    }
 }
