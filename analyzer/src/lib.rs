@@ -7,6 +7,7 @@
 //!   watermark, closing, late lines, restore points, latency and client sketches).
 //! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
 //! - [`dedup`]: drops producer re-sends by (`file`, `offset`), bounded.
+//! - [`pieces`]: lines the producer published in pieces, joined again (pure).
 //! - [`sink`]: where points go — InfluxDB (v1 `/write`, v2 `/api/v2/write`)
 //!   or a line-protocol file.
 //! - [`state`]: restore points stored beside the windows they vouch for.
