@@ -252,18 +252,12 @@ impl Stack {
                     r.header("offset").map(str::to_string),
                 ))
             })
-            .map(|r| {
-                (
-                    r.header("source").unwrap_or("?").to_string(),
-                    String::from_utf8_lossy(&r.value).into_owned(),
-                )
-            })
+            .map(|r| r.source_and_line())
             .collect();
-        let mut want = self.expected.malformed_lines.clone();
         got.sort();
-        want.sort();
         assert_eq!(
-            got, want,
+            got,
+            self.expected.malformed_sorted(),
             "{what}: dead letters differ from the malformed lines"
         );
         eprintln!(

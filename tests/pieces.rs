@@ -178,16 +178,10 @@ fn a_line_written_in_two_pieces_is_counted_once_whole_across_a_kill() {
     // Exactly the damaged lines are dead letters; no piece is among them.
     let mut dead: Vec<(String, String)> = read_topic(&m.brokers, &dlq_topic(&topic))
         .iter()
-        .map(|r| {
-            (
-                r.header("source").unwrap_or("?").to_string(),
-                String::from_utf8_lossy(&r.value).into_owned(),
-            )
-        })
+        .map(|r| r.source_and_line())
         .collect();
-    let mut want = expected.malformed_lines.clone();
     dead.sort();
-    want.sort();
+    let want = expected.malformed_sorted();
     assert_eq!(dead, want, "dead letters differ from the damaged lines");
     assert!(expected.malformed > 0, "the workload has damaged lines");
     // The pieces were read twice (once by each analyzer) and joined.

@@ -150,20 +150,11 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
 fn check_dead_letters(brokers: &str, topic: &str, expected: &Expected) {
     let dlq = dlq_topic(topic);
     let records = read_topic(brokers, &dlq);
-    let mut got: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            (
-                r.header("source").unwrap_or("?").to_string(),
-                String::from_utf8_lossy(&r.value).into_owned(),
-            )
-        })
-        .collect();
-    let mut want = expected.malformed_lines.clone();
+    let mut got: Vec<(String, String)> = records.iter().map(|r| r.source_and_line()).collect();
     got.sort();
-    want.sort();
     assert_eq!(
-        got, want,
+        got,
+        expected.malformed_sorted(),
         "dead letters differ from the malformed lines written"
     );
     for r in &records {

@@ -190,6 +190,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// (`source` header, value as text): how tests compare dead letters
+    /// with the malformed lines they wrote.
+    pub fn source_and_line(&self) -> (String, String) {
+        (
+            self.header("source").unwrap_or("?").to_string(),
+            String::from_utf8_lossy(&self.value).into_owned(),
+        )
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

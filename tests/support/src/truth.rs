@@ -99,6 +99,13 @@ impl Expected {
         out
     }
 
+    /// (source, line) of every malformed line, sorted.
+    pub fn malformed_sorted(&self) -> Vec<(String, String)> {
+        let mut v = self.malformed_lines.clone();
+        v.sort();
+        v
+    }
+
     /// The `access_log` windows in `db` in the same shape, read with InfluxQL.
     pub fn from_influx(influx: &crate::Influx, db: &str) -> BTreeMap<(String, i64), WindowTruth> {
         let mut out = BTreeMap::new();
