@@ -238,6 +238,45 @@ fn one_shot_demo(input: &Path, influx: &Influx, db: &str, extra: &[&str]) -> (St
     (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
+/// The unterminated end of a file read with `--exit-on-eof` (published as
+/// `partial: eof`) counts when it is a whole line and is a dead letter
+/// saying so when it is cut short.
+#[test]
+fn an_unterminated_last_line_counts_only_when_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |i: u32| {
+        format!(
+            r#"203.0.113.{i} - - [01/Jan/2024:00:00:0{i} +0000] "GET / HTTP/1.1" 200 100 "-" "curl/8""#
+        )
+    };
+    let influx = Influx::start();
+    for (name, last, count, traffic) in [
+        ("whole", line(4), 4, 400),
+        ("cut", line(4)[..70].to_string(), 3, 300),
+    ] {
+        let path = dir.path().join(format!("{name}.log"));
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n{}\n{last}", line(1), line(2), line(3)),
+        )
+        .unwrap();
+        let db = unique(name);
+        let (_, stderr) = one_shot_demo(&path, &influx, &db, &[]);
+        let rows = influx.query(&db, "SELECT sum(count), sum(traffic) FROM access_log");
+        let got = (
+            rows[0]["values"][0][1].as_u64(),
+            rows[0]["values"][0][2].as_u64(),
+        );
+        assert_eq!(got, (Some(count), Some(traffic)), "{name}: {stderr}");
+        if name == "cut" {
+            assert!(
+                stderr.contains("line ends") && stderr.contains("partial: eof"),
+                "the dead letter says where the line ends and that it was the file's end: {stderr}"
+            );
+        }
+    }
+}
+
 /// `logpipe demo --input F --from-beginning --exit-on-eof` gives the same numbers, all final.
 #[test]
 fn demo_one_shot_analysis_matches_truth() {
