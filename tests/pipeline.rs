@@ -338,14 +338,14 @@ fn demo_on_a_file_larger_than_the_embedded_broker_keeps_counts_every_line() {
     );
 }
 
-/// The real 10 000-line Apache log of `shared/data`, analysed by the demo,
+/// The real 10 000-line Apache log of `tests/data`, analysed by the demo,
 /// against an independent count (a regex and chrono, not logpipe's parser).
 #[test]
 fn demo_on_real_access_log_matches_an_independent_count() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/apache_combined_10k.log");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/apache_combined_10k.log");
     let text = std::fs::read_to_string(&data).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (the shared test data must sit beside the repo)",
+            "{}: {e} (the test data is part of the repository)",
             data.display()
         )
     });

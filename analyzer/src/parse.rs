@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_line_cut_short_in_the_file_is_an_error_naming_the_field() {
-        // As in the real log of shared/data: the agent lost its closing quote.
+        // As in the real log of tests/data: the agent lost its closing quote.
         let line = r#"46.118.127.106 - - [20/May/2015:12:05:17 +0000] "GET /x.py HTTP/1.1" 200 235 "-" "Mozilla/5.0 (compatible; Googlebot/2.1"#;
         assert_eq!(
             parse_combined(line.as_bytes()).unwrap_err().to_string(),
