@@ -1052,14 +1052,10 @@ impl std::fmt::Display for LineError {
                 "the rest of a line (partial: rest) whose first piece was not read: \
                  deleted by the broker, or before the start of a replay",
             ),
-            LineError::GaveUp(GaveUp::Gap { expected, got }) => write!(
+            LineError::GaveUp(g @ GaveUp::Gap { expected, got }) => write!(
                 f,
                 "{}: the next line starts at byte {got}, the rest was due at byte {expected}",
-                GaveUp::Gap {
-                    expected: *expected,
-                    got: *got
-                }
-                .describe()
+                g.describe()
             ),
             LineError::GaveUp(g) => f.write_str(g.describe()),
         }
