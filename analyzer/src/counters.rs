@@ -18,6 +18,8 @@ pub struct Counters {
     pub parsed: u64,
     /// Lines that did not parse, sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// `dead_lettered` by why (not part of the `logpipe` measurement).
+    pub dead_letter_kinds: DeadLetterKinds,
     /// Records that were pieces of a line completed (or given up) by a
     /// later record, which counts the line (`partial: idle` pieces).
     pub pieces: u64,
@@ -38,6 +40,30 @@ pub struct Counters {
     /// Replay: final windows not written because they straddle or lie outside
     /// the replayed range (not part of the `logpipe` measurement).
     pub windows_outside_range: u64,
+}
+
+/// Dead letters by why the line failed; they add up to `dead_lettered`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterKinds {
+    /// A byte that does not fit the format.
+    pub malformed: u64,
+    /// The line ends before its format does (cut short in the file).
+    pub cut: u64,
+    /// The line holds a NUL byte.
+    pub damaged: u64,
+    /// A piece of a line that was never joined (its other piece missing,
+    /// too long, or not in time).
+    pub unjoined: u64,
+}
+
+impl DeadLetterKinds {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DeadLetterKinds) {
+        self.malformed += other.malformed;
+        self.cut += other.cut;
+        self.damaged += other.damaged;
+        self.unjoined += other.unjoined;
+    }
 }
 
 impl Counters {

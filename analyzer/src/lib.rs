@@ -6,6 +6,7 @@
 //! - [`window`]: event-time tumbling windows of one partition (pure core:
 //!   watermark, closing, late lines, restore points, latency and client sketches).
 //! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
+//! - [`distinct`]: distinct counts per window, exact up to 7 168 values, never above the count.
 //! - [`dedup`]: drops producer re-sends by (`file`, `offset`), bounded.
 //! - [`pieces`]: lines the producer published in pieces, joined again (pure).
 //! - [`sink`]: where points go — InfluxDB (v1 `/write`, v2 `/api/v2/write`)
@@ -19,6 +20,7 @@
 
 pub mod counters;
 pub mod dedup;
+pub mod distinct;
 pub mod dlq;
 pub mod format;
 pub mod formats;
@@ -33,7 +35,7 @@ pub mod sink;
 pub mod state;
 pub mod window;
 
-pub use counters::Counters;
+pub use counters::{Counters, DeadLetterKinds};
 pub use replay::{Range, Replay};
 pub use run::{run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport};
 pub use sink::{DryRunSink, InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};

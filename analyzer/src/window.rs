@@ -31,7 +31,6 @@
 
 use std::collections::BTreeMap;
 
-use cardinality_estimator::CardinalityEstimator;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 /// Index of a source (host, source name) in the analyzer's source table.
@@ -42,12 +41,12 @@ pub type SourceId = u32;
 /// [`nearest_rank`]).
 pub const LATENCY_RELATIVE_ERROR: f64 = 0.01;
 
-/// Distinct clients per window: exact up to a few hundred, then HyperLogLog++
-/// with 2^12 registers — a standard error of about 1.04/√4096 ≈ 1.6 %.
-type Clients = CardinalityEstimator<[u8]>;
+/// Distinct clients per window: exact up to [`crate::distinct::EXACT_LIMIT`],
+/// never more than the window's requests.
+type Clients = crate::distinct::Distinct;
 
 /// Aggregates of one open window (mergeable sketches included).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Agg {
     pub count: u64,
     pub traffic: u64,
@@ -58,19 +57,6 @@ pub struct Agg {
     clients: Clients,
     /// Request times in seconds; allocated on the first line that has one.
     latency: Option<Box<DDSketch>>,
-}
-
-impl Default for Agg {
-    fn default() -> Self {
-        Agg {
-            count: 0,
-            traffic: 0,
-            errors: 0,
-            status: [0; 5],
-            clients: Clients::new(),
-            latency: None,
-        }
-    }
 }
 
 impl std::fmt::Debug for Agg {
@@ -93,9 +79,7 @@ impl Agg {
         if (100..600).contains(&hit.status) {
             self.status[usize::from(hit.status / 100 - 1)] += 1;
         }
-        // One-shot WyHash of the address bytes (fixed seed: the same
-        // estimate in every run).
-        self.clients.insert_hash(wyhash::wyhash(hit.client, 0));
+        self.clients.insert(hit.client);
         if let Some(t) = hit.request_time_s {
             if t.is_finite() && t >= 0.0 {
                 self.latency
@@ -118,7 +102,7 @@ impl Agg {
             traffic: self.traffic,
             errors: self.errors,
             status: self.status,
-            unique_clients: self.clients.estimate() as u64,
+            unique_clients: self.clients.count(self.count),
             latency,
         }
     }
