@@ -537,7 +537,7 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
     let mut last_stats = Instant::now();
     let save = |ar: &mut Archive| -> Result<()> {
         let offsets = ar.save()?;
-        if let Err(e) = consumer.commit(&offsets) {
+        if let Err(e) = consumer.commit(&offsets, false) {
             tracing::debug!(error = %e, "commit failed (the saved state is what counts; the next commit supersedes it)");
         }
         Ok(())

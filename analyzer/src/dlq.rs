@@ -88,11 +88,24 @@ impl DeadLetters {
             // Kafka down: keep retrying; the analyzer pauses meanwhile.
             .set("message.timeout.ms", "0");
         for (k, v) in extra {
-            // Group and session settings are the consumer's; they mean nothing here.
-            if !k.starts_with("group.")
-                && !k.starts_with("session.")
-                && !k.starts_with("heartbeat.")
-            {
+            // The consumer's settings (group, session, fetching) mean nothing
+            // here, and librdkafka warns about each at start-up.
+            let consumer_only = ["group.", "session.", "heartbeat.", "fetch.", "queued."]
+                .iter()
+                .any(|p| k.starts_with(p))
+                || matches!(
+                    k.as_str(),
+                    "auto.offset.reset"
+                        | "enable.auto.commit"
+                        | "auto.commit.interval.ms"
+                        | "enable.auto.offset.store"
+                        | "max.poll.interval.ms"
+                        | "partition.assignment.strategy"
+                        | "enable.partition.eof"
+                        | "isolation.level"
+                        | "check.crcs"
+                );
+            if !consumer_only {
                 cc.set(k, v);
             }
         }

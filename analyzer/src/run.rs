@@ -13,7 +13,7 @@
 //! batch, offsets stay where the last accepted write put them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::dedup::Dedup;
 use crate::dlq::DeadLetters;
 use crate::formats::{Formats, Parser};
 use crate::line_protocol;
-use crate::parse::{AccessLine, ParseError};
+use crate::parse::{AccessLine, ErrorKind, ParseError};
 use crate::pieces::{FirstPiece, GaveUp, Held, Mark, Piece, Pieces, Step};
 use crate::replay::Replay;
 use crate::sink::{Sink, SinkError};
@@ -78,6 +78,12 @@ pub struct Control {
     /// Records fetched from the broker and not yet consumed, over every
     /// analyzer of this control, refreshed with `consumed`.
     queued: AtomicU64,
+    /// Analyzers of this control that are running, and those that made
+    /// their last commit: a member leaves the group only when every other
+    /// one has committed too (a member leaving starts a rebalance, during
+    /// which the group refuses commits).
+    running: AtomicUsize,
+    committed_last: AtomicUsize,
 }
 
 const RUN: u8 = 0;
@@ -93,6 +99,8 @@ impl Default for Control {
             event_ms: AtomicI64::new(i64::MIN),
             consumed: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            committed_last: AtomicUsize::new(0),
         }
     }
 }
@@ -286,6 +294,8 @@ pub fn run(
         topic: cfg.group.topic.clone(),
     };
     let mut cfg = cfg;
+    control.running.fetch_add(1, Ordering::SeqCst);
+    let _running = Running(control.clone());
     let loaded = Arc::new(Mutex::new(HashMap::new()));
     let start: StartOffsets = match &cfg.replay {
         // A replay reads fixed partitions from its plan; restore points are
@@ -338,6 +348,15 @@ pub fn run(
         last_counters: Instant::now(),
     }
     .run(&consumer)
+}
+
+/// Counts an analyzer out of [`Control::running`] however its run ends.
+struct Running(Arc<Control>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Loads restore points inside the rebalance callback; retries a store that
@@ -526,6 +545,16 @@ impl Analyzer {
             }
         }
         self.commit(consumer, true);
+        // Leave the group only after the other analyzers of this process
+        // made their last commit (bounded: one may be stuck on its sink).
+        let c = &self.control;
+        c.committed_last.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.committed_last.load(Ordering::SeqCst) < c.running.load(Ordering::SeqCst)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         tracing::info!(analyzer = %self.cfg.analyzer_id, counters = ?self.counters, "analyzer stopped");
         Ok(self.counters)
     }
@@ -758,7 +787,8 @@ impl Analyzer {
         }
         self.last_commit = Instant::now();
         let commits: Vec<(i32, i64)> = std::mem::take(&mut self.uncommitted).into_iter().collect();
-        if let Err(e) = consumer.commit(&commits) {
+        // The last commit waits for its answer: the member leaves next.
+        if let Err(e) = consumer.commit(&commits, now) {
             tracing::debug!(error = %e, "offset commit failed; the next commit retries");
             if !now {
                 self.uncommitted.extend(commits);
@@ -1096,6 +1126,10 @@ fn add(part: &mut Part, counters: &mut Counters, hit: Hit<'_>) {
     }
 }
 
+/// The log target of the first dead letters' lines (and every 1000th), so
+/// a filter can leave them out (`logpipe demo` does by default).
+pub const DEAD_LETTER_LOG: &str = "logpipe::dead_letter";
+
 /// Counts and logs a dead letter (the caller sends it when it is its to send).
 fn dead_letter(
     sources: &SourceTable,
@@ -1106,9 +1140,18 @@ fn dead_letter(
     line: &[u8],
 ) {
     counters.dead_lettered += 1;
+    let kinds = &mut counters.dead_letter_kinds;
+    match e {
+        LineError::Parse(p) | LineError::Eof(p) | LineError::Joined(p) => match p.kind {
+            ErrorKind::Expected => kinds.malformed += 1,
+            ErrorKind::Ends => kinds.cut += 1,
+            ErrorKind::Damaged => kinds.damaged += 1,
+        },
+        LineError::Orphan | LineError::GaveUp(_) => kinds.unjoined += 1,
+    }
     if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
         let (host, src, _) = &sources.names[source as usize];
-        tracing::warn!(%host, source = %src, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
+        tracing::warn!(target: DEAD_LETTER_LOG, %host, source = %src, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
             line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to the dead-letter topic");
     }
 }

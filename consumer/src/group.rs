@@ -12,6 +12,7 @@ use std::time::Duration;
 use rdkafka::bindings as rdsys;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -86,7 +87,29 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's log, as rdkafka logs it, except a commit refused while
+    /// the group rebalances: harmless (the restore point in the sink is what
+    /// a new owner resumes from, and the next commit supersedes it), and
+    /// what every member sees when another leaves, so not a warning.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel::*;
+        if fac == "COMMITFAIL" && log_message.contains("Group rebalance in progress") {
+            tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            return;
+        }
+        match level {
+            Emerg | Alert | Critical | Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+            Notice | Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+        }
+    }
+}
 
 impl Ctx {
     fn push(&self, ev: RebalanceEvent) {
@@ -401,14 +424,20 @@ impl GroupConsumer {
         self.consumer.context().events.lock().unwrap().pop_front()
     }
 
-    /// Commits `offset` (the next record to read) per partition, asynchronously.
-    /// A failed commit is harmless for correctness (the next one supersedes
-    /// it), so failures are only logged by the caller.
-    pub fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), KafkaError> {
+    /// Commits `offset` (the next record to read) per partition,
+    /// asynchronously unless `sync` (then waiting for the coordinator's
+    /// answer). A failed commit is harmless for correctness (the next one
+    /// supersedes it), so failures are only logged by the caller.
+    pub fn commit(&self, offsets: &[(i32, i64)], sync: bool) -> Result<(), KafkaError> {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.consumer.commit(&self.tpl(offsets)?, CommitMode::Async)
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.consumer.commit(&self.tpl(offsets)?, mode)
     }
 
     fn tpl(&self, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, KafkaError> {
@@ -535,7 +564,7 @@ mod tests {
         let mut all: Vec<i32> = owned.concat();
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3]);
-        assert!(a.commit(&[(owned[0][0], 0)]).is_ok());
+        assert!(a.commit(&[(owned[0][0], 0)], false).is_ok());
     }
 
     #[test]
