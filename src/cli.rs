@@ -561,9 +561,16 @@ pub struct DemoArgs {
     pub window: WindowArgs,
     #[command(flatten)]
     pub influx: InfluxArgs,
-    /// Line-protocol output file when no --influx-url is given.
-    #[arg(long, env = "LOGPIPE_LP_OUT", default_value = "logpipe-demo.lp")]
-    pub lp_out: PathBuf,
+    /// Line-protocol output file when no --influx-url is given; replaced,
+    /// not appended to. Default: a new file per run in the temporary
+    /// directory, named on the first line of output.
+    #[arg(long, env = "LOGPIPE_LP_OUT")]
+    pub lp_out: Option<PathBuf>,
+    /// With --exit-on-eof: also write the closing totals (requests, traffic,
+    /// errors, status classes, time span, busiest window, dead letters by
+    /// kind) as JSON to this file.
+    #[arg(long, env = "LOGPIPE_SUMMARY_JSON", requires = "exit_on_eof")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 use crate::cli::DemoArgs;
+use crate::summary::Summary;
 
 const GROUP: &str = "logpipe-demo";
 
@@ -57,26 +58,70 @@ fn hold_producer_while_behind(
     done
 }
 
+/// Where this run's points go: a fresh file per run (the state file of its
+/// restore points beside it), never one that earlier runs wrote.
+fn points_file(explicit: Option<&PathBuf>) -> Result<(PathBuf, bool)> {
+    let path = match explicit {
+        Some(p) => p.clone(),
+        None => {
+            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+            let dir =
+                std::env::temp_dir().join(format!("logpipe-demo-{stamp}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.join("points.lp")
+        }
+    };
+    let mut state = path.as_os_str().to_owned();
+    state.push(".state.json");
+    let replaced = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+    for p in [path.clone(), PathBuf::from(state)] {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("replacing {}", p.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok((path, replaced))
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
     let spec = crate::window_spec(&a.window)?;
     if a.analyzers == 0 {
         bail!("--analyzers must be at least 1");
     }
     let flag = crate::shutdown_flag()?;
-    let broker = MockBroker::start(1).context("starting the embedded broker")?;
-    broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
-    broker.create_topic(logpipe_wire::DEFAULT_DLQ_TOPIC, 1)?;
     let influx = crate::influx_sink(&a.influx)?;
     if let Some(s) = &influx {
         s.ensure_database()
             .context("creating the InfluxDB database")?;
     }
-    let out_desc = match &influx {
-        Some(s) => s.describe(),
-        None => format!("line-protocol file {}", a.lp_out.display()),
+    let lp_out = match &influx {
+        Some(_) => None,
+        None => Some(points_file(a.lp_out.as_ref())?),
     };
-    eprintln!(
-        "logpipe demo: embedded broker on {}, {} analyzers, windows of {:?}, writing to {out_desc}",
+    // The first line says where the numbers go, and how to send them elsewhere.
+    let out_desc = match (&influx, &lp_out) {
+        (Some(s), _) => {
+            crate::errln!("logpipe demo: writing points to {}", s.describe());
+            s.describe()
+        }
+        (None, Some((path, replaced))) => {
+            crate::errln!(
+                "logpipe demo: writing points to {}{} (InfluxDB line protocol; \
+                 --influx-url http://127.0.0.1:8086 --influx-db logs writes them to InfluxDB instead)",
+                path.display(),
+                if *replaced { ", replacing what an earlier run wrote there" } else { "" }
+            );
+            format!("line-protocol file {}", path.display())
+        }
+        (None, None) => unreachable!("a sink is chosen above"),
+    };
+    let broker = MockBroker::start(1).context("starting the embedded broker")?;
+    broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
+    broker.create_topic(logpipe_wire::DEFAULT_DLQ_TOPIC, 1)?;
+    crate::errln!(
+        "logpipe demo: embedded broker on {}, {} analyzers, windows of {:?}; Ctrl-C stops",
         broker.bootstrap(),
         a.analyzers,
         a.window.window
@@ -87,12 +132,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let group = format!("{GROUP}-{}", chrono::Utc::now().timestamp_millis());
     // Analyzers first, so the group is settled before the first line arrives.
     let control = Control::new();
-    let table = Arc::new(Mutex::new(Table::default()));
+    let table = Arc::new(Mutex::new(Table {
+        lines: 0,
+        summary: Summary::new(spec.window_ms, spec.error_status),
+    }));
     let mut analyzers = Vec::new();
     for i in 0..a.analyzers {
         let sink: Box<dyn Sink> = match crate::influx_sink(&a.influx)? {
             Some(s) => Box::new(s),
-            None => Box::new(LpFileSink::create(&a.lp_out)?),
+            None => Box::new(LpFileSink::create(&lp_out.as_ref().expect("a file").0)?),
         };
         let cfg = AnalyzerConfig {
             group: GroupConfig {
@@ -132,19 +180,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
             logpipe_analyzer::run(cfg, sink, Some(observer), c)
         }));
     }
-    wait_for_assignment(&control, a.partitions, a.analyzers);
+    wait_for_assignment(&control, a.partitions, a.analyzers, &flag);
 
     // The input: a given log, or generated traffic written to a file we follow.
     let stop_input = Arc::new(AtomicBool::new(false));
     let (paths, from_beginning, generated) = match &a.input {
         Some(p) => (vec![p.clone()], a.from_beginning, None),
         None => {
-            // Three virtual hosts, so the table and the partitions have some variety.
-            let dir = std::env::temp_dir().join(format!("logpipe-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
+            // Three virtual hosts, so the table and the partitions have some
+            // variety; their files are removed however the run ends.
+            let dir = tempfile::Builder::new()
+                .prefix("logpipe-demo-input-")
+                .tempdir()
+                .context("creating the generated logs' directory")?;
             let paths: Vec<PathBuf> = ["shop", "api", "blog"]
                 .iter()
-                .map(|n| dir.join(format!("{n}.access.log")))
+                .map(|n| dir.path().join(format!("{n}.access.log")))
                 .collect();
             let mut threads = Vec::new();
             for (i, p) in paths.iter().enumerate() {
@@ -193,12 +244,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
         });
     }
 
-    let produced = producer.join().expect("producer thread");
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))?;
     gate.store(true, Ordering::Relaxed);
     let produced = produced?;
     if let Some((dir, threads)) = generated {
         threads.into_iter().for_each(|t| drop(t.join()));
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
     }
     if a.exit_on_eof && !flag.load(Ordering::SeqCst) {
         // Wait until the analyzers consumed everything that was produced, then close every window.
@@ -224,18 +277,42 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     let mut total = logpipe_analyzer::Counters::default();
     for h in analyzers {
-        let c = h.join().expect("analyzer thread")?;
+        let c = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("an analyzer thread panicked"))??;
         total.consumed += c.consumed;
         total.parsed += c.parsed;
         total.dead_lettered += c.dead_lettered;
+        total.dead_letter_kinds.add(&c.dead_letter_kinds);
         total.late += c.late;
         total.windows_written += c.windows_written;
         total.offsets_skipped += c.offsets_skipped;
     }
-    eprintln!(
-        "logpipe demo: {} lines produced; {} read, {} parsed, {} dead-lettered, {} late; {} windows written to {out_desc}",
-        produced.lines, total.consumed, total.parsed, total.dead_lettered, total.late, total.windows_written
+    let k = &total.dead_letter_kinds;
+    crate::errln!(
+        "logpipe demo: {} lines produced; {} read, {} parsed, {} dead-lettered ({} malformed, {} cut short, {} damaged, {} pieces never joined), {} late; {} windows written to {out_desc}",
+        produced.lines, total.consumed, total.parsed, total.dead_lettered, k.malformed, k.cut, k.damaged, k.unjoined, total.late, total.windows_written
     );
+    let finished = a.exit_on_eof && !flag.load(Ordering::SeqCst);
+    if finished {
+        let mut summary = std::mem::take(&mut table.lock().unwrap().summary);
+        summary.finish(
+            produced.lines,
+            total.late,
+            total.dead_letter_kinds,
+            total.dead_lettered,
+        );
+        let input = a
+            .input
+            .as_ref()
+            .map_or("".into(), |p| p.display().to_string());
+        crate::outln!("{}", summary.render(&input));
+        if let Some(path) = &a.summary_json {
+            let json = serde_json::to_string_pretty(&summary)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("--summary-json {}", path.display()))?;
+        }
+    }
     let lost = total
         .offsets_skipped
         .max(if a.exit_on_eof && !flag.load(Ordering::SeqCst) {
@@ -252,10 +329,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits (up to 15 s) until every partition has an owner and every analyzer has one.
-fn wait_for_assignment(control: &Control, partitions: i32, analyzers: usize) {
+/// Waits (up to 15 s, or until interrupted) until every partition has an
+/// owner and every analyzer has one.
+fn wait_for_assignment(control: &Control, partitions: i32, analyzers: usize, stop: &AtomicBool) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         let a = control.assignments();
         if a.len() == analyzers
             && a.values().sum::<usize>() == partitions as usize
@@ -336,18 +414,20 @@ pub fn spawn_generator(
     }))
 }
 
-/// The live terminal table of closed windows.
-#[derive(Default)]
+/// The live terminal table of closed windows, and their totals.
 struct Table {
     lines: usize,
+    summary: Summary,
 }
 
 impl Table {
     fn print(&mut self, r: &WindowReport<'_>) {
-        let mut out = std::io::stdout().lock();
+        self.summary.add(r);
+        if crate::output::stdout_gone() {
+            return;
+        }
         if self.lines % 40 == 0 {
-            let _ = writeln!(
-                out,
+            crate::outln!(
                 "{:<20} {:<12} {:<24} {:>7} {:>8} {:>11} {:>6} {:>5} {:>6} {:>5} {:>5} {:>5}",
                 "window (UTC)",
                 "host",
@@ -369,8 +449,7 @@ impl Table {
         let t = chrono::DateTime::from_timestamp_millis(v.start_ms)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
+        crate::outln!(
             "{:<20} {:<12} {:<24} {:>7} {:>8.1} {:>11} {:>6.2} {:>5} {:>6} {:>5} {:>5} {:>5}",
             t,
             short(r.host, 12),

@@ -1,10 +1,13 @@
 //! `logpipe`: one binary, one subcommand per role. Parses flags, sets up
 //! logging, calls the role's `run`, maps errors to exit codes (1 runtime, 2 usage).
 
+#[macro_use]
+mod output;
 mod archive;
 mod cli;
 mod demo;
 mod replay;
+mod summary;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,14 +31,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
+    // The demo's table and closing totals count dead letters by kind; their
+    // lines one by one would fill its first screen (LOGPIPE_LOG=info shows them).
+    let default_filter = match cli.command {
+        Command::Demo(_) => format!("info,{}=off", logpipe_analyzer::run::DEAD_LETTER_LOG),
+        _ => "info".to_string(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGPIPE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The commands that exist to print stop, cleanly, when their reader goes.
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Dlq(_) | Command::Replay(_)
+    ) {
+        output::stop_when_closed();
+    }
     let result = match cli.command {
         Command::Produce(a) => produce(a),
         Command::Analyze(a) => analyze(a),
@@ -47,19 +63,12 @@ fn main() {
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
-        eprintln!("logpipe: error: {e:#}");
+        crate::errln!("logpipe: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// A flag set by SIGTERM / SIGINT.
-pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
-    }
-    Ok(flag)
-}
+pub use output::shutdown_flag;
 
 /// Calls `f` once the shutdown flag is set (on a small watcher thread).
 pub fn on_shutdown(flag: Arc<AtomicBool>, f: impl FnOnce() + Send + 'static) {
@@ -147,7 +156,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             )
         })
         .collect::<Result<_>>()?;
-    eprintln!(
+    crate::errln!(
         "logpipe generate: {} lines/s into {} ({})",
         a.rate,
         a.dir.display(),
@@ -212,9 +221,10 @@ fn produce(a: ProduceArgs) -> Result<()> {
     c.max_line_bytes = a.max_line_bytes;
     c.max_connections = a.max_connections;
     let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
-    eprintln!(
+    crate::errln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",
-        summary.lines, summary.bytes
+        summary.lines,
+        summary.bytes
     );
     Ok(())
 }
@@ -260,7 +270,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
     let c = control.clone();
     on_shutdown(shutdown_flag()?, move || c.stop());
     let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
-    eprintln!(
+    crate::errln!(
         "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} dead-lettered, {} counted, {} late, {} replayed, {} final windows written",
         counters.consumed,
         counters.duplicates,
@@ -280,22 +290,19 @@ fn dlq(a: DlqArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let recent = reader.recent().map_err(|e| anyhow::anyhow!("{e}"))?;
     if recent.is_empty() && !a.tail {
-        eprintln!("logpipe dlq: {} is empty: every line parsed", a.topic);
+        crate::errln!("logpipe dlq: {} is empty: every line parsed", a.topic);
     }
     for d in &recent {
-        println!("{}", render(d));
+        crate::outln!("{}", render(d));
     }
     if a.tail {
-        use std::io::Write;
-        std::io::stdout().flush()?;
         let flag = shutdown_flag()?;
         while !flag.load(Ordering::Relaxed) {
             if let Some(d) = reader
                 .next(Duration::from_millis(200))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
-                println!("{}", render(&d));
-                std::io::stdout().flush()?;
+                crate::outln!("{}", render(&d));
             }
         }
     }
@@ -310,10 +317,8 @@ fn broker(a: BrokerArgs) -> Result<()> {
             .with_context(|| format!("creating topic {t}"))?;
     }
     // The first line of stdout is the bootstrap address, for scripts and tests.
-    println!("{}", b.bootstrap());
-    use std::io::Write;
-    std::io::stdout().flush()?;
-    eprintln!("logpipe broker: development broker (librdkafka mock cluster) on {}; topics {:?} with {} partitions; Ctrl-C to stop", b.bootstrap(), a.topics, a.partitions);
+    crate::outln!("{}", b.bootstrap());
+    crate::errln!("logpipe broker: development broker (librdkafka mock cluster) on {}; topics {:?} with {} partitions; Ctrl-C to stop", b.bootstrap(), a.topics, a.partitions);
     while !flag.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }

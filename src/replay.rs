@@ -243,7 +243,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         tracing::warn!("the broker's offsets-for-times answers do not match the record timestamps (librdkafka's mock cluster never answers them); start offsets were found by binary search over record timestamps");
     }
     let total = replay.total_records();
-    eprintln!(
+    crate::errln!(
         "logpipe replay: topic {}, windows of {} s {}{}, {} records in {} partitions (planned in {:.1} s):",
         a.kafka.topic,
         spec.window_ms / 1000,
@@ -254,7 +254,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         began.elapsed().as_secs_f64()
     );
     for (p, (s, e, how)) in &rows {
-        eprintln!(
+        crate::errln!(
             "  partition {p}: offsets {s}..{e} ({} records; start by {how})",
             (e - s).max(0)
         );
@@ -306,7 +306,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let w = written.lock().unwrap();
     let verb = if a.dry_run { "would write" } else { "wrote" };
-    eprintln!(
+    crate::errln!(
         "logpipe replay: read {} records in {:.1} s ({:.0} records/s): {} parsed, {} duplicates dropped, {} do not parse{}, {} late",
         counters.consumed,
         secs,
@@ -317,7 +317,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         if a.dead_letter { " (sent to the dead-letter topic)" } else { " (not sent again; --dead-letter to send)" },
         counters.late,
     );
-    eprintln!(
+    crate::errln!(
         "logpipe replay: {verb} {} final windows of {} sources; {} windows straddle or lie outside the range and were left alone",
         w.values().map(|e| e.0).sum::<u64>(),
         w.len(),
@@ -325,14 +325,15 @@ pub fn run(a: ReplayArgs) -> Result<()> {
     );
     if a.dry_run {
         for ((host, source), (n, first, last)) in w.iter() {
-            println!(
+            crate::outln!(
                 "{host}\t{source}\t{n} windows\t{} .. {}",
                 fmt_ms(*first),
                 fmt_ms(*last + spec.window_ms)
             );
         }
     }
-    if interrupted.load(Ordering::Relaxed) {
+    // The reader closed the output (`| head`): a stop it asked for.
+    if interrupted.load(Ordering::Relaxed) && !crate::output::closed() {
         bail!("interrupted: only windows closed before the interruption were written; run the same replay again to complete it");
     }
     Ok(())

@@ -1,0 +1,122 @@
+//! Printing that never panics, and a closed reader as a normal stop.
+//!
+//! Rust ignores SIGPIPE, so a write to a pipe whose reader has gone (`logpipe
+//! demo | head -1`) fails with EPIPE, and `println!` panics on it. Printing
+//! here goes through [`out`] and [`err`] instead: a failed write marks the
+//! stream gone, prints nothing more to it, and — for the subcommands that
+//! exist to print (`demo`, `dlq`, `replay`; see [`stop_when_closed`]) —
+//! raises the process's shutdown flag, so the command stops as it does on
+//! SIGTERM (drain, commit, remove its temporary files) and exits 0, as
+//! ripgrep does on a broken pipe. Daemons (`analyze`, `produce`, `archive`)
+//! keep running when their log reader goes: losing the logs must not stop
+//! the pipeline.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+
+static SHUTDOWN: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static STOP_WHEN_CLOSED: AtomicBool = AtomicBool::new(false);
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+static STDERR_GONE: AtomicBool = AtomicBool::new(false);
+
+/// The process's shutdown flag: raised by SIGTERM, SIGINT and (after
+/// [`stop_when_closed`]) by stdout or stderr going away.
+pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
+    if let Some(f) = SHUTDOWN.get() {
+        return Ok(f.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
+    }
+    Ok(SHUTDOWN.get_or_init(|| flag).clone())
+}
+
+/// From now on, stdout or stderr going away stops the process as SIGTERM does.
+pub fn stop_when_closed() {
+    STOP_WHEN_CLOSED.store(true, Ordering::SeqCst);
+}
+
+/// Whether stdout has gone (a write to it failed).
+pub fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed)
+}
+
+/// Whether stdout or stderr has gone: a stop that is the reader's choice,
+/// not an interruption.
+pub fn closed() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed) || STDERR_GONE.load(Ordering::Relaxed)
+}
+
+fn gone(stream: &AtomicBool) {
+    stream.store(true, Ordering::Relaxed);
+    if STOP_WHEN_CLOSED.load(Ordering::SeqCst) {
+        if let Some(f) = SHUTDOWN.get() {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn write_to(mut w: impl Write, stream: &AtomicBool, args: fmt::Arguments<'_>) -> bool {
+    if stream.load(Ordering::Relaxed) {
+        return false;
+    }
+    if w.write_fmt(args).and_then(|()| w.flush()).is_err() {
+        gone(stream);
+        return false;
+    }
+    true
+}
+
+/// Writes to stdout and flushes; `false` once stdout is gone.
+pub fn out(args: fmt::Arguments<'_>) -> bool {
+    write_to(std::io::stdout().lock(), &STDOUT_GONE, args)
+}
+
+/// Writes to stderr; `false` once stderr is gone.
+pub fn err(args: fmt::Arguments<'_>) -> bool {
+    write_to(std::io::stderr().lock(), &STDERR_GONE, args)
+}
+
+/// `println!` that never panics (see the module).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `eprintln!` that never panics (see the module).
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => { $crate::output::err(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// The log's writer: stderr, marked gone (and stopping a printing command)
+/// when a write fails.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if STDERR_GONE.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        let r = std::io::stderr().lock().write_all(buf);
+        if r.is_err() {
+            gone(&STDERR_GONE);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
