@@ -29,6 +29,10 @@ impl Child {
         self.inner.stdout.take()
     }
 
+    pub fn stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.inner.stderr.take()
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         // SAFETY: plain kill(2) on our own child's pid.
