@@ -230,6 +230,8 @@ fn one_shot_demo(input: &Path, influx: &Influx, db: &str, extra: &[&str]) -> (St
             db,
         ])
         .args(extra)
+        // The demo hides dead-letter lines by default; these tests read them.
+        .env("LOGPIPE_LOG", "info")
         .current_dir(input.parent().expect("input has a directory"))
         .output()
         .expect("run logpipe demo");
