@@ -151,6 +151,8 @@ struct Archive {
     topic: String,
     archived: u64,
     duplicates: u64,
+    /// Records the broker deleted before they were read (a gap in offsets).
+    offsets_skipped: u64,
     /// State as last saved (a save with no change is skipped).
     last_saved: Vec<u8>,
     /// The previous record's source, UTC day (start, ms) and file.
@@ -267,6 +269,7 @@ impl Archive {
                 topic: a.kafka.topic.clone(),
                 archived: 0,
                 duplicates: 0,
+                offsets_skipped: 0,
                 last_saved: Vec::new(),
                 last_file: None,
             },
@@ -303,7 +306,23 @@ impl Archive {
     ) -> Result<()> {
         let p = m.partition();
         let cap = self.dedup_capacity;
-        let (next, dedup) = self.parts.entry(p).or_insert_with(|| (0, Dedup::new(cap)));
+        let (next, dedup) = self
+            .parts
+            .entry(p)
+            .or_insert_with(|| (m.offset(), Dedup::new(cap)));
+        if m.offset() > *next {
+            let lost = (m.offset() - *next) as u64;
+            self.offsets_skipped += lost;
+            tracing::error!(
+                partition = p,
+                from = *next,
+                to = m.offset() - 1,
+                lost,
+                "records {}..={} of partition {p} ({lost}) were deleted by the broker before they were archived; their lines are lost",
+                *next,
+                m.offset() - 1
+            );
+        }
         *next = m.offset() + 1;
         if let (Some(f), Some(o)) = (file_hdr, off_hdr) {
             let o = std::str::from_utf8(o)
@@ -359,6 +378,16 @@ impl Archive {
 
     /// Hands what each file got from a batch to the kernel (no fsync: that
     /// is for [`Archive::save`]), so memory holds at most one batch.
+    /// A partition was assigned and starts at `offset`: its first record is
+    /// checked against it.
+    fn starts_at(&mut self, p: i32, offset: i64) {
+        let cap = self.dedup_capacity;
+        self.parts
+            .entry(p)
+            .or_insert_with(|| (offset, Dedup::new(cap)))
+            .0 = offset;
+    }
+
     fn write_through(&mut self) -> Result<()> {
         for (rel, o) in &mut self.files {
             if !o.pending.is_empty() {
@@ -552,7 +581,26 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
                 }
                 RebalanceEvent::Lost => save(&mut ar)?,
                 RebalanceEvent::Assigned(ps) => {
-                    tracing::info!(partitions = ?ps, "partitions assigned")
+                    tracing::info!(partitions = ?ps, "partitions assigned");
+                    let saved = ar.starts.lock().unwrap().clone();
+                    let unknown: Vec<i32> = ps
+                        .iter()
+                        .copied()
+                        .filter(|p| !saved.contains_key(p))
+                        .collect();
+                    let mut at: Vec<(i32, i64)> = ps
+                        .iter()
+                        .filter_map(|p| saved.get(p).map(|&o| (*p, o)))
+                        .collect();
+                    match consumer.start_positions(&unknown, Duration::from_secs(10)) {
+                        Ok(found) => at.extend(found),
+                        Err(e) => {
+                            tracing::warn!(error = %e, partitions = ?unknown, "cannot learn where these partitions start: records the broker deleted before their first record would go unnoticed")
+                        }
+                    }
+                    for (p, o) in at {
+                        ar.starts_at(p, o);
+                    }
                 }
                 RebalanceEvent::AssignFailed(e) => bail!("taking partitions: {e}"),
             }
@@ -592,6 +640,7 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
             tracing::info!(
                 archived = ar.archived,
                 duplicates_dropped = ar.duplicates,
+                offsets_skipped = ar.offsets_skipped,
                 open_files = ar.files.len(),
                 "archive"
             );
@@ -602,6 +651,7 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
     tracing::info!(
         archived = ar.archived,
         duplicates_dropped = ar.duplicates,
+        offsets_skipped = ar.offsets_skipped,
         "archive stopped; everything written is saved"
     );
     Ok(())

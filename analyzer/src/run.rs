@@ -231,7 +231,9 @@ struct Part {
     dedup: Dedup,
     /// Lines held in pieces until their rest comes.
     pieces: Pieces,
-    /// Offset after the last record consumed (gap detection, progress).
+    /// Offset after the last record consumed, or before the first the offset
+    /// the partition must start at (gap detection, progress): a first record
+    /// beyond it means the broker deleted records before they were read.
     next: Option<i64>,
     /// (offset, next offset) of the last restore point the sink accepted.
     written: Option<(i64, i64)>,
@@ -577,10 +579,13 @@ impl Analyzer {
             RebalanceEvent::Assigned(ps) => {
                 tracing::info!(count = ps.len(), partitions = ?ps, "partitions assigned");
                 let mut loaded = self.loaded.lock().unwrap();
+                let mut unknown = vec![];
                 for &p in &ps {
                     let mut dead_lettered_below = 0;
+                    let mut start = None;
                     let windows = match loaded.remove(&p) {
                         Some(pt) => {
+                            start = Some(pt.offset);
                             dead_lettered_below = pt.next_offset;
                             let point = RestorePoint {
                                 offset: pt.offset,
@@ -601,9 +606,13 @@ impl Analyzer {
                         None => PartitionWindows::new(self.cfg.spec),
                     };
                     if let Some(r) = &self.cfg.replay {
+                        start = r.starts.get(&p).copied();
                         if !r.dead_letter {
                             dead_lettered_below = i64::MAX;
                         }
+                    }
+                    if start.is_none() {
+                        unknown.push(p);
                     }
                     self.parts.insert(
                         p,
@@ -614,7 +623,7 @@ impl Analyzer {
                                 i64::try_from(self.cfg.partial_wait.as_millis())
                                     .unwrap_or(i64::MAX),
                             ),
-                            next: None,
+                            next: start,
                             written: None,
                             dead_lettered_below,
                             done: false,
@@ -622,6 +631,23 @@ impl Analyzer {
                     );
                 }
                 drop(loaded);
+                // Without a restore point a partition starts at the group's
+                // commit, else at its log start: learn which, so that a first
+                // record beyond it is seen as a loss.
+                match consumer.start_positions(&unknown, Duration::from_secs(10)) {
+                    Ok(starts) => {
+                        for (p, o) in starts {
+                            if let Some(part) = self.parts.get_mut(&p) {
+                                part.next.get_or_insert(o);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        partitions = ?unknown,
+                        "cannot learn where these partitions start: records the broker deleted before their first record would go unnoticed"
+                    ),
+                }
                 if self.paused {
                     let _ = consumer.pause(&ps);
                 }
@@ -768,13 +794,17 @@ impl Analyzer {
                 });
             }
         }
+        // The group's commit is the restore point's next offset (what was
+        // read and is vouched for by an accepted restore point), so lag
+        // tools show 0 once caught up; the restore offset, which trails by
+        // the open windows, resumes from InfluxDB.
         self.uncommitted
-            .extend(updates.iter().map(|u| (u.partition, u.offset)));
+            .extend(updates.iter().map(|u| (u.partition, u.next_offset)));
         self.commit(consumer, false);
         Ok(())
     }
 
-    /// Commits accepted restore offsets, at most every `commit_interval`
+    /// Commits accepted restore points' next offsets, at most every `commit_interval`
     /// unless `now`. Only for lag tools: the restore point in the sink is
     /// what resumes, so a failed commit is retried at the next one. (Rarely,
     /// too: every commit is a group-coordinator request.)
@@ -946,14 +976,19 @@ fn handle<M: WireRecord>(
     counters.consumed += 1;
     if let Some(expected) = part.next {
         if offset > expected {
-            // Records vanished between two we read: the broker deleted them
-            // (retention; the mock keeps ~5 MiB per partition).
-            counters.offsets_skipped += (offset - expected) as u64;
+            // Records vanished before we read them: the broker deleted them
+            // (retention, or the mock's ~5 MiB per partition), whether
+            // between two records or before the first (librdkafka's
+            // `auto.offset.reset` then moved the start past them).
+            let lost = (offset - expected) as u64;
+            counters.offsets_skipped += lost;
             tracing::error!(
                 partition,
                 from = expected,
-                to = offset,
-                "records were deleted by the broker before they were read; their lines are lost"
+                to = offset - 1,
+                lost,
+                "records {expected}..={} of partition {partition} ({lost}) were deleted by the broker before they were read; their lines are lost",
+                offset - 1
             );
         }
     }

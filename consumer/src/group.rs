@@ -296,9 +296,12 @@ impl GroupConsumer {
         for (k, v) in &cfg.extra {
             cc.set(k, v);
         }
+        // KIP-848's `consumer` protocol assigns incrementally, whatever the
+        // (then unused) assignment strategy says.
         let cooperative = cc
             .get("partition.assignment.strategy")
-            .is_some_and(|s| s.contains("cooperative"));
+            .is_some_and(|s| s.contains("cooperative"))
+            || cc.get("group.protocol") == Some("consumer");
         let mut consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx {
                 events: Mutex::default(),
@@ -477,6 +480,40 @@ impl GroupConsumer {
             )
         };
         (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
+    }
+
+    /// Where `partitions` start when no start offset was given: the group's
+    /// committed offset, else (a partition the group never committed) the
+    /// partition's log start offset now — what `auto.offset.reset=earliest`
+    /// picks. Asked of the coordinator and the leaders; a partition whose
+    /// answer fails is left out.
+    pub fn start_positions(
+        &self,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<HashMap<i32, i64>, KafkaError> {
+        let mut out = HashMap::new();
+        if partitions.is_empty() {
+            return Ok(out);
+        }
+        let tpl = self.tpl(&partitions.iter().map(|&p| (p, 0)).collect::<Vec<_>>())?;
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        for e in committed.elements() {
+            match e.offset() {
+                Offset::Offset(o) if o >= 0 => {
+                    out.insert(e.partition(), o);
+                }
+                _ => {
+                    if let Ok((lo, _)) =
+                        self.consumer
+                            .fetch_watermarks(&self.topic, e.partition(), timeout)
+                    {
+                        out.insert(e.partition(), lo);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// High watermarks (the next offset to be written) of `partition`.
