@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logpipe_testkit::{produce_cmd, unique, wait_until, Child, LogpipeBroker};
+use logpipe_testkit::{produce_cmd, unique, wait_until, Child, Kafka, LogpipeBroker};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -101,7 +101,7 @@ fn archive_killed_three_times_mid_stream_holds_every_line_once() {
     );
     std::fs::create_dir_all(&logs).unwrap();
     let topic = unique("archive");
-    let broker = LogpipeBroker::start(&bin(), &[&topic], 3);
+    let broker = Kafka::with_topics(&[&topic], 3);
     let names = ["alpha", "beta", "gamma"];
     let paths: Vec<PathBuf> = names
         .iter()

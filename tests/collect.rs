@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use logpipe_testkit::{
-    free_port, in_ci, read_topic, unique, wait_until, Child, LogpipeBroker, Record, Tap,
+    free_port, in_ci, read_topic, unique, wait_until, Child, Kafka, LogpipeBroker, Record, Tap,
 };
 
 fn bin() -> PathBuf {
@@ -148,10 +148,10 @@ fn python_socket_and_datagram_handlers_from_four_processes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("pylog");
-    let broker = LogpipeBroker::start(&bin(), &[&topic], 4);
+    let broker = Kafka::with_topics(&[&topic], 4);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    // 220 000 JSON records outgrow what the mock broker keeps: read them as they come.
+    // Read the 220 000 records as they come (the way a live reader would).
     let tap = Tap::start(&broker.bootstrap, &topic);
     let mut p = Producer::start(
         &broker.bootstrap,
@@ -366,7 +366,7 @@ fn http_post_lines_with_curl() {
     }
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("http");
-    let broker = LogpipeBroker::start(&bin(), &[&topic], 2);
+    let broker = Kafka::with_topics(&[&topic], 2);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut p = Producer::start(
@@ -512,7 +512,7 @@ fn http_post_lines_with_curl() {
 fn tcp_lines_split_across_packets_and_a_disconnect_mid_line() {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("tcp");
-    let broker = LogpipeBroker::start(&bin(), &[&topic], 3);
+    let broker = Kafka::with_topics(&[&topic], 3);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut p = Producer::start(

@@ -1,6 +1,7 @@
 //! Exactly-once effect, end to end: real `logpipe produce` and `logpipe
-//! analyze` processes, a real InfluxDB, against the `logpipe broker` process
-//! and against Tansu. Log files grow while the pipeline runs; analyzers are
+//! analyze` processes, a real InfluxDB, against Apache Kafka (both consumer
+//! group protocols), the `logpipe broker` process, and (opt-in,
+//! `LOGPIPE_TEST_TANSU=1`) Tansu. Log files grow while the pipeline runs; analyzers are
 //! killed, restarted, added and removed, the producer is killed — and the
 //! final `access_log` points must equal the independent truth (count,
 //! traffic, status classes) and the uninterrupted reference in every field
@@ -15,7 +16,8 @@ use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::window::WindowSpec;
 use logpipe_testkit::{
     diff, diff_points, dlq_topic, points_from_influx, produce_cmd, read_topic, reference_points,
-    unique, wait_until, Analyzer, Child, Expected, Influx, LogpipeBroker, Membership, Point, Tansu,
+    unique, wait_until, Analyzer, Child, Expected, GroupProtocol, Influx, Kafka, LogpipeBroker,
+    Membership, Point, Tansu,
 };
 use rand::{Rng, SeedableRng};
 
@@ -36,6 +38,8 @@ const CHUNK_EVERY: Duration = Duration::from_millis(400);
 #[derive(Clone, Copy, Debug)]
 enum Broker {
     Mock,
+    /// Apache Kafka, one KRaft node, analyzers on this group protocol.
+    Kafka(GroupProtocol),
     Tansu,
 }
 
@@ -63,11 +67,20 @@ impl Stack {
                 let b = LogpipeBroker::start(Path::new(BIN), &[&topic], 6);
                 (b.bootstrap.clone(), 3_000, Box::new(b))
             }
+            Broker::Kafka(_) => {
+                let k = Kafka::start();
+                k.create_topic(&topic, 6);
+                (k.bootstrap.clone(), 6_000, Box::new(k))
+            }
             Broker::Tansu => {
                 let t = Tansu::start()?;
                 t.create_topic(&topic, 6);
                 (t.bootstrap.clone(), 10_000, Box::new(t))
             }
+        };
+        let protocol = match kind {
+            Broker::Kafka(p) => p,
+            _ => GroupProtocol::Classic,
         };
         let dir = tempfile::tempdir().unwrap();
         let mut expected = Expected::new(WINDOW_MS);
@@ -98,6 +111,7 @@ impl Stack {
                 topic,
                 group: unique("group"),
                 session_ms,
+                protocol,
             },
             dir,
             influx,
@@ -192,6 +206,9 @@ impl Stack {
                 out += l;
                 out += "\n";
             }
+        }
+        if let Some(k) = self._broker.downcast_ref::<Kafka>() {
+            out += &k.log();
         }
         for e in entries {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -499,6 +516,41 @@ fn mock_d_analyzers_added_and_removed() {
 fn mock_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(Broker::Mock);
 }
+const CLASSIC: Broker = Broker::Kafka(GroupProtocol::Classic);
+const KIP848: Broker = Broker::Kafka(GroupProtocol::Consumer);
+
+#[test]
+fn kafka_a_one_analyzer() {
+    one_analyzer(CLASSIC);
+}
+#[test]
+fn kafka_b_three_analyzers() {
+    three_analyzers(CLASSIC);
+}
+#[test]
+fn kafka_c_analyzers_killed_and_restarted() {
+    analyzers_killed_and_restarted(CLASSIC);
+}
+#[test]
+fn kafka_d_analyzers_added_and_removed() {
+    analyzers_added_and_removed(CLASSIC);
+}
+#[test]
+fn kafka_e_producer_killed_and_restarted() {
+    producer_killed_and_restarted(CLASSIC);
+}
+#[test]
+fn kafka_kip848_b_three_analyzers() {
+    three_analyzers(KIP848);
+}
+#[test]
+fn kafka_kip848_c_analyzers_killed_and_restarted() {
+    analyzers_killed_and_restarted(KIP848);
+}
+#[test]
+fn kafka_kip848_d_analyzers_added_and_removed() {
+    analyzers_added_and_removed(KIP848);
+}
 #[test]
 fn tansu_a_one_analyzer() {
     one_analyzer(Broker::Tansu);
@@ -524,7 +576,7 @@ fn tansu_e_producer_killed_and_restarted() {
 /// window is missing or wrong afterwards.
 #[test]
 fn influx_outage_of_30_seconds_loses_nothing() {
-    let Some(mut s) = Stack::new(Broker::Mock) else {
+    let Some(mut s) = Stack::new(CLASSIC) else {
         return;
     };
     let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();

@@ -66,6 +66,7 @@ fn a_line_written_in_two_pieces_is_counted_once_whole_across_a_kill() {
         topic: topic.clone(),
         group: unique("group"),
         session_ms: 6000,
+        protocol: Default::default(),
     };
     let fetch = ["--kafka".to_string(), "fetch.wait.max.ms=10".to_string()];
     const SOURCE: &str = "web";

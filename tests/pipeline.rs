@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipe_testkit::{
-    diff, dlq_topic, produce_all, read_topic, unique, wait_until, Analyzer, Expected, Influx,
-    LogpipeBroker, Membership, Tansu,
+    diff, dlq_topic, produce_all, read_topic, unique, wait_until, Analyzer, Expected,
+    GroupProtocol, Influx, Kafka, LogpipeBroker, Membership, Tansu,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -49,7 +49,13 @@ fn malformed_counted(influx: &Influx, db: &str) -> u64 {
         .sum()
 }
 
-fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) {
+fn run_pipeline(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    session_ms: u64,
+    protocol: GroupProtocol,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (paths, expected) = write_logs(dir.path());
     let influx = Influx::start();
@@ -59,6 +65,7 @@ fn run_pipeline(brokers: &str, topic: &str, partitions: usize, session_ms: u64) 
         topic: topic.into(),
         group: unique("group"),
         session_ms,
+        protocol,
     };
     let mut analyzers: Vec<Analyzer> = (0..2)
         .map(|n| {
@@ -202,16 +209,35 @@ fn check_dead_letters(brokers: &str, topic: &str, expected: &Expected) {
 fn exact_windows_through_logpipe_broker_process() {
     let topic = unique("logs");
     let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 6);
-    run_pipeline(&broker.bootstrap, &topic, 6, 6_000);
+    run_pipeline(&broker.bootstrap, &topic, 6, 6_000, GroupProtocol::Classic);
 }
 
-/// Tansu, an independent Kafka-protocol broker (sqlite storage, lz4 batches).
+/// Apache Kafka, the classic consumer group protocol.
+#[test]
+fn exact_windows_through_apache_kafka() {
+    let kafka = Kafka::start();
+    let topic = unique("logs");
+    kafka.create_topic(&topic, 6);
+    run_pipeline(&kafka.bootstrap, &topic, 6, 6_000, GroupProtocol::Classic);
+}
+
+/// Apache Kafka, KIP-848's `consumer` group protocol (the broker assigns).
+#[test]
+fn exact_windows_through_apache_kafka_kip848() {
+    let kafka = Kafka::start();
+    let topic = unique("logs");
+    kafka.create_topic(&topic, 6);
+    run_pipeline(&kafka.bootstrap, &topic, 6, 6_000, GroupProtocol::Consumer);
+}
+
+/// Tansu, an independent Kafka-protocol broker (sqlite storage, lz4 batches;
+/// opt-in, `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn exact_windows_through_tansu() {
     let Some(tansu) = Tansu::start() else { return };
     let topic = unique("logs");
     tansu.create_topic(&topic, 6);
-    run_pipeline(&tansu.bootstrap, &topic, 6, 30_000);
+    run_pipeline(&tansu.bootstrap, &topic, 6, 30_000, GroupProtocol::Classic);
     let _ = tansu.pid();
 }
 
@@ -486,6 +512,7 @@ format = '''log_format timed '$remote_addr - $remote_user [$time_local] "$reques
         topic: topic.clone(),
         group: unique("group"),
         session_ms: 6_000,
+        protocol: Default::default(),
     };
     let args = vec!["--formats".to_string(), formats.display().to_string()];
     let mut a = Analyzer::start_with(

@@ -1,8 +1,9 @@
 //! `logpipe replay` against real brokers and a real InfluxDB: a dropped
 //! database rebuilt field for field, a middle range that leaves every other
 //! window alone, a second replay that changes nothing, another window size,
-//! and start offsets found by record time (Tansu answers offsets-for-times;
-//! the mock cluster cannot, so the binary search finds the same offsets).
+//! and start offsets found by record time (Apache Kafka answers
+//! offsets-for-times; the mock cluster cannot, so the binary search finds the
+//! same offsets).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::window::WindowSpec;
 use logpipe_testkit::{
     diff, diff_points, points_from_influx, produce_all, reference_points, unique, wait_until,
-    Analyzer, Expected, Influx, LogpipeBroker, Membership, Point, Tansu,
+    Analyzer, Expected, Influx, Kafka, LogpipeBroker, Membership, Point,
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -91,11 +92,11 @@ fn records_read(stderr: &str) -> u64 {
 /// Live run, then: drop the database and replay (equal field for field);
 /// replay again (no change); sentinels everywhere and a middle range (only
 /// windows inside it restored); a 30 s window into another database (equal
-/// to the truth for 30 s windows). Mock cluster: start offsets by binary search.
+/// to the truth for 30 s windows). Apache Kafka: start offsets by offsets-for-times.
 #[test]
 fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
     let topic = unique("logs");
-    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 3);
+    let broker = Kafka::with_topics(&[&topic], 3);
     let dir = tempfile::tempdir().unwrap();
     let (paths, expected) = write_logs(dir.path(), 10_000);
     let influx = Influx::start();
@@ -105,6 +106,7 @@ fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
         topic: topic.clone(),
         group: unique("group"),
         session_ms: 6_000,
+        protocol: Default::default(),
     };
     let mut live = Analyzer::start(Path::new(BIN), dir.path(), "a0", "a0", &m, &influx.url, &db);
     produce_all(
@@ -141,10 +143,7 @@ fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
     let from = rfc3339(START_MS - 60_000);
     let args = ["--from", &from];
     let log = replay(&broker.bootstrap, &topic, (&influx.url, &db), &args);
-    assert!(
-        log.contains("start by binary search over record timestamps"),
-        "{log}"
-    );
+    assert!(log.contains("start by offsets-for-times"), "{log}");
     assert_eq!(records_read(&log), expected.lines, "{log}");
     let replayed = points_from_influx(&influx, &db);
     assert!(
@@ -280,19 +279,19 @@ fn plan_offsets(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-/// Replays [START+2h, START+2h30m) of three hours of history: Tansu answers
+/// Replays [START+2h, START+2h30m) of three hours of history: Kafka answers
 /// offsets-for-times, the mock cluster cannot and the binary search finds the
 /// same start offsets; both read the same records (stopping at records
 /// ingested after --to + --max-delay) and write exactly the windows inside
 /// the range, equal to an uninterrupted run over all of history.
 #[test]
 fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
-    let Some(tansu) = Tansu::start() else { return };
+    let kafka = Kafka::start();
     let mock_topic = unique("hist");
     let mock = LogpipeBroker::start(Path::new(BIN), &[&mock_topic], 3);
     let topic = unique("hist");
-    tansu.create_topic(&topic, 3);
-    let sources = write_history(&tansu.bootstrap, &topic);
+    kafka.create_topic(&topic, 3);
+    let sources = write_history(&kafka.bootstrap, &topic);
     assert_eq!(write_history(&mock.bootstrap, &mock_topic), sources);
 
     let spec = WindowSpec {
@@ -309,7 +308,7 @@ fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
     let influx = Influx::start();
     let mut plans = vec![];
     for (brokers, topic, how) in [
-        (&tansu.bootstrap, &topic, "offsets-for-times"),
+        (&kafka.bootstrap, &topic, "offsets-for-times"),
         (
             &mock.bootstrap,
             &mock_topic,
@@ -382,7 +381,7 @@ fn set_mtime(path: &Path, s: u64) {
 #[test]
 fn backfill_of_gzip_rotations_resumes_and_counts_every_line_once() {
     let topic = unique("backfill");
-    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 3);
+    let broker = Kafka::with_topics(&[&topic], 3);
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("access.log");
     let source = live.display().to_string();

@@ -149,6 +149,7 @@ fn run_pipeline(
         topic: topic.clone(),
         group: unique("group"),
         session_ms: 6000,
+        protocol: Default::default(),
     };
     let analyzers: Vec<Analyzer> = (0..2)
         .map(|n| {

@@ -1,5 +1,6 @@
 //! Kafka-protocol brokers as separate processes: `logpipe broker` (the mock
-//! cluster) and Tansu (an independent implementation, sqlite storage).
+//! cluster) and Tansu (an independent implementation, sqlite storage; its
+//! tests are opt-in with `LOGPIPE_TEST_TANSU=1`, see [`Tansu::start`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -81,18 +82,22 @@ pub fn tansu_path() -> Option<PathBuf> {
 }
 
 impl Tansu {
-    /// Starts Tansu, or returns `None` (outside CI, with a message) when it is
-    /// not installed and `LOGPIPE_SKIP_TANSU=1` says to skip. Under `CI=true`,
-    /// or without that variable, a missing Tansu fails the test.
+    /// Starts Tansu when its tests are asked for (`LOGPIPE_TEST_TANSU=1`;
+    /// `./scripts/test` then installs it), else returns `None` with a message:
+    /// Apache Kafka is the broker the guarantees are proven on, and Tansu
+    /// 0.6.0's group coordinator has known faults (docs/design.md). Asked
+    /// for and missing, it fails the test.
     pub fn start() -> Option<Tansu> {
+        if !std::env::var("LOGPIPE_TEST_TANSU").is_ok_and(|v| v == "1") {
+            eprintln!("SKIPPED: Tansu tests are opt-in (LOGPIPE_TEST_TANSU=1)");
+            return None;
+        }
         let Some(bin) = tansu_path() else {
-            let msg = "Tansu 0.6.0 is not installed: run ./scripts/test (it installs it with \
-                       `cargo install tansu --version 0.6.0 --features dynostore,libsql`) or set LOGPIPE_TANSU";
-            if !crate::in_ci() && std::env::var("LOGPIPE_SKIP_TANSU").is_ok_and(|v| v == "1") {
-                eprintln!("SKIPPED (LOGPIPE_SKIP_TANSU=1): {msg}");
-                return None;
-            }
-            panic!("{msg}");
+            panic!(
+                "LOGPIPE_TEST_TANSU=1 but Tansu 0.6.0 is not installed: run ./scripts/test with \
+                 it set (it installs it with `cargo install tansu --version 0.6.0 --features \
+                 dynostore,libsql`) or set LOGPIPE_TANSU to its path"
+            );
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();

@@ -2,21 +2,25 @@
 //! topic, group and database.
 //!
 //! - [`influx`]: a real `influxd` (Debian package `influxdb`) as a child process.
-//! - [`kafka`]: Kafka three ways — the mock cluster in-process
-//!   ([`logpipe_consumer::MockBroker`]), the `logpipe broker` process, and an
-//!   independent broker, Tansu, as a process.
+//! - [`apache_kafka`]: Apache Kafka itself, one node or a cluster, as child
+//!   processes (KRaft), and its own tools.
+//! - [`kafka`]: the stand-ins — the mock cluster in-process
+//!   ([`logpipe_consumer::MockBroker`]), the `logpipe broker` process, and
+//!   (opt-in, `LOGPIPE_TEST_TANSU=1`) Tansu as a process.
 //! - [`truth`]: expected windows computed from generated requests, not by parsing.
 //! - [`process`]: child processes that are killed on drop, and polling helpers.
 
+pub mod apache_kafka;
 pub mod influx;
 pub mod kafka;
 pub mod logpipe;
 pub mod process;
 pub mod truth;
 
+pub use apache_kafka::Kafka;
 pub use influx::Influx;
 pub use kafka::{read_topic, LogpipeBroker, Record, Tansu, Tap};
-pub use logpipe::{produce_all, produce_cmd, Analyzer, Membership};
+pub use logpipe::{produce_all, produce_cmd, Analyzer, GroupProtocol, Membership};
 pub use process::{free_port, wait_until, Child};
 pub use truth::{
     diff, diff_points, points_from_influx, reference_points, Expected, Point, WindowTruth,

@@ -16,12 +16,41 @@ pub struct Membership {
     /// session), longer for Tansu (its coordinator answers heartbeats slowly
     /// on a loaded machine, and a spurious session timeout means a rebalance).
     pub session_ms: u64,
+    /// The consumer group protocol the analyzers use (`group.protocol`).
+    pub protocol: GroupProtocol,
+}
+
+/// Kafka's two consumer group protocols: `classic` (client-side assignment,
+/// the client's session timeout) and KIP-848's `consumer` (the broker
+/// assigns; sessions and heartbeats are the broker's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    #[default]
+    Classic,
+    Consumer,
 }
 
 /// A running `logpipe analyze`, its stderr in a file.
 pub struct Analyzer {
     pub child: Child,
     pub log: PathBuf,
+}
+
+impl Membership {
+    /// The `--kafka` arguments that select the group protocol and, for
+    /// `classic`, the session: KIP-848's protocol refuses client-side
+    /// session and heartbeat settings (the broker's apply).
+    pub fn group_args(&self) -> Vec<String> {
+        match self.protocol {
+            GroupProtocol::Classic => vec![
+                "--kafka".into(),
+                format!("session.timeout.ms={}", self.session_ms),
+                "--kafka".into(),
+                format!("heartbeat.interval.ms={}", self.session_ms / 6),
+            ],
+            GroupProtocol::Consumer => vec!["--kafka".into(), "group.protocol=consumer".into()],
+        }
+    }
 }
 
 impl Analyzer {
@@ -60,11 +89,7 @@ impl Analyzer {
                 .args(["--dlq-topic", &crate::dlq_topic(&m.topic)])
                 .args(["--influx-url", influx_url, "--influx-db", db])
                 .args(["--flush-interval", "300ms"])
-                .args(["--kafka", &format!("session.timeout.ms={}", m.session_ms)])
-                .args([
-                    "--kafka",
-                    &format!("heartbeat.interval.ms={}", m.session_ms / 6),
-                ])
+                .args(m.group_args())
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(f),

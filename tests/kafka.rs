@@ -1,0 +1,320 @@
+//! What only Apache Kafka itself can show: retention deleting records an
+//! analyzer had not read (the loss is named and counted exactly), and Kafka's
+//! own tools (consumer groups, console consumer, from the same jars as the
+//! broker) agreeing with what logpipe claims.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use logpipe_analyzer::generate::Generator;
+use logpipe_testkit::{
+    produce_all, unique, wait_until, Analyzer, GroupProtocol, Influx, Kafka, Membership,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
+/// 2024-01-01T00:00:00Z.
+const START_MS: i64 = 1_704_067_200_000;
+
+/// Appends `n` well-formed lines from `g` to `path`.
+fn append(path: &Path, g: &mut Generator, n: usize) {
+    let mut f = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap(),
+    );
+    for _ in 0..n {
+        let (line, req) = g.next_line();
+        assert!(req.is_some(), "the generator makes no malformed lines here");
+        writeln!(f, "{line}").unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Sum of `count` over every `access_log` point.
+fn counted(influx: &Influx, db: &str) -> u64 {
+    influx
+        .query(db, "SELECT sum(count) FROM access_log")
+        .first()
+        .and_then(|s| s["values"][0][1].as_u64())
+        .unwrap_or(0)
+}
+
+fn last_metric(influx: &Influx, db: &str, field: &str) -> u64 {
+    influx
+        .query(
+            db,
+            &format!(
+                "SELECT sum(v) FROM (SELECT last({field}) AS v FROM logpipe GROUP BY analyzer)"
+            ),
+        )
+        .first()
+        .and_then(|s| s["values"][0][1].as_u64())
+        .unwrap_or(0)
+}
+
+fn low_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+        .0
+}
+
+fn membership(kafka: &Kafka, topic: &str) -> Membership {
+    Membership {
+        brokers: kafka.bootstrap.clone(),
+        topic: topic.into(),
+        group: unique("group"),
+        session_ms: 6_000,
+        protocol: GroupProtocol::Classic,
+    }
+}
+
+/// The analyzers are stopped while the topic grows past its retention, so
+/// the broker deletes records they never read, the restore point's offset
+/// among them. Started again, the analyzer names the partition, the range and
+/// the number lost, adds exactly that many to `offsets_skipped`, and counts
+/// every line still on the topic. Lines the first run had read past the
+/// restore point stay in the open windows it wrote (their records are among
+/// the lost), so counted + skipped = written + those lines.
+#[test]
+fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
+    let kafka = Kafka::start();
+    let topic = unique("retained");
+    // 1 MiB segments, at most about 1 MiB kept (Kafka's smallest segment).
+    kafka.create_topic_with(
+        &topic,
+        1,
+        &[("segment.bytes", "1048576"), ("retention.bytes", "1048576")],
+    );
+    kafka.create_topic_with(&logpipe_testkit::dlq_topic(&topic), 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let paths: Vec<PathBuf> = vec![log.clone()];
+    let cps = dir.path().join("checkpoints");
+    let mut g = Generator::new(7, START_MS, 20.0).malformed_one_in(0);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("loss"));
+    let m = membership(&kafka, &topic);
+
+    // 1. Read 2 000 lines, then stop.
+    append(&log, &mut g, 2_000);
+    let mut a = Analyzer::start(
+        Path::new(BIN),
+        dir.path(),
+        "a0",
+        "a0-1",
+        &m,
+        &influx.url,
+        &db,
+    );
+    produce_all(Path::new(BIN), &kafka.bootstrap, &topic, &cps, &paths);
+    wait_until(Duration::from_secs(60), || {
+        (counted(&influx, &db) == 2_000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("first 2 000 lines not counted:\n{}", a.log()));
+    assert!(
+        a.child.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        a.log()
+    );
+    let restore: i64 = influx
+        .query(&db, "SELECT last(restore_offset) FROM logpipe_state")
+        .first()
+        .and_then(|s| s["values"][0][1].as_i64())
+        .expect("a restore point");
+
+    // 2. 40 000 more lines while no analyzer runs: retention deletes the
+    // oldest segments, the restore point's offset among them.
+    append(&log, &mut g, 40_000);
+    produce_all(Path::new(BIN), &kafka.bootstrap, &topic, &cps, &paths);
+    let mut lo = 0;
+    wait_until(Duration::from_secs(60), || {
+        let now = low_watermark(&kafka.bootstrap, &topic, 0);
+        let settled = now > restore && now == lo;
+        lo = now;
+        std::thread::sleep(Duration::from_secs(2));
+        settled.then_some(())
+    })
+    .unwrap_or_else(|| panic!("retention did not delete past offset {restore} (log start {lo})"));
+    let lost = (lo - restore) as u64;
+
+    // 3. Started again: the loss is named, counted, and nothing else is lost.
+    let a = Analyzer::start(
+        Path::new(BIN),
+        dir.path(),
+        "a0",
+        "a0-2",
+        &m,
+        &influx.url,
+        &db,
+    );
+    let total = 42_000u64 + (2_000 - restore) as u64;
+    wait_until(Duration::from_secs(120), || {
+        (counted(&influx, &db) + last_metric(&influx, &db, "offsets_skipped") == total)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "counted {} + skipped {} != written 42 000 + read again {} (lost {lost} expected):\n{}",
+            2_000 - restore,
+            counted(&influx, &db),
+            last_metric(&influx, &db, "offsets_skipped"),
+            a.log()
+        )
+    });
+    assert_eq!(
+        last_metric(&influx, &db, "offsets_skipped"),
+        lost,
+        "{}",
+        a.log()
+    );
+    let text = a.log();
+    let line = text
+        .lines()
+        .find(|l| l.contains("were deleted by the broker before they were read"))
+        .unwrap_or_else(|| panic!("no error names the loss:\n{text}"));
+    eprintln!("the analyzer said: {line}");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "records {restore}..={} of partition 0 ({lost})",
+            lo - 1
+        )),
+        "names the range and count: {line}"
+    );
+}
+
+/// The columns of `kafka-consumer-groups --describe` for `group`, per partition:
+/// (partition, current offset, log end offset, lag).
+fn describe_group(kafka: &Kafka, group: &str) -> Vec<(i32, String, String, String)> {
+    let out = kafka.run_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            &kafka.bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+    );
+    let mut rows = vec![];
+    for l in out.lines() {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        if cols.len() >= 6 && cols[0] == group {
+            if let Ok(p) = cols[2].parse::<i32>() {
+                rows.push((p, cols[3].into(), cols[4].into(), cols[5].into()));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// After the pipeline drained, Kafka's consumer-groups tool shows the
+/// analyzers' group with lag 0 on every partition, and the console consumer
+/// reads the records with the wire contract's headers.
+#[test]
+fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
+    let kafka = Kafka::start();
+    let topic = unique("logs");
+    kafka.create_topic(&topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = ["shop", "api", "blog"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.log")))
+        .collect();
+    for (i, p) in paths.iter().enumerate() {
+        let mut g = Generator::new(30 + i as u64, START_MS, 20.0).malformed_one_in(0);
+        append(p, &mut g, 3_000);
+    }
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("tools"));
+    let m = membership(&kafka, &topic);
+    let commit = ["--commit-interval".to_string(), "1s".to_string()];
+    let a = Analyzer::start_with(
+        Path::new(BIN),
+        dir.path(),
+        "a0",
+        "a0",
+        &m,
+        &influx.url,
+        &db,
+        &commit,
+    );
+    produce_all(
+        Path::new(BIN),
+        &kafka.bootstrap,
+        &topic,
+        &dir.path().join("checkpoints"),
+        &paths,
+    );
+    wait_until(Duration::from_secs(60), || {
+        (counted(&influx, &db) == 9_000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not all lines counted:\n{}", a.log()));
+    let mut rows = vec![];
+    wait_until(Duration::from_secs(60), || {
+        rows = describe_group(&kafka, &m.group);
+        (rows.len() == 3 && rows.iter().all(|r| r.3 == "0")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the group is not shown drained: {rows:?}\n{}", a.log()));
+    eprintln!("kafka-consumer-groups --describe: {rows:?}");
+    let ends: u64 = rows.iter().map(|r| r.2.parse::<u64>().unwrap()).sum();
+    assert_eq!(ends, 9_000, "one record per line: {rows:?}");
+    assert!(rows.iter().all(|r| r.1 == r.2), "{rows:?}");
+
+    let out = kafka.run_tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &[
+            "--bootstrap-server",
+            &kafka.bootstrap,
+            "--topic",
+            &topic,
+            "--partition",
+            "0",
+            "--offset",
+            "0",
+            "--max-messages",
+            "5",
+            "--timeout-ms",
+            "30000",
+            "--formatter-property",
+            "print.headers=true",
+            "--formatter-property",
+            "print.key=true",
+        ],
+    );
+    let records: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(records.len(), 5, "{out}");
+    let written: Vec<String> = paths
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for r in records {
+        // headers <TAB> key <TAB> value
+        let cols: Vec<&str> = r.splitn(3, '\t').collect();
+        assert_eq!(cols.len(), 3, "{r}");
+        for h in ["host:testhost", "source:", "file:", "offset:"] {
+            assert!(cols[0].contains(h), "header {h} in {r}");
+        }
+        assert!(cols[1].starts_with("testhost:"), "key host:source in {r}");
+        assert!(
+            written.iter().any(|l| l == cols[2]),
+            "value is a written line: {r}"
+        );
+    }
+}
