@@ -147,6 +147,8 @@ const ANALYZER_KAFKA: &str = "session.timeout.ms=6000,heartbeat.interval.ms=1000
 /// owns half of the 6 partitions (as in a running system, before the first line).
 fn start_analyzers(
     bootstrap: &str,
+    topic: &str,
+    settings: &str,
     influx_url: &str,
     db: &str,
     dir: &Path,
@@ -155,10 +157,16 @@ fn start_analyzers(
     let analyzers: Vec<std::process::Child> = (0..2)
         .map(|i| {
             Command::new(bin())
-                .args(["analyze", "--brokers", bootstrap, "--group", &group])
+                .args(["analyze", "--brokers", bootstrap, "--topic", topic])
+                .args([
+                    "--group",
+                    &group,
+                    "--dlq-topic",
+                    &logpipe_testkit::dlq_topic(topic),
+                ])
                 .args(["--influx-url", influx_url, "--influx-db", db])
                 .args(["--analyzer-id", &format!("a{i}")])
-                .args(["--kafka", ANALYZER_KAFKA])
+                .args(["--kafka", settings])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(format!("a{i}.log"))).unwrap())
                 .spawn()
@@ -187,25 +195,65 @@ fn start_analyzers(
     analyzers
 }
 
+/// The broker of the multi-process rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// `logpipe broker` (librdkafka's mock cluster).
+    Mock,
+    /// Apache Kafka, one KRaft node (JVM of up to 768 MiB heap).
+    Kafka,
+    Tansu,
+}
+
+/// Analyzer settings against Apache Kafka: only short sessions, so the
+/// group settles in seconds; fetching and prefetching stay librdkafka's
+/// defaults (Kafka answers a fetch as soon as there is data, and keeps what
+/// is not read yet).
+const ANALYZER_APACHE_KAFKA: &str = "session.timeout.ms=6000,heartbeat.interval.ms=1000";
+
 /// Broker, two analyzers, then the producer; until every window is final.
-fn processes(log: &Path, influx: &Influx, truth: &Windows, tansu: bool) -> (Run, String) {
-    let (bootstrap, broker_pid, _mock, _tansu) = if tansu {
-        let t = logpipe_testkit::Tansu::start().expect("tansu installed");
-        t.create_topic("logs", 6);
-        (t.bootstrap.clone(), t.pid(), None, Some(t))
-    } else {
-        let b = Broker::start("logs", 6);
-        (b.bootstrap.clone(), b.pid(), Some(b), None)
+fn processes(log: &Path, influx: &Influx, truth: &Windows, via: Via) -> (Run, String) {
+    let topic = unique("logs");
+    let (bootstrap, broker_pid, _mock, _tansu, _kafka) = match via {
+        Via::Tansu => {
+            let t =
+                logpipe_testkit::Tansu::start().expect("LOGPIPE_TEST_TANSU=1 and tansu installed");
+            t.create_topic(&topic, 6);
+            (t.bootstrap.clone(), t.pid(), None, Some(t), None)
+        }
+        Via::Kafka => {
+            let k = logpipe_testkit::Kafka::start();
+            k.create_topic(&topic, 6);
+            let pid = k.pid(0).expect("running");
+            (k.bootstrap.clone(), pid, None, None, Some(k))
+        }
+        Via::Mock => {
+            let b = Broker::start(&topic, 6);
+            (b.bootstrap.clone(), b.pid(), Some(b), None, None)
+        }
     };
     let db = influx.create_db(&unique("procs"));
     let dir = tempfile::tempdir().unwrap();
-    let analyzers = start_analyzers(&bootstrap, &influx.url, &db, dir.path());
+    let settings = if via == Via::Kafka {
+        ANALYZER_APACHE_KAFKA
+    } else {
+        ANALYZER_KAFKA
+    };
+    let analyzers = start_analyzers(&bootstrap, &topic, settings, &influx.url, &db, dir.path());
     let pids: Vec<u32> = analyzers.iter().map(|c| c.id()).collect();
     let cpu0: f64 = pids.iter().map(|&p| cpu_secs(p)).sum::<f64>() + cpu_secs(broker_pid);
     let started = Instant::now();
     let mut producer = Command::new(bin());
     producer
-        .args(["produce", "--brokers", &bootstrap, "--host", "bench"])
+        .args([
+            "produce",
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--host",
+            "bench",
+        ])
         .args(["--from-beginning", "--exit-on-eof"]);
     // e.g. compression.type=none, to compare with the default lz4.
     if let Ok(k) = std::env::var("LOGPIPE_BENCH_PRODUCER_KAFKA") {
@@ -339,7 +387,14 @@ fn latency(influx: &Influx) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     std::fs::write(&log, "").unwrap();
-    let mut analyzers = start_analyzers(&broker.bootstrap, &influx.url, &db, dir.path());
+    let mut analyzers = start_analyzers(
+        &broker.bootstrap,
+        "logs",
+        ANALYZER_KAFKA,
+        &influx.url,
+        &db,
+        dir.path(),
+    );
     let mut producer = Command::new(bin())
         .args(["produce", "--brokers", &broker.bootstrap, "--host", "bench"])
         .arg(&log)
@@ -492,13 +547,17 @@ fn main() {
         ),
         (
             "logpipe broker + produce + 2 × analyze",
-            Box::new(|| Some(processes(&log, &influx, &truth, false))),
+            Box::new(|| Some(processes(&log, &influx, &truth, Via::Mock))),
+        ),
+        (
+            "Apache Kafka 4.4 + produce + 2 × analyze",
+            Box::new(|| Some(processes(&log, &influx, &truth, Via::Kafka))),
         ),
         (
             "Tansu + produce + 2 × analyze",
             Box::new(|| {
                 (std::env::var("LOGPIPE_BENCH_TANSU").as_deref() == Ok("1"))
-                    .then(|| processes(&log, &influx, &truth, true))
+                    .then(|| processes(&log, &influx, &truth, Via::Tansu))
             }),
         ),
         (

@@ -40,6 +40,9 @@ enum Broker {
     Mock,
     /// Apache Kafka, one KRaft node, analyzers on this group protocol.
     Kafka(GroupProtocol),
+    /// Apache Kafka, three KRaft nodes, topics replicated 3 times with
+    /// `min.insync.replicas=2`.
+    KafkaCluster,
     Tansu,
 }
 
@@ -72,6 +75,11 @@ impl Stack {
                 k.create_topic(&topic, 6);
                 (k.bootstrap.clone(), 6_000, Box::new(k))
             }
+            Broker::KafkaCluster => {
+                let k = Kafka::cluster(3, &[("min.insync.replicas", "2")]);
+                k.create_topic(&topic, 6);
+                (k.bootstrap.clone(), 6_000, Box::new(k))
+            }
             Broker::Tansu => {
                 let t = Tansu::start()?;
                 t.create_topic(&topic, 6);
@@ -80,6 +88,7 @@ impl Stack {
         };
         let protocol = match kind {
             Broker::Kafka(p) => p,
+            Broker::KafkaCluster => GroupProtocol::Classic,
             _ => GroupProtocol::Classic,
         };
         let dir = tempfile::tempdir().unwrap();
@@ -496,6 +505,85 @@ fn producer_killed_and_restarted(kind: Broker) {
     stop_all(&mut a);
 }
 
+/// The partition with the most records and its leader's node id.
+fn busiest_partition(bootstrap: &str, topic: &str) -> (i32, i32) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (_, hi) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap_or((0, 0));
+            (hi, p.id(), p.leader())
+        })
+        .max()
+        .map(|(_, p, leader)| (p, leader))
+        .expect("partitions")
+}
+
+/// Two analyzers settled in the group, the producer, and the logs growing
+/// for 2 s: where the fault scenarios strike.
+fn two_analyzers_under_way(s: &Stack) -> (Vec<Analyzer>, Child, std::thread::JoinHandle<()>) {
+    let a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    settled(s, &a);
+    let producer = s.producer(0);
+    let writer = s.start_writing();
+    sleep_ms(2_000);
+    (a, producer, writer)
+}
+
+/// (f) Broker faults on a three-node cluster while lines flow: `kill -9` of
+/// the broker leading the busiest partition, started again 4 s later; then
+/// another broker frozen (SIGSTOP) past its 9 s broker session and thawed.
+fn broker_faults(kind: Broker) {
+    let Some(mut s) = Stack::new(kind) else {
+        return;
+    };
+    let (mut a, mut producer, writer) = two_analyzers_under_way(&s);
+    let (partition, leader) = busiest_partition(&s.membership.brokers, &s.membership.topic);
+    let k = s._broker.downcast_mut::<Kafka>().expect("a Kafka cluster");
+    let killed = (0..3)
+        .find(|&i| k.node_id(i) as i32 == leader)
+        .expect("leader");
+    k.kill_node(killed);
+    eprintln!("killed node {leader}, leader of partition {partition}");
+    sleep_ms(4_000);
+    k.start_node(killed);
+    eprintln!("node {leader} started again");
+    sleep_ms(2_000);
+    let frozen = (killed + 1) % 3;
+    let pid = k.pid(frozen).expect("running") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    eprintln!("node {} frozen", k.node_id(frozen));
+    sleep_ms(12_000);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    eprintln!("node {} thawed", k.node_id(frozen));
+    writer.join().unwrap();
+    s.assert_exact("broker faults");
+    producer.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+    // What the producer and the analyzers said about it.
+    for l in s.logs().lines() {
+        if l.starts_with("---") || l.contains("WARN") || l.contains("ERROR") {
+            eprintln!("{l}");
+        }
+    }
+}
+
+#[test]
+fn kafka_f_broker_killed_and_frozen_on_three_nodes() {
+    broker_faults(Broker::KafkaCluster);
+}
+
 #[test]
 fn mock_a_one_analyzer() {
     one_analyzer(Broker::Mock);
@@ -579,11 +667,7 @@ fn influx_outage_of_30_seconds_loses_nothing() {
     let Some(mut s) = Stack::new(CLASSIC) else {
         return;
     };
-    let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
-    settled(&s, &a);
-    let mut producer = s.producer(0);
-    let writer = s.start_writing();
-    sleep_ms(2_000);
+    let (mut a, mut producer, writer) = two_analyzers_under_way(&s);
     s.influx.stop();
     let stopped = Instant::now();
     sleep_ms(30_000);

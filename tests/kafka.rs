@@ -318,3 +318,162 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
         );
     }
 }
+
+/// `${NAME:-default}` → default (the compose file's own defaults).
+fn compose_defaults(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out += &rest[..i];
+        let end = rest[i..].find('}').expect("closing brace") + i;
+        let inner = &rest[i + 2..end];
+        out += inner.split_once(":-").map(|(_, d)| d).unwrap_or("");
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
+/// What the apache/kafka image does with its environment: every `KAFKA_*`
+/// variable becomes a `server.properties` key (`KAFKA_FOO_BAR` → `foo.bar`,
+/// `__` → `_`, `___` → `-`).
+fn kafka_property(var: &str) -> Option<String> {
+    let k = var.strip_prefix("KAFKA_")?;
+    Some(
+        k.to_lowercase()
+            .replace("___", "-")
+            .replace("__", "\u{0}")
+            .replace('_', ".")
+            .replace('\u{0}', "_"),
+    )
+}
+
+/// The compose file's `kafka` service, for real: its `KAFKA_*` variables
+/// translated as the image does, with only the addresses moved to free
+/// loopback ports and the data directory (the `kafka-data` volume's mount)
+/// into a temporary one; then the `topics` service's commands and the
+/// health check run against it with Kafka's own tools, and a pipeline
+/// through it counts every line.
+#[test]
+fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
+    let c: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let kafka = &c["services"]["kafka"];
+    let env = kafka["environment"]
+        .as_mapping()
+        .expect("kafka environment");
+    let volume = kafka["volumes"][0].as_str().expect("kafka volume");
+    let mount = volume.split_once(':').expect("volume:path").1;
+    let (p, ctl, ext) = (
+        logpipe_testkit::free_port(),
+        logpipe_testkit::free_port(),
+        logpipe_testkit::free_port(),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let addr = |v: &str| {
+        v.replace("kafka:9092", &format!("127.0.0.1:{p}"))
+            .replace("kafka:9093", &format!("127.0.0.1:{ctl}"))
+            .replace("localhost:9094", &format!("127.0.0.1:{ext}"))
+            .replace("://:9092", &format!("://127.0.0.1:{p}"))
+            .replace("://:9093", &format!("://127.0.0.1:{ctl}"))
+            .replace("://:9094", &format!("://127.0.0.1:{ext}"))
+    };
+    let mut props = vec![];
+    for (k, v) in env {
+        let k = k.as_str().unwrap();
+        let v = match v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            other => panic!("{k}: {other:?}"),
+        };
+        let key = kafka_property(k).unwrap_or_else(|| panic!("{k} is not a KAFKA_ variable"));
+        let v = compose_defaults(&v);
+        let v = if key == "log.dirs" {
+            assert_eq!(v, mount, "log.dirs is the kafka-data volume's mount");
+            data.path().display().to_string()
+        } else {
+            addr(&v)
+        };
+        props.push((key, v));
+    }
+    assert!(
+        props.iter().any(|(k, _)| k == "log.dirs"),
+        "KAFKA_LOG_DIRS must put the data in the kafka-data volume ({mount})"
+    );
+    let broker = Kafka::from_properties(&props, &format!("127.0.0.1:{p}"));
+    let bootstrap = broker.bootstrap.clone();
+
+    // The health check's command, then the topics service's.
+    let health = compose_defaults(kafka["healthcheck"]["test"][1].as_str().unwrap());
+    assert!(
+        health.contains("kafka-broker-api-versions.sh --bootstrap-server localhost:9092"),
+        "{health}"
+    );
+    let out = broker.run_tool(
+        "org.apache.kafka.tools.BrokerApiVersionsCommand",
+        &["--bootstrap-server", &bootstrap],
+    );
+    assert!(out.contains("ApiVersions"), "{out}");
+    let cmd = c["services"]["topics"]["command"][0].as_str().unwrap();
+    let mut created = vec![];
+    for step in cmd.split("&&") {
+        let args: Vec<String> = step
+            .split_whitespace()
+            .map(|a| a.replace("kafka:9092", &bootstrap))
+            .collect();
+        assert_eq!(args[0], "/opt/kafka/bin/kafka-topics.sh", "{step}");
+        let refs: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        broker.run_tool("org.apache.kafka.tools.TopicCommand", &refs);
+        let t = args.iter().position(|a| a == "--topic").unwrap() + 1;
+        let n = args.iter().position(|a| a == "--partitions").unwrap() + 1;
+        created.push((args[t].clone(), args[n].parse::<usize>().unwrap()));
+    }
+    assert_eq!(
+        created,
+        vec![("logs".to_string(), 6), ("logs.dlq".to_string(), 1)]
+    );
+    let described = broker.run_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--describe",
+            "--topic",
+            "logs",
+        ],
+    );
+    assert_eq!(described.matches("Partition: ").count(), 6, "{described}");
+
+    // A pipeline through it, as the compose stack runs one (topic `logs`).
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut g = Generator::new(11, START_MS, 20.0).malformed_one_in(0);
+    append(&log, &mut g, 3_000);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("compose"));
+    let m = Membership {
+        brokers: bootstrap.clone(),
+        topic: "logs".into(),
+        group: "logpipe-analyzers".into(),
+        session_ms: 6_000,
+        protocol: GroupProtocol::Classic,
+    };
+    let a = Analyzer::start(Path::new(BIN), dir.path(), "a0", "a0", &m, &influx.url, &db);
+    produce_all(
+        Path::new(BIN),
+        &bootstrap,
+        "logs",
+        &dir.path().join("cp"),
+        &[log],
+    );
+    wait_until(Duration::from_secs(60), || {
+        (counted(&influx, &db) == 3_000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not all lines counted:\n{}\n{}", a.log(), broker.log()));
+    assert!(
+        std::fs::read_dir(data.path()).unwrap().count() > 0,
+        "the data lives in the volume's directory"
+    );
+}

@@ -108,14 +108,6 @@ impl Kafka {
     pub fn cluster(n: u32, extra: &[(&str, &str)]) -> Kafka {
         let libs = kafka_libs().unwrap_or_else(|msg| panic!("{msg}"));
         let dir = tempfile::tempdir().expect("tempdir");
-        let log4j = dir.path().join("log4j2.yaml");
-        std::fs::write(
-            &log4j,
-            "Configuration:\n  Appenders:\n    Console:\n      name: STDOUT\n      PatternLayout:\n        \
-             pattern: \"[%d] %p %m (%c)%n\"\n  Loggers:\n    Logger:\n      - name: kafka.server.KafkaServer\n        \
-             level: INFO\n    Root:\n      level: WARN\n      AppenderRef:\n        - ref: STDOUT\n",
-        )
-        .unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let voters: Vec<String> = ports
             .iter()
@@ -167,31 +159,75 @@ impl Kafka {
                 child: None,
             });
         }
-        let classpath = format!("{}/*", libs.display());
+        let bootstrap = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        Self::launch(libs, dir, nodes, bootstrap)
+    }
+
+    /// One node from exactly `props` (a `server.properties` as key/value
+    /// pairs, e.g. translated from the compose file's `KAFKA_*` variables),
+    /// its clients reaching it at `bootstrap`.
+    pub fn from_properties(props: &[(String, String)], bootstrap: &str) -> Kafka {
+        let libs = kafka_libs().unwrap_or_else(|msg| panic!("{msg}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: String = props.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let path = dir.path().join("server.properties");
+        std::fs::write(&path, text).unwrap();
+        let id = props
+            .iter()
+            .find(|(k, _)| k == "node.id")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
+        let port = bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let node = Node {
+            id,
+            port,
+            props: path,
+            log: dir.path().join("node.log"),
+            child: None,
+        };
+        Self::launch(libs, dir, vec![node], bootstrap.to_string())
+    }
+
+    /// Formats every node's storage with one cluster id, starts them and
+    /// waits until metadata lists them all.
+    fn launch(libs: PathBuf, dir: tempfile::TempDir, nodes: Vec<Node>, bootstrap: String) -> Kafka {
+        let log4j = dir.path().join("log4j2.yaml");
+        std::fs::write(
+            &log4j,
+            "Configuration:\n  Appenders:\n    Console:\n      name: STDOUT\n      PatternLayout:\n        \
+             pattern: \"[%d] %p %m (%c)%n\"\n  Loggers:\n    Logger:\n      - name: kafka.server.KafkaServer\n        \
+             level: INFO\n    Root:\n      level: WARN\n      AppenderRef:\n        - ref: STDOUT\n",
+        )
+        .unwrap();
+        let n = nodes.len();
         let mut k = Kafka {
-            bootstrap: nodes
-                .iter()
-                .map(|n| format!("127.0.0.1:{}", n.port))
-                .collect::<Vec<_>>()
-                .join(","),
+            bootstrap,
             nodes,
-            classpath,
+            classpath: format!("{}/*", libs.display()),
             log4j,
             dir,
         };
         let cluster_id = k.run_tool("kafka.tools.StorageTool", &["random-uuid"]);
         let cluster_id = cluster_id.trim().to_string();
-        for i in 0..k.nodes.len() {
+        for i in 0..n {
             let props = k.nodes[i].props.display().to_string();
             k.run_tool(
                 "kafka.tools.StorageTool",
                 &["format", "-t", &cluster_id, "-c", &props],
             );
         }
-        for i in 0..k.nodes.len() {
+        for i in 0..n {
             k.start_node(i);
         }
-        k.wait_ready(n as usize, Duration::from_secs(90));
+        k.wait_ready(n, Duration::from_secs(90));
         k
     }
 
