@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -333,39 +331,8 @@ impl Kafka {
 
     /// Creates one topic with topic-level `config` (e.g. `retention.bytes`).
     pub fn create_topic_with(&self, name: &str, partitions: i32, config: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("admin client");
         let rf = self.nodes.len().min(3) as i32;
-        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
-        for (k, v) in config {
-            topic = topic.set(k, v);
-        }
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let res = futures_executor::block_on(admin.create_topics([&topic], &opts))
-            .expect("create_topics request");
-        for r in res {
-            if let Err((t, e)) = r {
-                if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                    panic!("creating topic {t}: {e}");
-                }
-            }
-        }
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .unwrap();
-        wait_until(Duration::from_secs(30), || {
-            let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
-            let t = md.topics().first()?;
-            (t.partitions().len() == partitions as usize
-                && t.partitions().iter().all(|p| p.leader() >= 0))
-            .then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!("topic {name} did not show {partitions} partitions with leaders")
-        });
+        crate::kafka::create_topic_with(&self.bootstrap, name, partitions, rf, config);
     }
 
     /// Every node's log, for a failing test's message.

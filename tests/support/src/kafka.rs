@@ -158,12 +158,27 @@ impl Tansu {
 
 /// Creates a topic on a broker that implements CreateTopics (not the mock).
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_with(bootstrap, name, partitions, 1, &[]);
+}
+
+/// Creates a topic with `replication` and topic-level `config`, and waits
+/// until its metadata shows every partition with a leader.
+pub fn create_topic_with(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let res = futures_executor::block_on(admin.create_topics([&topic], &opts))
         .expect("create_topics request");
     for r in res {
@@ -177,11 +192,14 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(30), || {
         let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
-        (md.topics().first()?.partitions().len() == partitions as usize).then_some(())
+        let t = md.topics().first()?;
+        (t.partitions().len() == partitions as usize
+            && t.partitions().iter().all(|p| p.leader() >= 0))
+        .then_some(())
     })
-    .unwrap_or_else(|| panic!("topic {name} did not show {partitions} partitions"));
+    .unwrap_or_else(|| panic!("topic {name} did not show {partitions} partitions with leaders"));
 }
 
 /// One record read back from a topic.
