@@ -612,7 +612,7 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
                     let (f, o) = (f.map(<[u8]>::to_vec), o.map(<[u8]>::to_vec));
                     ar.record(&m, f.as_deref(), o.as_deref())?;
                 }
-                Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
+                Err(e) => logpipe_consumer::health::consumer_error(&e),
             }
         }
         for r in batch.iter() {

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use logpipe_consumer::health;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
@@ -41,7 +42,14 @@ struct Ctx {
     failed: Mutex<Option<String>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        health::log(level, fac, msg);
+    }
+    fn error(&self, e: KafkaError, reason: &str) {
+        health::error(&e, reason);
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = ();
@@ -87,6 +95,7 @@ impl DeadLetters {
             .set("linger.ms", "20")
             // Kafka down: keep retrying; the analyzer pauses meanwhile.
             .set("message.timeout.ms", "0");
+        health::set_client_config(extra);
         for (k, v) in extra {
             // The consumer's settings (group, session, fetching) mean nothing
             // here, and librdkafka warns about each at start-up.
@@ -271,7 +280,7 @@ impl DeadLetter {
 
 /// A reader of the dead-letter topic (no group: it commits nothing).
 pub struct DlqReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<health::Logged>,
     topic: String,
     count: usize,
     /// Per partition with something to show, its high watermark at opening.
@@ -294,7 +303,9 @@ impl DlqReader {
         for (k, v) in extra {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer<health::Logged> = cc
+            .create_with_context(health::Logged)
+            .map_err(|e| e.to_string())?;
         let timeout = Duration::from_secs(10);
         let md = consumer
             .fetch_metadata(Some(topic), timeout)

@@ -423,7 +423,7 @@ impl Analyzer {
             }
             match stray {
                 Some(Ok(msg)) => self.record(consumer, &msg),
-                Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                Some(Err(e)) => logpipe_consumer::health::consumer_error(&e),
                 None => {}
             }
             for rec in records.iter() {

@@ -88,26 +88,13 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
 }
 
 impl ClientContext for Ctx {
-    /// librdkafka's log, as rdkafka logs it, except a commit refused while
-    /// the group rebalances: harmless (the restore point in the sink is what
-    /// a new owner resumes from, and the next commit supersedes it), and
-    /// what every member sees when another leaves, so not a warning.
+    /// librdkafka's log and errors, through [`crate::health`]: a broker
+    /// outage is logged once and its end once.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use RDKafkaLogLevel::*;
-        if fac == "COMMITFAIL" && log_message.contains("Group rebalance in progress") {
-            tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-            return;
-        }
-        match level {
-            Emerg | Alert | Critical | Error => {
-                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
-            }
-            Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
-            Notice | Info => {
-                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
-            }
-            Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
-        }
+        crate::health::log(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::health::error(&error, reason);
     }
 }
 
@@ -280,6 +267,7 @@ impl GroupConsumer {
     /// start offset from `start`) starts at the earliest record, so nothing on
     /// the topic is skipped.
     pub fn new(cfg: &GroupConfig, start: Option<StartOffsets>) -> Result<Self, ConsumerError> {
+        crate::health::set_client_config(&cfg.extra);
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group)

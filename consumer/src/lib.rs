@@ -8,11 +8,14 @@
 //!   at a time and read in place.
 //! - [`offsets`]: [`Probe`], partitions, watermarks and offsets by record
 //!   timestamp (checked against the records, binary search as fallback).
+//! - [`health`]: broker outages logged once each, and their end once, for
+//!   every client of the process.
 //! - [`mock`]: [`MockBroker`], librdkafka's mock cluster held open as a
 //!   Kafka-protocol broker for `logpipe broker`, `logpipe demo` and tests.
 
 pub mod batch;
 pub mod group;
+pub mod health;
 pub mod mock;
 pub mod offsets;
 

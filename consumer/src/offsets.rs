@@ -38,7 +38,7 @@ pub enum Found {
 
 /// Reads partitions, offsets and single records of one topic.
 pub struct Probe {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<crate::health::Logged>,
     topic: String,
     timeout: Duration,
 }
@@ -57,7 +57,7 @@ impl Probe {
             cc.set(k, v);
         }
         Ok(Probe {
-            consumer: cc.create()?,
+            consumer: cc.create_with_context(crate::health::Logged)?,
             topic: topic.to_string(),
             timeout: Duration::from_secs(10),
         })

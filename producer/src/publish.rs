@@ -11,7 +11,8 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use logpipe_consumer::health;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -45,24 +46,22 @@ struct Tracker {
     used: Mutex<Vec<bool>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
-    /// Since when Kafka has been unreachable (logged once, and its end once).
-    outage: Mutex<Option<Instant>>,
-    in_outage: AtomicBool,
     stats: Arc<Stats>,
 }
 
 struct Ctx(Arc<Tracker>);
 
 impl ClientContext for Ctx {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let mut outage = self.0.outage.lock().unwrap();
-        if outage.is_none() {
-            *outage = Some(Instant::now());
-            self.0.in_outage.store(true, Relaxed);
+    /// A broker outage is logged once, and its end once, by [`health`];
+    /// each one that begins is counted in the stats.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        if health::log(level, fac, msg) {
             Stats::add(&self.0.stats.outages, 1);
-            tracing::warn!(%error, reason, "Kafka unreachable: holding lines and retrying; nothing is dropped, reading pauses when the in-flight limit is reached");
-        } else {
-            tracing::debug!(%error, reason, "Kafka still unreachable");
+        }
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        if health::error(&error, reason) {
+            Stats::add(&self.0.stats.outages, 1);
         }
     }
 }
@@ -87,15 +86,6 @@ impl ProducerContext for Ctx {
                 s.in_flight.fetch_sub(1, Release);
                 Stats::add(&t.stats.acked.lines, 1);
                 Stats::add(&t.stats.acked.bytes, bytes);
-                if t.in_outage.load(Relaxed) {
-                    if let Some(since) = t.outage.lock().unwrap().take() {
-                        t.in_outage.store(false, Relaxed);
-                        tracing::info!(
-                            after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
-                            "Kafka reachable again; acknowledgements resumed"
-                        );
-                    }
-                }
             }
             Err((e, _)) => {
                 t.failed.store(true, Relaxed);
@@ -187,6 +177,10 @@ impl Publisher {
             )
             .set("queue.buffering.max.messages", messages.to_string())
             .set("queue.buffering.max.kbytes", kbytes.to_string());
+        health::set_client_config(extra);
+        health::set_note(
+            "holding lines and retrying; nothing is dropped, reading pauses when the in-flight limit is reached",
+        );
         for (k, v) in extra {
             cc.set(k, v);
         }

@@ -297,6 +297,11 @@ impl Kafka {
     }
 
     /// The node id (`node.id`, 1-based) of node `i`.
+    /// Node `i`'s client address, `127.0.0.1:<port>`.
+    pub fn node_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[i].port)
+    }
+
     pub fn node_id(&self, i: usize) -> u32 {
         self.nodes[i].id
     }

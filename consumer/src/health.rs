@@ -1,0 +1,323 @@
+//! What the process's Kafka clients say about the brokers they cannot reach:
+//! one line when a broker becomes unreachable and one when it is back,
+//! however many connection attempts fail in between and however many clients
+//! (group member, dead-letter producer, probes) see it.
+//!
+//! librdkafka reports a broker that refuses connections or lets them time
+//! out through its log (`FAIL`) and its error callback
+//! (`BrokerTransportFailure`), each on every attempt; those go to [`log`]
+//! and [`error`]. Its return is not reported at all, and a client whose
+//! partitions moved to another leader stops connecting to it, so the first
+//! failure starts a watcher thread that asks the broker itself for metadata
+//! every second (a client of its own, bootstrapped to that broker only, with
+//! the process's security settings, [`set_client_config`]) and logs the
+//! return when it answers. The state is process-wide.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+struct Outage {
+    since: Instant,
+    attempts: u64,
+}
+
+#[derive(Default)]
+struct Brokers {
+    down: HashMap<String, Outage>,
+}
+
+fn state() -> &'static Mutex<Brokers> {
+    static S: OnceLock<Mutex<Brokers>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+static NOTE: OnceLock<&'static str> = OnceLock::new();
+static CLIENT: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// The process's librdkafka properties (`--kafka`): the watcher's client
+/// takes those that reach a broker (`security.*`, `ssl.*`, `sasl.*`,
+/// `socket.*`, `broker.address.family`, `client.dns.lookup`). The first
+/// call wins.
+pub fn set_client_config(extra: &[(String, String)]) {
+    let keep = |k: &str| {
+        ["security.", "ssl.", "sasl.", "socket."]
+            .iter()
+            .any(|p| k.starts_with(p))
+            || matches!(k, "broker.address.family" | "client.dns.lookup")
+    };
+    let _ = CLIENT.set(extra.iter().filter(|(k, _)| keep(k)).cloned().collect());
+}
+
+/// What this process does while a broker is unreachable (e.g. the producer:
+/// "holding lines and retrying; nothing is dropped"), appended to the outage
+/// line. The first call wins.
+pub fn set_note(note: &'static str) {
+    let _ = NOTE.set(note);
+}
+
+fn note() -> &'static str {
+    NOTE.get().copied().unwrap_or("retrying")
+}
+
+/// The broker address (`host:port`) a librdkafka message is about, from its
+/// `host:port/id: …` or `GroupCoordinator: host:port: …` prefix.
+fn broker_of(msg: &str) -> Option<&str> {
+    let msg = strip_prefixes(msg);
+    let (name, _) = msg.split_once(": ")?;
+    let addr = name.split_once('/').map_or(name, |(a, _)| a);
+    addr.contains(':').then_some(addr)
+}
+
+/// The message without the log's `[thrd:…]: ` and the logical broker's
+/// `GroupCoordinator: `.
+fn strip_prefixes(msg: &str) -> &str {
+    let msg = match msg.strip_prefix("[thrd:") {
+        Some(rest) => rest.split_once("]: ").map_or(msg, |(_, m)| m),
+        None => msg,
+    };
+    msg.strip_prefix("GroupCoordinator: ").unwrap_or(msg)
+}
+
+/// The message without its broker prefix.
+fn reason_of(msg: &str) -> &str {
+    let rest = strip_prefixes(msg);
+    rest.split_once(": ").map_or(msg, |(_, r)| r)
+}
+
+/// A connection to a broker failed. Returns true when this began an outage
+/// of that broker (and was logged). A connection the broker closed
+/// (`Disconnected`, e.g. idle for `connections.max.idle.ms`) is not an outage
+/// by itself: the reconnect that follows fails if the broker is gone.
+pub fn failed(msg: &str) -> bool {
+    let Some(addr) = broker_of(msg) else {
+        tracing::debug!(target: "librdkafka", "{msg}");
+        return false;
+    };
+    if !(msg.contains("failed") || msg.contains("timed out") || msg.contains("refused")) {
+        tracing::debug!(target: "librdkafka", "{msg}");
+        return false;
+    }
+    let mut s = state().lock().unwrap();
+    if let Some(o) = s.down.get_mut(addr) {
+        o.attempts += 1;
+        tracing::debug!(target: "librdkafka", broker = addr, "still unreachable: {msg}");
+        return false;
+    }
+    s.down.insert(
+        addr.to_string(),
+        Outage {
+            since: Instant::now(),
+            attempts: 1,
+        },
+    );
+    tracing::warn!(
+        "Kafka unreachable: broker {addr}: {}; {} (logged again when it is back)",
+        reason_of(msg),
+        note()
+    );
+    drop(s);
+    watch(addr.to_string());
+    true
+}
+
+/// Asks `addr` for metadata every second until it answers, then logs its
+/// return and ends the outage.
+fn watch(addr: String) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-watch".into())
+        .spawn(move || {
+            let mut cc = rdkafka::ClientConfig::new();
+            cc.set("bootstrap.servers", &addr)
+                .set("reconnect.backoff.ms", "200")
+                .set("reconnect.backoff.max.ms", "1000")
+                .set("log_level", "3");
+            for (k, v) in CLIENT.get().into_iter().flatten() {
+                cc.set(k, v);
+            }
+            use rdkafka::consumer::Consumer;
+            let client: Result<rdkafka::consumer::BaseConsumer<Quiet>, _> =
+                cc.create_with_context(Quiet);
+            let Ok(client) = client else { return };
+            loop {
+                if !state().lock().unwrap().down.contains_key(&addr) {
+                    return;
+                }
+                if client.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
+                    back(&addr);
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to watch a broker's return");
+    }
+}
+
+/// `addr` answered again: log the outage's end, once.
+fn back(addr: &str) {
+    if let Some(o) = state().lock().unwrap().down.remove(addr) {
+        tracing::info!(
+            after = %humanize(o.since.elapsed()),
+            failed_attempts = o.attempts,
+            "Kafka reachable again: broker {addr}"
+        );
+    }
+}
+
+/// The watcher's context: its own failures are the outage already logged.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, fac: &str, msg: &str) {
+        tracing::trace!(target: "librdkafka", "watcher: {fac} {msg}");
+    }
+    fn error(&self, e: KafkaError, reason: &str) {
+        tracing::trace!(target: "librdkafka", "watcher: {e}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// librdkafka's log, routed: connection failures and request time-outs to
+/// the outage state, a commit refused while the group rebalances to debug
+/// (harmless: the restore point is what a new owner resumes from, and the
+/// next commit supersedes it), everything else at its own level. Returns
+/// true when this began an outage of a broker.
+pub fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) -> bool {
+    use RDKafkaLogLevel::*;
+    if fac == "FAIL"
+        && broker_of(msg).is_some()
+        && matches!(level, Emerg | Alert | Critical | Error | Warning)
+    {
+        return failed(msg);
+    }
+    if fac == "COMMITFAIL" && msg.contains("Group rebalance in progress") {
+        tracing::debug!(target: "librdkafka", "librdkafka: {fac} {msg}");
+        return false;
+    }
+    match level {
+        Emerg | Alert | Critical | Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {msg}")
+        }
+        Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+        Notice | Info => tracing::info!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+        Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+    }
+    false
+}
+
+/// Whether an error is a broker connection failure that [`error`] accounts
+/// for (so a caller that also receives it, e.g. from `poll`, need not log it).
+pub fn is_transport(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
+/// An error a consumer's `poll` returned: logged as a warning unless it is
+/// a broker connection failure, which the error callback has accounted for.
+pub fn consumer_error(e: &KafkaError) {
+    if is_transport(e) {
+        tracing::debug!(error = %e, "Kafka consumer error");
+    } else {
+        tracing::warn!(error = %e, "Kafka consumer error");
+    }
+}
+
+/// librdkafka's error callback, routed. Returns true when this began an
+/// outage of a broker.
+pub fn error(e: &KafkaError, reason: &str) -> bool {
+    match e.rdkafka_error_code() {
+        // Said after each broker's own failure, which was logged.
+        Some(RDKafkaErrorCode::AllBrokersDown) => {
+            tracing::debug!(target: "librdkafka", "{reason}");
+            false
+        }
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => {
+            failed(reason)
+        }
+        _ => {
+            tracing::error!("librdkafka: {e}: {reason}");
+            false
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// A client context that only routes librdkafka's log and errors through
+/// this module: for the short-lived and auxiliary
+/// clients (probes, dead-letter producers).
+#[derive(Default, Clone, Copy)]
+pub struct Logged;
+
+impl ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log(level, fac, msg);
+    }
+    fn error(&self, e: KafkaError, reason: &str) {
+        error(&e, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Logged {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_is_read_from_both_prefixes() {
+        let m = "127.0.0.1:41957/1: Connect to ipv4#127.0.0.1:41957 failed: Connection refused";
+        assert_eq!(broker_of(m), Some("127.0.0.1:41957"));
+        assert_eq!(
+            reason_of(m),
+            "Connect to ipv4#127.0.0.1:41957 failed: Connection refused"
+        );
+        let g = "GroupCoordinator: 127.0.0.1:41957: Connect to ipv4#127.0.0.1:41957 failed";
+        assert_eq!(broker_of(g), Some("127.0.0.1:41957"));
+        let t =
+            "[thrd:127.0.0.1:43115/1]: 127.0.0.1:43115/1: Connect to ipv4#127.0.0.1:43115 failed";
+        assert_eq!(broker_of(t), Some("127.0.0.1:43115"));
+        assert_eq!(reason_of(t), "Connect to ipv4#127.0.0.1:43115 failed");
+        assert_eq!(
+            broker_of("kafka-1:9092/bootstrap: Disconnected"),
+            Some("kafka-1:9092")
+        );
+        assert_eq!(broker_of("3/3 brokers are down"), None);
+        assert_eq!(broker_of("no prefix here"), None);
+        assert!(!failed(
+            "10.9.8.6:9092/1: Disconnected (after 600005ms in state UP)"
+        ));
+    }
+
+    #[test]
+    fn an_outage_is_logged_once_and_ends_when_the_broker_answers_again() {
+        let broker = crate::MockBroker::start(1).unwrap();
+        let addr = broker.bootstrap().to_string();
+        let m = format!("{addr}/1: Connect to ipv4#{addr} failed: Connection refused");
+        assert!(failed(&m), "the first failure begins the outage");
+        assert!(!failed(&m), "the second does not");
+        // The watcher asks the broker, which answers: the outage ends.
+        let t = Instant::now();
+        while state().lock().unwrap().down.contains_key(&addr) {
+            assert!(t.elapsed() < Duration::from_secs(20), "no return seen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(failed(&m), "a new outage after the return is logged again");
+    }
+}
