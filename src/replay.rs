@@ -102,6 +102,20 @@ fn plan(a: &ReplayArgs, probe: &Probe) -> Result<Plan> {
             let (o, found) = probe
                 .offset_for_time(p, ts)
                 .with_context(|| format!("finding the start offset of partition {p} by time"))?;
+            // The range begins before what retention kept: lines of its first
+            // windows may be gone, and nothing can count them.
+            if o == lo && lo > 0 {
+                if let Ok(Some((_, first_ts))) = probe.record_at(p, lo) {
+                    if first_ts > ts {
+                        tracing::warn!(
+                            partition = p,
+                            log_start = lo,
+                            "partition {p}: records before offset {lo} were deleted by the broker (retention) and its oldest record was ingested at {}, after the range begins: windows before then may be short of lines",
+                            fmt_ms(first_ts)
+                        );
+                    }
+                }
+            }
             (
                 o,
                 match found {
@@ -323,6 +337,12 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         w.len(),
         counters.windows_outside_range
     );
+    if counters.offsets_skipped > 0 {
+        crate::errln!(
+            "logpipe replay: {} records were deleted by the broker before they were read (retention): the windows they fell in are short of their lines",
+            counters.offsets_skipped
+        );
+    }
     if a.dry_run {
         for ((host, source), (n, first, last)) in w.iter() {
             crate::outln!(

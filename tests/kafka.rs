@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use logpipe_analyzer::generate::Generator;
+use std::process::{Command, Stdio};
+
 use logpipe_testkit::{
-    produce_all, unique, wait_until, Analyzer, GroupProtocol, Influx, Kafka, Membership,
+    produce_all, unique, wait_until, Analyzer, Child, GroupProtocol, Influx, Kafka, Membership,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -67,6 +69,54 @@ fn low_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
         .0
 }
 
+/// `logpipe archive` of `topic` into `out` as group `group`, its log to `log`.
+fn archive(kafka: &Kafka, topic: &str, group: &str, out: &Path, log: &Path) -> Child {
+    let mut c = Command::new(BIN);
+    c.args(["archive", "--brokers", &kafka.bootstrap, "--topic", topic])
+        .arg("--dir")
+        .arg(out)
+        .args(["--group", group, "--commit-interval", "200ms"])
+        .args([
+            "--kafka",
+            "session.timeout.ms=6000,heartbeat.interval.ms=1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    Child::spawn("archive", &mut c)
+}
+
+/// Lines in the archive's `.log` files under `dir`.
+fn archived_lines(dir: &Path) -> usize {
+    walk(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 fn membership(kafka: &Kafka, topic: &str) -> Membership {
     Membership {
         brokers: kafka.bootstrap.clone(),
@@ -83,7 +133,9 @@ fn membership(kafka: &Kafka, topic: &str) -> Membership {
 /// the number lost, adds exactly that many to `offsets_skipped`, and counts
 /// every line still on the topic. Lines the first run had read past the
 /// restore point stay in the open windows it wrote (their records are among
-/// the lost), so counted + skipped = written + those lines.
+/// the lost), so counted + skipped = written + those lines. The archive
+/// (stopped after its first 2 000 lines) and a replay from offset 0 name and
+/// count their losses the same way.
 #[test]
 fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
     let kafka = Kafka::start();
@@ -124,6 +176,19 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
         a.child.terminate(Duration::from_secs(30)).success(),
         "{}",
         a.log()
+    );
+    let (out, alog) = (dir.path().join("archive"), dir.path().join("archive.log"));
+    let agroup = unique("archive");
+    let mut ar = archive(&kafka, &topic, &agroup, &out, &alog);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_until(Duration::from_secs(60), || {
+        (archived_lines(&out) == 2_000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("first 2 000 lines not archived:\n{}", read(&alog)));
+    assert!(
+        ar.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        read(&alog)
     );
     let restore: i64 = influx
         .query(&db, "SELECT last(restore_offset) FROM logpipe_state")
@@ -190,37 +255,88 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
         )),
         "names the range and count: {line}"
     );
-}
 
-/// The columns of `kafka-consumer-groups --describe` for `group`, per partition:
-/// (partition, current offset, log end offset, lag).
-fn describe_group(kafka: &Kafka, group: &str) -> Vec<(i32, String, String, String)> {
-    let out = kafka.run_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            &kafka.bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
+    // 4. The archive resumes from its commit (2 000): the same.
+    let mut ar = archive(&kafka, &topic, &agroup, &out, &alog);
+    let kept = 42_000 - lo as usize;
+    wait_until(Duration::from_secs(60), || {
+        (archived_lines(&out) == 2_000 + kept).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "archive holds {} lines, not 2 000 + the {kept} still on the topic:\n{}",
+            archived_lines(&out),
+            read(&alog)
+        )
+    });
+    assert!(
+        ar.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        read(&alog)
     );
-    let mut rows = vec![];
-    for l in out.lines() {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        if cols.len() >= 6 && cols[0] == group {
-            if let Ok(p) = cols[2].parse::<i32>() {
-                rows.push((p, cols[3].into(), cols[4].into(), cols[5].into()));
-            }
-        }
-    }
-    rows.sort();
-    rows
+    let text = read(&alog);
+    let line = text
+        .lines()
+        .find(|l| l.contains("were deleted by the broker before they were archived"))
+        .unwrap_or_else(|| panic!("the archive names no loss:\n{text}"));
+    eprintln!("the archive said: {line}");
+    let alost = lo - 2_000;
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!(
+                "records 2000..={} of partition 0 ({alost})",
+                lo - 1
+            )),
+        "{line}"
+    );
+    assert!(
+        text.contains(&format!("offsets_skipped={alost}")),
+        "its exit counts them:\n{text}"
+    );
+
+    // 5. A replay told to start at offset 0 refuses, naming the range; one
+    // by time from before the first line warns that its first windows may be
+    // short (what was deleted cannot be counted by time).
+    let replay = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["replay", "--brokers", &kafka.bootstrap, "--topic", &topic])
+            .args(["--dry-run", "--influx-url", &influx.url, "--influx-db", &db])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text) = replay(&["--from-offsets", "0:0"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "offset 0 of partition 0 is outside what the broker holds ({lo}..42000): the records before it were deleted (retention)"
+        )),
+        "{text}"
+    );
+    let from = chrono::DateTime::from_timestamp_millis(START_MS - 3_600_000)
+        .unwrap()
+        .to_rfc3339();
+    let (ok, text) = replay(&["--from", &from]);
+    assert!(ok, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("were deleted by the broker (retention)"))
+        .unwrap_or_else(|| panic!("the replay does not warn:\n{text}"));
+    eprintln!("the replay said: {line}");
+    assert!(
+        line.contains("WARN") && line.contains(&format!("records before offset {lo} ")),
+        "{line}"
+    );
 }
 
 /// After the pipeline drained, Kafka's consumer-groups tool shows the
-/// analyzers' group with lag 0 on every partition, and the console consumer
-/// reads the records with the wire contract's headers.
+/// analyzers' group with lag 0 on every partition (and the archive's once it
+/// holds every line; a replay's group has no offsets: it never commits), and
+/// the console consumer reads the records with the wire contract's headers.
 #[test]
 fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     let kafka = Kafka::start();
@@ -262,7 +378,7 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     .unwrap_or_else(|| panic!("not all lines counted:\n{}", a.log()));
     let mut rows = vec![];
     wait_until(Duration::from_secs(60), || {
-        rows = describe_group(&kafka, &m.group);
+        rows = kafka.describe_group(&m.group);
         // A partition no source hashed to has nothing to commit: end 0, lag "-".
         (rows.len() == 3
             && rows
@@ -275,6 +391,52 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     let ends: u64 = rows.iter().map(|r| r.2.parse::<u64>().unwrap()).sum();
     assert_eq!(ends, 9_000, "one record per line: {rows:?}");
     assert!(rows.iter().all(|r| r.1 == r.2 || r.2 == "0"), "{rows:?}");
+
+    // The archive's group, once it holds every line: lag 0 likewise.
+    let (out, alog) = (dir.path().join("archive"), dir.path().join("archive.log"));
+    let agroup = unique("archive");
+    let mut ar = archive(&kafka, &topic, &agroup, &out, &alog);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut arows = vec![];
+    wait_until(Duration::from_secs(60), || {
+        if archived_lines(&out) != 9_000 {
+            return None;
+        }
+        arows = kafka.describe_group(&agroup);
+        (arows.len() == 3
+            && arows
+                .iter()
+                .all(|r| r.3 == "0" || (r.2 == "0" && r.3 == "-")))
+        .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "archive: {} lines, group {arows:?}:\n{}",
+            archived_lines(&out),
+            read(&alog)
+        )
+    });
+    eprintln!("kafka-consumer-groups --describe (archive): {arows:?}");
+    assert!(
+        ar.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        read(&alog)
+    );
+
+    // A replay commits nothing (its start is its plan, never the group's):
+    // the tool knows no offsets of `logpipe-replay` after one ran.
+    let replayed = Command::new(BIN)
+        .args(["replay", "--brokers", &kafka.bootstrap, "--topic", &topic])
+        .args(["--from-offsets", "earliest", "--dry-run"])
+        .args(["--influx-url", &influx.url, "--influx-db", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{text}");
+    assert!(text.contains("read 9000 records"), "{text}");
+    let rrows = kafka.describe_group("logpipe-replay");
+    eprintln!("kafka-consumer-groups --describe (logpipe-replay): {rrows:?}");
+    assert!(rrows.is_empty(), "a replay committed offsets: {rrows:?}");
 
     let out = kafka.run_tool(
         "org.apache.kafka.tools.consumer.ConsoleConsumer",

@@ -260,6 +260,33 @@ impl Kafka {
         stdout
     }
 
+    /// The rows of `kafka-consumer-groups --describe --group <group>`, per
+    /// partition: (partition, current offset, log end offset, lag), as the
+    /// tool prints them (`-` where it has no value).
+    pub fn describe_group(&self, group: &str) -> Vec<(i32, String, String, String)> {
+        let out = self.run_tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &[
+                "--bootstrap-server",
+                &self.bootstrap,
+                "--describe",
+                "--group",
+                group,
+            ],
+        );
+        let mut rows = vec![];
+        for l in out.lines() {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.len() >= 6 && cols[0] == group {
+                if let Ok(p) = cols[2].parse::<i32>() {
+                    rows.push((p, cols[3].into(), cols[4].into(), cols[5].into()));
+                }
+            }
+        }
+        rows.sort();
+        rows
+    }
+
     /// Starts node `i` (0-based) again after [`Kafka::kill_node`].
     pub fn start_node(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
