@@ -97,7 +97,7 @@ fn fingerprint(path: &Path) -> std::io::Result<Option<Fingerprint>> {
 }
 
 /// The rotation number in `access.log.3.gz` / `access.log-20240501.gz` (0 if none).
-fn rotation_number(path: &Path) -> u64 {
+pub(crate) fn rotation_number(path: &Path) -> u64 {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let stem = name.trim_end_matches(".gz");
     stem.rsplit(['.', '-'])

@@ -450,8 +450,17 @@ impl Producer {
         p.reconcile(found, true)?;
         p.find_moved_while_stopped()?;
         p.known_paths.clear();
-        // Files rotated away are older than what is at the paths now: first.
-        p.files.sort_by_key(|f| f.gone_since.is_none());
+        // A source's older files first: those rotated away while stopped,
+        // then by modification time, then the higher rotation number
+        // (`access.log.1` before `access.log`), as for compressed ones.
+        p.files.sort_by_cached_key(|f| {
+            let mtime = std::fs::metadata(&f.path).and_then(|m| m.modified()).ok();
+            (
+                f.gone_since.is_none(),
+                mtime,
+                std::cmp::Reverse(compressed::rotation_number(&f.path)),
+            )
+        });
         Ok(p)
     }
 
