@@ -1,7 +1,7 @@
 //! A real InfluxDB 1.x server (`influxd` from Debian's `influxdb` package),
 //! started per test on free loopback ports with all its state in a temp dir.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -37,6 +37,18 @@ impl Influx {
     /// Starts `influxd` and waits until `/ping` answers.
     pub fn start() -> Influx {
         Influx::start_inner(false)
+    }
+
+    /// A configuration on free ports (data in a tempdir) for an `influxd`
+    /// someone else starts, e.g. a README recipe's `influxd &` with
+    /// `INFLUXDB_CONFIG_PATH` set to [`Influx::config_path`]; the handle
+    /// queries it at [`Influx::url`].
+    pub fn unstarted() -> Influx {
+        Influx::configure(false)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.conf_path
     }
 
     /// Starts `influxd` with `auth-enabled = true` and an admin user
