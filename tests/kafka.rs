@@ -613,32 +613,110 @@ fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
     );
     assert_eq!(described.matches("Partition: ").count(), 6, "{described}");
 
-    // A pipeline through it, as the compose stack runs one (topic `logs`).
+    // The stack's own services on it, from their `command` and
+    // `environment` as written (hosts and volumes mapped to this machine):
+    // `traffic` writes for 15 s, `producer` follows, two `analyzer`s (as
+    // with `--scale analyzer=2`) count. Every line written is counted or
+    // dead-lettered, exactly.
+    let mut c = c;
+    c.apply_merge().expect("compose merge keys");
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let mut g = Generator::new(11, START_MS, 20.0).malformed_one_in(0);
-    append(&log, &mut g, 3_000);
     let influx = Influx::start();
-    let db = influx.create_db(&unique("compose"));
-    let m = Membership {
-        brokers: bootstrap.clone(),
-        topic: "logs".into(),
-        group: "logpipe-analyzers".into(),
-        session_ms: 6_000,
-        protocol: GroupProtocol::Classic,
+    let path = |v: &str| {
+        v.replace(
+            "/var/log/traffic",
+            &dir.path().join("traffic").display().to_string(),
+        )
+        .replace(
+            "/var/lib/logpipe",
+            &dir.path().join("state").display().to_string(),
+        )
+        .replace("kafka:9092", &bootstrap)
+        .replace("http://influxdb:8086", &influx.url)
     };
-    let a = Analyzer::start(Path::new(BIN), dir.path(), "a0", "a0", &m, &influx.url, &db);
-    produce_all(
-        Path::new(BIN),
-        &bootstrap,
-        "logs",
-        &dir.path().join("cp"),
-        &[log],
+    let service = |name: &str, log: &str| {
+        let svc = &c["services"][name];
+        let mut cmd = std::process::Command::new(BIN);
+        for a in svc["command"].as_sequence().expect("command") {
+            cmd.arg(path(a.as_str().unwrap()));
+        }
+        for (k, v) in svc["environment"].as_mapping().expect("environment") {
+            let v = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                other => panic!("{name}: {k:?}: {other:?}"),
+            };
+            cmd.env(k.as_str().unwrap(), path(&compose_defaults(&v)));
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap());
+        Child::spawn(name, &mut cmd)
+    };
+    let read = |log: &str| std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+    let a0 = service("analyzer", "analyzer-0.log");
+    let a1 = service("analyzer", "analyzer-1.log");
+    let mut producer = service("producer", "producer.log");
+    let mut traffic = service("traffic", "traffic.log");
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        traffic.terminate(Duration::from_secs(10)).success(),
+        "{}",
+        read("traffic.log")
     );
-    wait_until(Duration::from_secs(60), || {
-        (counted(&influx, &db) == 3_000).then_some(())
+    let written: u64 = walk(&dir.path().join("traffic"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count() as u64)
+        .sum();
+    assert!(
+        written > 1_000,
+        "traffic wrote {written} lines:\n{}",
+        read("traffic.log")
+    );
+    // Dead letters by the line they are (file, offset): a line an analyzer
+    // dead-lettered before a rebalance and its successor again is one line.
+    let dead = || {
+        logpipe_testkit::read_topic(&bootstrap, "logs.dlq")
+            .iter()
+            .map(|r| {
+                (
+                    r.header("file").map(str::to_string),
+                    r.header("offset").map(str::to_string),
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
+    };
+    let mut seen = (0, 0);
+    wait_until(Duration::from_secs(90), || {
+        seen = (counted(&influx, "logs"), dead());
+        (seen.0 + seen.1 == written).then_some(())
     })
-    .unwrap_or_else(|| panic!("not all lines counted:\n{}\n{}", a.log(), broker.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "{written} lines written, {} counted + {} dead-lettered:\n{}\n{}\n{}",
+            seen.0,
+            seen.1,
+            read("producer.log"),
+            read("analyzer-0.log"),
+            read("analyzer-1.log")
+        )
+    });
+    eprintln!(
+        "compose services: {written} lines written by traffic, {} counted, {} dead-lettered",
+        seen.0, seen.1
+    );
+    assert!(producer.terminate(Duration::from_secs(30)).success());
+    for (mut a, log) in [(a0, "analyzer-0.log"), (a1, "analyzer-1.log")] {
+        assert!(
+            a.terminate(Duration::from_secs(30)).success(),
+            "{}",
+            read(log)
+        );
+        assert!(
+            read(log).contains("partitions assigned"),
+            "{log} took part:\n{}",
+            read(log)
+        );
+    }
     assert!(
         std::fs::read_dir(data.path()).unwrap().count() > 0,
         "the data lives in the volume's directory"
