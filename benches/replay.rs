@@ -1,6 +1,9 @@
 //! `logpipe replay` as operators run it: its own process, reading a topic of
-//! 1 M lines from a `logpipe broker` process and writing the windows to a
-//! real InfluxDB (`influxd` as a child process, a fresh database per run).
+//! 1 M lines and writing the windows to a real InfluxDB (`influxd` as a child
+//! process, a fresh database per run). Two rows, side by side in one run: the
+//! topic on a `logpipe broker` process (librdkafka's mock cluster) and on an
+//! Apache Kafka 4.4 node (KRaft, the tests' settings); the replay's own
+//! settings are its defaults on both (no `--kafka`).
 //!
 //! `cargo bench --bench replay` prints, as medians of `LOGPIPE_BENCH_RUNS`
 //! (default 5) runs: records/s over the whole process (start-up, planning,
@@ -17,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use logpipe_analyzer::generate::Generator;
-use logpipe_testkit::{unique, Influx};
+use logpipe_testkit::{unique, Influx, Kafka};
 
 mod common;
 use common::{bin, median, runs, wait_measured, Broker};
@@ -26,7 +29,7 @@ const SOURCES: usize = 64;
 const PER_SOURCE: usize = 15_625;
 const LINES: u64 = (SOURCES * PER_SOURCE) as u64;
 
-fn fill_topic(broker: &Broker, dir: &Path) {
+fn fill_topic(bootstrap: &str, dir: &Path) {
     let mut paths = vec![];
     for i in 0..SOURCES {
         let p = dir.join(format!("site{i:02}.log"));
@@ -38,7 +41,7 @@ fn fill_topic(broker: &Broker, dir: &Path) {
         paths.push(p);
     }
     let out = Command::new(bin())
-        .args(["produce", "--brokers", &broker.bootstrap, "--host", "bench"])
+        .args(["produce", "--brokers", bootstrap, "--host", "bench"])
         .args(["--from-beginning", "--exit-on-eof"])
         .args(&paths)
         .output()
@@ -52,11 +55,11 @@ fn fill_topic(broker: &Broker, dir: &Path) {
 
 /// One replay into a fresh database: (wall s, CPU s, peak RSS MiB, replay's
 /// own records/s of its reading phase).
-fn replay_once(broker: &Broker, influx: &Influx, log: &Path) -> (f64, f64, f64, f64) {
+fn replay_once(bootstrap: &str, influx: &Influx, log: &Path) -> (f64, f64, f64, f64) {
     let db = influx.create_db(&unique("bench"));
     let started = Instant::now();
     let mut child = Command::new(bin())
-        .args(["replay", "--brokers", &broker.bootstrap, "--topic", "logs"])
+        .args(["replay", "--brokers", bootstrap, "--topic", "logs"])
         .args(["--from-offsets", "earliest", "--influx-url", &influx.url])
         .args(["--influx-db", &db])
         .stdout(Stdio::null())
@@ -88,16 +91,14 @@ fn replay_once(broker: &Broker, influx: &Influx, log: &Path) -> (f64, f64, f64, 
     (wall, cpu, rss, rate)
 }
 
-fn main() {
-    let runs = runs(5);
-    let broker = Broker::start("logs", 32);
+fn row(name: &str, bootstrap: &str, influx: &Influx, runs: usize) {
     let dir = tempfile::tempdir().unwrap();
-    fill_topic(&broker, dir.path());
-    let influx = Influx::start();
-    println!("replay: {LINES} lines ({SOURCES} sources, 32 partitions) from a `logpipe broker` process into influxd ({runs} runs)");
+    fill_topic(bootstrap, dir.path());
+    println!("replay on {name}: {LINES} lines ({SOURCES} sources, 32 partitions) into influxd ({runs} runs)");
     let (mut walls, mut cpus, mut rss, mut inner) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
-        let (wall, cpu, peak, rate) = replay_once(&broker, &influx, &dir.path().join("replay.log"));
+        let (wall, cpu, peak, rate) =
+            replay_once(bootstrap, influx, &dir.path().join("replay.log"));
         println!(
             "  run {}: {wall:.2} s, {:.0} lines/s whole process ({rate:.0} lines/s reading), CPU {cpu:.2} s, peak RSS {peak:.1} MiB",
             i + 1,
@@ -109,10 +110,22 @@ fn main() {
         inner.push(rate);
     }
     println!(
-        "replay 1M lines: median {:.0} lines/s whole process, {:.0} lines/s reading, CPU {:.2} s, peak RSS {:.1} MiB",
+        "replay 1M lines, {name}: median {:.0} lines/s whole process, {:.0} lines/s reading, CPU {:.2} s, peak RSS {:.1} MiB",
         median(walls),
         median(inner),
         median(cpus),
         median(rss)
     );
+}
+
+fn main() {
+    let runs = runs(5);
+    let influx = Influx::start();
+    {
+        let broker = Broker::start("logs", 32);
+        row("logpipe broker (mock)", &broker.bootstrap, &influx, runs);
+    }
+    let kafka = Kafka::start();
+    kafka.create_topic("logs", 32);
+    row("Apache Kafka 4.4", &kafka.bootstrap, &influx, runs);
 }
