@@ -30,13 +30,7 @@ fn archive_cmd(brokers: &str, topic: &str, dir: &Path, log: &Path, extra: &[&str
         ])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        );
+        .stderr(logpipe_testkit::append_to(log));
     c
 }
 

@@ -81,13 +81,7 @@ fn archive(kafka: &Kafka, topic: &str, group: &str, out: &Path, log: &Path) -> C
             "session.timeout.ms=6000,heartbeat.interval.ms=1000",
         ])
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        );
+        .stderr(logpipe_testkit::append_to(log));
     Child::spawn("archive", &mut c)
 }
 

@@ -106,13 +106,7 @@ fn produce(bootstrap: &str, dir: &Path, cp: &Path, log: &Path, extra: &[&str]) -
         .arg(dir.join("*.log"))
         .env("RUST_LOG", "logpipe_producer=info")
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        );
+        .stderr(logpipe_testkit::append_to(log));
     Child::spawn("logpipe produce", &mut c)
 }
 

@@ -74,6 +74,16 @@ impl Drop for Child {
     }
 }
 
+/// `path` opened for appending (created when missing): a child's log that
+/// several runs of it share.
+pub fn append_to(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
