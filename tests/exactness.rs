@@ -265,6 +265,13 @@ impl Stack {
             self.reference.len() >= 3 * 12,
             "the workload spans many windows"
         );
+        eprintln!(
+            "{what}: {} lines written ({} malformed), {} counted in {} windows equal to the truth: 0 lost, 0 counted twice",
+            self.expected.lines,
+            self.expected.malformed,
+            counts.values().map(|w| w.count).sum::<u64>(),
+            counts.len()
+        );
         // Every malformed line reached the dead-letter topic: none lost;
         // copies (same file and offset) only from a crash between a dead
         // letter's acknowledgement and the next restore point.
