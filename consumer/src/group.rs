@@ -140,6 +140,11 @@ impl ConsumerContext for Ctx {
                 } else {
                     consumer.assign(tpl)
                 };
+                // librdkafka keeps a pause on the partition across
+                // revoke and assign: a member paused while it owned it (its
+                // sink failing) would never fetch it again. A new assignment
+                // starts unpaused; the caller pauses it again if it must.
+                let r = r.and_then(|()| consumer.resume(tpl));
                 match r {
                     Ok(()) => self.push(RebalanceEvent::Assigned(ps)),
                     Err(e) => self.push(RebalanceEvent::AssignFailed(format!(
@@ -590,6 +595,58 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3]);
         assert!(a.commit(&[(owned[0][0], 0)], false).is_ok());
+    }
+
+    /// A partition paused (the analyzer waiting for its sink), then revoked
+    /// and assigned again, is fetched again: a new assignment never inherits
+    /// an old pause (librdkafka keeps it on the partition otherwise — seen as
+    /// a group that stopped consuming after a broker fault).
+    #[test]
+    fn a_paused_partition_assigned_again_is_fetched() {
+        use rdkafka::message::Message;
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let broker = MockBroker::start(1).unwrap();
+        broker.create_topic("t", 2).unwrap();
+        let a = member(&broker, "g");
+        let mut owned = vec![vec![], vec![]];
+        settle(&[&a], &mut owned[..1], |o| o[0].len() == 2);
+        a.pause(&[0, 1]).unwrap();
+        {
+            let b = member(&broker, "g");
+            settle(&[&a, &b], &mut owned, |o| {
+                o[0].len() == 1 && o[1].len() == 1
+            });
+        }
+        // `b` left: `a` owns both again.
+        settle(&[&a], &mut owned[..1], |o| o[0].len() == 2);
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .create()
+            .unwrap();
+        for i in 0..100 {
+            let v = i.to_string();
+            producer
+                .send(BaseRecord::<(), _>::to("t").payload(&v).partition(i % 2))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut batch = Batch::with_capacity(256);
+        let mut seen = [0usize; 2];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.iter().sum::<usize>() < 100 {
+            assert!(
+                Instant::now() < deadline,
+                "records per partition {seen:?}: a partition stayed paused"
+            );
+            let _ = a.poll_batch(&mut batch, Duration::from_millis(50));
+            while let Some(ev) = a.take_rebalance() {
+                apply(&mut owned[0], ev);
+            }
+            for r in batch.iter() {
+                seen[r.partition() as usize] += 1;
+            }
+            batch.clear();
+        }
     }
 
     #[test]
