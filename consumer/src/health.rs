@@ -185,8 +185,8 @@ impl ClientContext for Quiet {
 
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
-/// librdkafka's log, routed: connection failures and request time-outs to
-/// the outage state, a commit refused while the group rebalances to debug
+/// librdkafka's log, routed: a broker's failed connection (`FAIL` at
+/// warning level or above) to the outage state, a commit refused while the group rebalances to debug
 /// (harmless: the restore point is what a new owner resumes from, and the
 /// next commit supersedes it), everything else at its own level. Returns
 /// true when this began an outage of a broker.
@@ -260,8 +260,8 @@ fn humanize(d: Duration) -> String {
 }
 
 /// A client context that only routes librdkafka's log and errors through
-/// this module: for the short-lived and auxiliary
-/// clients (probes, dead-letter producers).
+/// this module: for the short-lived and auxiliary clients (probes, the
+/// dead-letter reader).
 #[derive(Default, Clone, Copy)]
 pub struct Logged;
 

@@ -323,12 +323,12 @@ impl Kafka {
         self.nodes[i].child.as_ref().map(Child::id)
     }
 
-    /// The node id (`node.id`, 1-based) of node `i`.
     /// Node `i`'s client address, `127.0.0.1:<port>`.
     pub fn node_addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.nodes[i].port)
     }
 
+    /// The node id (`node.id`, 1-based) of node `i`.
     pub fn node_id(&self, i: usize) -> u32 {
         self.nodes[i].id
     }
