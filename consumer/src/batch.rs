@@ -83,12 +83,13 @@ impl Batch {
     /// `queue` must be a live queue handle of a live client.
     pub(crate) unsafe fn fill(&mut self, queue: *mut rdsys::rd_kafka_queue_t, timeout_ms: i32) {
         debug_assert!(self.msgs.is_empty());
-        self.take(queue, 0, self.capacity);
+        // SAFETY (every `take` here): the caller vouches for `queue`.
+        unsafe { self.take(queue, 0, self.capacity) };
         if self.msgs.is_empty() {
             if timeout_ms == 0 {
                 return;
             }
-            self.take(queue, timeout_ms, 1);
+            unsafe { self.take(queue, timeout_ms, 1) };
             if self.msgs.is_empty() {
                 return;
             }
@@ -97,7 +98,7 @@ impl Batch {
             // Sleeping, not waiting on the queue: a wait with a timeout wakes
             // for every record the fetcher adds, one at a time.
             std::thread::sleep(std::time::Duration::from_millis(1));
-            self.take(queue, 0, self.capacity - self.msgs.len());
+            unsafe { self.take(queue, 0, self.capacity - self.msgs.len()) };
         }
     }
 
@@ -108,14 +109,18 @@ impl Batch {
         if max == 0 {
             return;
         }
-        let n = rdsys::rd_kafka_consume_batch_queue(
-            queue,
-            timeout_ms,
-            self.msgs.as_mut_ptr().add(have),
-            max,
-        );
+        // SAFETY: the caller vouches for `queue`; the spare capacity from
+        // `have` holds `max` pointers, and librdkafka wrote the first `n`.
+        let n = unsafe {
+            rdsys::rd_kafka_consume_batch_queue(
+                queue,
+                timeout_ms,
+                self.msgs.as_mut_ptr().add(have),
+                max,
+            )
+        };
         if n > 0 {
-            self.msgs.set_len(have + n as usize);
+            unsafe { self.msgs.set_len(have + n as usize) };
             self.msgs.retain(|m| !m.is_null());
         }
     }
@@ -180,11 +185,13 @@ impl Message for Record<'_> {
     }
 
     unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
-        let m = self.ptr.as_mut();
+        // SAFETY: the caller holds the only reference to this message; its
+        // (payload, len) describe bytes it owns.
+        let m = unsafe { self.ptr.as_mut() };
         if m.payload.is_null() {
             None
         } else {
-            Some(std::slice::from_raw_parts_mut(m.payload as *mut u8, m.len))
+            Some(unsafe { std::slice::from_raw_parts_mut(m.payload as *mut u8, m.len) })
         }
     }
 
