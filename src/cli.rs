@@ -153,6 +153,23 @@ pub struct ArchiveArgs {
     pub stats_interval: Duration,
 }
 
+impl From<ArchiveArgs> for logpipe_archive::ArchiveConfig {
+    fn from(a: ArchiveArgs) -> Self {
+        logpipe_archive::ArchiveConfig {
+            brokers: a.kafka.brokers,
+            topic: a.kafka.topic,
+            kafka: flat(a.kafka.kafka),
+            dir: a.dir,
+            group: a.group,
+            compress: a.compress,
+            close_after: a.close_after,
+            commit_interval: a.commit_interval,
+            dedup_files: a.dedup_files,
+            stats_interval: a.stats_interval,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     #[command(flatten)]

@@ -3,7 +3,6 @@
 
 #[macro_use]
 mod output;
-mod archive;
 mod cli;
 mod demo;
 mod replay;
@@ -59,7 +58,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Dlq(a) => dlq(a),
         Command::Replay(a) => replay::run(a),
-        Command::Archive(a) => archive::run(a),
+        Command::Archive(a) => archive(a),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
@@ -282,6 +281,11 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         counters.windows_written
     );
     Ok(())
+}
+
+fn archive(a: cli::ArchiveArgs) -> Result<()> {
+    let stop = shutdown_flag()?;
+    Ok(logpipe_archive::run(a.into(), &stop)?)
 }
 
 fn dlq(a: DlqArgs) -> Result<()> {

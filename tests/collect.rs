@@ -100,12 +100,7 @@ fn records(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Recor
 fn distinct(rs: &[Record]) -> Vec<&Record> {
     let mut seen = HashSet::new();
     rs.iter()
-        .filter(|r| {
-            seen.insert((
-                r.header("file").unwrap().to_string(),
-                r.header("offset").unwrap().to_string(),
-            ))
-        })
+        .filter(|r| seen.insert(r.meta().position().expect("every line has file and offset")))
         .collect()
 }
 

@@ -279,12 +279,7 @@ impl Stack {
         let mut seen = std::collections::BTreeSet::new();
         let mut got: Vec<(String, String)> = records
             .iter()
-            .filter(|r| {
-                seen.insert((
-                    r.header("file").map(str::to_string),
-                    r.header("offset").map(str::to_string),
-                ))
-            })
+            .filter(|r| seen.insert(r.meta().position()))
             .map(|r| r.source_and_line())
             .collect();
         got.sort();

@@ -270,11 +270,9 @@ impl DeadLetter {
         }
     }
 
+    /// The last header called `name` (the wire contract's reading).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+        logpipe_wire::HeaderLookup::last(&self.headers[..], name, c"")
     }
 }
 

@@ -7,7 +7,6 @@
 //!   watermark, closing, late lines, restore points, latency and client sketches).
 //! - [`line_protocol`]: InfluxDB line protocol encoding of window points.
 //! - [`distinct`]: distinct counts per window, exact up to 7 168 values, never above the count.
-//! - [`dedup`]: drops producer re-sends by (`file`, `offset`), bounded.
 //! - [`pieces`]: lines the producer published in pieces, joined again (pure).
 //! - [`sink`]: where points go — InfluxDB (v1 `/write`, v2 `/api/v2/write`)
 //!   or a line-protocol file.
@@ -19,7 +18,6 @@
 //! - [`generate`]: deterministic realistic traffic for the demo, tests, benchmarks.
 
 pub mod counters;
-pub mod dedup;
 pub mod distinct;
 pub mod dlq;
 pub mod format;
@@ -41,8 +39,4 @@ pub use run::{run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport
 pub use sink::{DryRunSink, InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
 pub use window::{Metrics, WindowSpec, WindowValue};
 
-/// A hash map for keys that come from logpipe's own producers (record keys,
-/// `file` headers), looked up once or twice per record: wyhash instead of
-/// SipHash, which was 6 % of the polling thread at a million records a second.
-pub type FastMap<K, V> =
-    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<wyhash::WyHash>>;
+pub use logpipe_wire::FastMap;

@@ -18,12 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use logpipe_consumer::{
-    Batch as RecordBatch, GroupConfig, GroupConsumer, RebalanceEvent, Record, StartOffsets,
+    Batch as RecordBatch, GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets,
 };
 use rdkafka::message::{Headers, Message};
 
 use crate::counters::Counters;
-use crate::dedup::Dedup;
 use crate::dlq::DeadLetters;
 use crate::formats::{Formats, Parser};
 use crate::line_protocol;
@@ -35,6 +34,7 @@ use crate::state::{Scope, StateBatch, StateStore, StateUpdate, StoredPoint};
 use crate::window::{
     Hit, PartitionWindows, Recorded, RestorePoint, SourceId, WindowSpec, WindowValue,
 };
+use logpipe_wire::{Dedup, HeaderLookup, RecordMeta};
 
 /// Settings of one analyzer.
 #[derive(Debug, Clone)]
@@ -902,62 +902,11 @@ impl Analyzer {
     }
 }
 
-/// A record as the analyzer reads it: rdkafka's [`Message`], plus the
-/// headers looked at for every record.
-trait WireRecord: Message {
-    /// The `file` and `offset` headers.
-    fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        (
-            self.header(logpipe_wire::FILE),
-            self.header(logpipe_wire::OFFSET),
-        )
-    }
+/// A record as the analyzer reads it: rdkafka's [`Message`] whose headers
+/// the wire contract's [`RecordMeta`] can read.
+trait WireRecord: Message<Headers: HeaderLookup> {}
 
-    /// The `partial` and `cut` headers; only lines with more than the four
-    /// headers every line has are searched.
-    fn marks(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        match self.headers() {
-            Some(h) if h.count() > logpipe_wire::LINE_HEADERS => (
-                self.header(logpipe_wire::PARTIAL),
-                self.header(logpipe_wire::CUT),
-            ),
-            _ => (None, None),
-        }
-    }
-
-    /// The last header named `name`.
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()?
-            .iter()
-            .filter(|h| h.key == name)
-            .last()
-            .and_then(|h| h.value)
-    }
-}
-
-impl WireRecord for rdkafka::message::BorrowedMessage<'_> {}
-
-impl WireRecord for Record<'_> {
-    fn file_and_offset(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        match self.headers() {
-            Some(h) => (
-                h.get_last(logpipe_wire::FILE_C),
-                h.get_last(logpipe_wire::OFFSET_C),
-            ),
-            None => (None, None),
-        }
-    }
-
-    fn marks(&self) -> (Option<&[u8]>, Option<&[u8]>) {
-        match self.headers() {
-            Some(h) if h.count() > logpipe_wire::LINE_HEADERS => (
-                h.get_last(logpipe_wire::PARTIAL_C),
-                h.get_last(logpipe_wire::CUT_C),
-            ),
-            _ => (None, None),
-        }
-    }
-}
+impl<M: Message<Headers: HeaderLookup>> WireRecord for M {}
 
 /// One record: de-duplicate, join pieces, parse, aggregate.
 fn handle<M: WireRecord>(
@@ -993,11 +942,13 @@ fn handle<M: WireRecord>(
         }
     }
     part.next = Some(offset + 1);
-    let (file, at) = msg.file_and_offset();
-    let at = at.and_then(parse_u64);
-    let (partial, cut) = msg.marks();
+    let RecordMeta {
+        file,
+        offset: at,
+        partial,
+        cut,
+    } = RecordMeta::from_headers(msg.headers());
     let mark = Mark::from_header(partial);
-    let cut = cut.and_then(parse_u64);
     let key = msg.key().unwrap_or(b"");
     let source = sources.id(key, msg.headers());
     let line = msg.payload().unwrap_or(b"");
@@ -1248,36 +1199,4 @@ fn send_held(dlq: &mut DeadLetters, held: &Held, e: &LineError) {
         &origin,
         e,
     );
-}
-
-/// A decimal `offset` header (at most 19 digits: no overflow).
-fn parse_u64(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 {
-        return None;
-    }
-    b.iter().try_fold(0u64, |n, &c| {
-        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_u64;
-
-    #[test]
-    fn offset_headers_parse_as_decimal_or_not_at_all() {
-        assert_eq!(parse_u64(b"0"), Some(0));
-        assert_eq!(
-            parse_u64(b"1234567890123456789"),
-            Some(1_234_567_890_123_456_789)
-        );
-        assert_eq!(parse_u64(b""), None);
-        assert_eq!(parse_u64(b"12a"), None);
-        assert_eq!(parse_u64(b"-1"), None);
-        assert_eq!(
-            parse_u64(b"12345678901234567890"),
-            None,
-            "20 digits could overflow"
-        );
-    }
 }

@@ -192,14 +192,22 @@ pub struct FileState {
     data: Mutex<FileData>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The file's format versions.
+#[derive(Serialize, Deserialize)]
+enum Stored<'a> {
+    #[serde(rename = "1")]
+    V1(std::borrow::Cow<'a, FileData>),
+}
+
+const WHAT: &str = "restore-point file";
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct FileData {
-    version: u32,
     /// `group`, `topic`, partition → point.
     points: BTreeMap<String, BTreeMap<String, BTreeMap<i32, FilePoint>>>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct FilePoint {
     offset: i64,
     next_offset: i64,
@@ -213,31 +221,11 @@ impl FileState {
         if let Some(s) = open.get(&path) {
             return Ok(s.clone());
         }
-        let data = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<FileData>(&bytes).map_err(|e| {
-                SinkError::Permanent(format!(
-                    "{} is not a logpipe state file ({e}); move it away to start afresh",
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileData {
-                version: 1,
-                ..Default::default()
-            },
-            Err(e) => {
-                return Err(SinkError::Permanent(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+        let data = match logpipe_wire::state_file::load::<Stored>(&path, WHAT) {
+            Ok(Some(Stored::V1(d))) => d.into_owned(),
+            Ok(None) => FileData::default(),
+            Err(e) => return Err(SinkError::Permanent(e.to_string())),
         };
-        if data.version != 1 {
-            return Err(SinkError::Permanent(format!(
-                "{} has state format version {}, this logpipe reads version 1",
-                path.display(),
-                data.version
-            )));
-        }
         let s = Arc::new(FileState {
             path: path.clone(),
             data: Mutex::new(data),
@@ -263,16 +251,12 @@ impl FileState {
             p.next_offset = u.next_offset;
             p.sources.extend(u.sources.iter().cloned());
         }
-        let bytes = serde_json::to_vec(&*data).expect("state serializes");
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| SinkError::Retryable(format!("writing {}: {e}", self.path.display())))
+        logpipe_wire::state_file::store(
+            &self.path,
+            WHAT,
+            &Stored::V1(std::borrow::Cow::Borrowed(&*data)),
+        )
+        .map_err(|e| SinkError::Retryable(e.to_string()))
     }
 }
 

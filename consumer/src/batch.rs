@@ -271,6 +271,15 @@ impl RecordHeaders {
     }
 }
 
+impl logpipe_wire::HeaderLookup for RecordHeaders {
+    fn count(&self) -> usize {
+        Headers::count(self)
+    }
+    fn last(&self, _: &str, c_name: &CStr) -> Option<&[u8]> {
+        self.get_last(c_name)
+    }
+}
+
 impl Headers for RecordHeaders {
     fn count(&self) -> usize {
         // SAFETY: `self` is a live header list (see `Record::headers`).

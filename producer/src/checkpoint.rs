@@ -6,9 +6,9 @@
 //! what lets the analyzers drop them as duplicates.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use logpipe_wire::state_file;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,6 @@ pub struct FilePositionV1 {
 
 /// The checkpoint file's content, tagged with its format version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "version")]
 pub enum Checkpoint {
     /// Positions keyed by path, identity device:inode:generation.
     #[serde(rename = "1")]
@@ -67,19 +66,7 @@ impl Default for Checkpoint {
 }
 
 /// A checkpoint that could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("checkpoint {path} is not a logpipe checkpoint of a known version: {source}")]
-    Format {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
+pub type CheckpointError = logpipe_wire::state_file::StateFileError;
 
 impl Checkpoint {
     /// The positions, a version-1 checkpoint carried over: its files are
@@ -107,51 +94,19 @@ impl Checkpoint {
 
     /// Loads `path`; a missing file is an empty checkpoint.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Format {
-                path: path.into(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-            Err(source) => Err(CheckpointError::Io {
-                path: path.into(),
-                source,
-            }),
-        }
+        Ok(state_file::load(path, "checkpoint")?.unwrap_or_default())
     }
 
-    /// Writes `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
+    /// Writes `path` atomically (see [`state_file`]).
     pub fn store(&self, path: &Path) -> Result<(), CheckpointError> {
-        store_atomically(
-            path,
-            &serde_json::to_vec_pretty(self).expect("checkpoint serializes"),
-        )
+        state_file::store(path, "checkpoint", self)
     }
-}
-
-/// Replaces `path` with `bytes` atomically: a temp file beside it, fsync,
-/// rename, fsync the directory.
-pub fn store_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.into(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn round_trips_and_names_its_version() {

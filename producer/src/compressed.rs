@@ -29,20 +29,36 @@ use std::time::{Duration, Instant, SystemTime};
 use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{store_atomically, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::discover::Found;
 use crate::identity::{file_id, Fingerprint, FINGERPRINT_MAX};
 use crate::publish::{Line, PublishError};
 use crate::stats::Stats;
 use crate::tail::{LineOut, ReadError, Tail};
 use crate::{now_ms, Control, ProduceError, Producer};
+use logpipe_wire::state_file;
 
 /// `compressed.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Progress {
-    version: u32,
     files: Vec<Entry>,
 }
+
+/// [`Progress`] as stored, by format version (written from a borrow).
+#[derive(Serialize)]
+enum Stored<'a> {
+    #[serde(rename = "1")]
+    V1(&'a Progress),
+}
+
+/// [`Progress`] as read back.
+#[derive(Deserialize)]
+enum Loaded {
+    #[serde(rename = "1")]
+    V1(Progress),
+}
+
+const WHAT: &str = "compressed-file progress";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -60,20 +76,14 @@ struct Entry {
 }
 
 fn load(path: &Path) -> Result<Progress, CheckpointError> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|source| CheckpointError::Format {
-            path: path.into(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Progress {
-            version: 1,
-            files: vec![],
-        }),
-        Err(source) => Err(CheckpointError::Io {
-            path: path.into(),
-            source,
-        }),
-    }
+    Ok(match state_file::load(path, WHAT)? {
+        Some(Loaded::V1(p)) => p,
+        None => Progress::default(),
+    })
+}
+
+fn store(path: &Path, progress: &Progress) -> Result<(), CheckpointError> {
+    state_file::store(path, WHAT, &Stored::V1(progress))
 }
 
 fn decoder(path: &Path) -> std::io::Result<MultiGzDecoder<BufReader<File>>> {
@@ -123,7 +133,6 @@ impl Producer {
             Some(p) => load(p)?,
             None => Progress::default(),
         };
-        progress.version = 1;
         let mut files: Vec<(String, SystemTime, u64, PathBuf)> = Vec::new();
         for f in found {
             let path = f.path;
@@ -190,10 +199,7 @@ impl Producer {
             progress.files[i].path = path.clone();
             let done = self.backfill_one(ctl, &path, &source, &mut progress, i, &progress_path)?;
             if let Some(p) = &progress_path {
-                store_atomically(
-                    p,
-                    &serde_json::to_vec_pretty(&progress).expect("serializes"),
-                )?;
+                store(p, &progress)?;
             }
             if !done {
                 break;
@@ -303,10 +309,7 @@ impl Producer {
                 self.publisher.check()?;
                 if let (Some(p), Some(d)) = (progress_path, self.publisher.delivered(slot)) {
                     progress.files[i].offset = d;
-                    store_atomically(
-                        p,
-                        &serde_json::to_vec_pretty(&*progress).expect("serializes"),
-                    )?;
+                    store(p, progress)?;
                 }
             }
         }
@@ -332,10 +335,7 @@ impl Producer {
         progress.files[i].done = !stopped && acked_all && failed.is_none();
         if let Some(e) = failed {
             if let Some(p) = progress_path {
-                store_atomically(
-                    p,
-                    &serde_json::to_vec_pretty(&*progress).expect("serializes"),
-                )?;
+                store(p, progress)?;
             }
             return Err(e);
         }

@@ -222,11 +222,19 @@ impl Record {
         )
     }
 
+    /// The last header called `name`, as text (the wire contract's reading:
+    /// the last duplicate wins).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
+            .rev()
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// What the headers say about the line, read as the analyzers read them.
+    pub fn meta(&self) -> logpipe_wire::RecordMeta<'_> {
+        logpipe_wire::RecordMeta::from_headers(Some(&self.headers[..]))
     }
 }
 

@@ -30,25 +30,97 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use logpipe_analyzer::dedup::Dedup;
-use logpipe_consumer::{Batch, GroupConfig, GroupConsumer, RebalanceEvent};
+use logpipe_consumer::{Batch, ConsumerError, GroupConfig, GroupConsumer, RebalanceEvent};
+use logpipe_wire::state_file::{self, StateFileError};
+use logpipe_wire::{Dedup, RecordMeta};
 use rdkafka::message::{Headers, Message};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::ArchiveArgs;
+/// What one archive does: the command line's `logpipe archive` options.
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    pub topic: String,
+    /// Extra librdkafka properties.
+    pub kafka: Vec<(String, String)>,
+    /// The archive directory (created if missing).
+    pub dir: PathBuf,
+    /// The archive's own consumer group.
+    pub group: String,
+    /// zstd-compress each day once it is closed.
+    pub compress: bool,
+    /// A day is closed this long after its end (UTC midnight).
+    pub close_after: Duration,
+    /// How often lines are fsynced, the state saved and offsets committed.
+    pub commit_interval: Duration,
+    /// Files (`file` headers) remembered per partition for dropping re-sends.
+    pub dedup_files: usize,
+    /// How often the counters are logged.
+    pub stats_interval: Duration,
+}
+
+/// Why an archive stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is in use by another logpipe archive (its {LOCK} is locked)", dir.display())]
+    InUse { dir: PathBuf },
+    #[error("{} holds archive files ({file}, …) but no {STATE}: they were not written by this archive, or the state was removed. Appending would write lines twice; move them away or use an empty directory", dir.display())]
+    NoState { dir: PathBuf, file: String },
+    #[error("{} archives topic {has:?}, not {wanted:?}", dir.display())]
+    OtherTopic {
+        dir: PathBuf,
+        has: String,
+        wanted: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateFileError),
+    #[error("joining the archive's consumer group: {0}")]
+    Join(#[source] ConsumerError),
+    #[error("taking partitions: {0}")]
+    Assign(String),
+}
+
+type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+/// Names the action and the path of an I/O error.
+trait At<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> At<T> for std::io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| ArchiveError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
 
 const STATE: &str = ".archive-state.json";
 const LOCK: &str = ".archive.lock";
 const DAY_MS: i64 = 86_400_000;
 
+/// `.archive-state.json`, by format version.
+#[derive(Debug, Serialize, Deserialize)]
+enum StateFile {
+    #[serde(rename = "1")]
+    V1(State),
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
-    version: u32,
     topic: String,
     /// Partition → where to resume and what was seen.
     partitions: BTreeMap<i32, PartState>,
@@ -121,9 +193,7 @@ fn is_archive_name(rel: &str) -> Option<(&str, &str, bool)> {
 }
 
 fn fsync_dir(p: &Path) -> Result<()> {
-    File::open(p)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync {}", p.display()))
+    File::open(p).and_then(|d| d.sync_all()).at("fsync", p)
 }
 
 struct Open {
@@ -160,56 +230,42 @@ struct Archive {
 }
 
 impl Archive {
-    fn open(a: &ArchiveArgs) -> Result<(Archive, File)> {
+    fn open(a: &ArchiveConfig) -> Result<(Archive, File)> {
         let dir = &a.dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).at("creating", dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK))
-            .with_context(|| format!("opening {}", dir.join(LOCK).display()))?;
+            .at("opening", &dir.join(LOCK))?;
         // SAFETY: flock on our own open file.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "{} is in use by another logpipe archive (its {LOCK} is locked)",
-                dir.display()
-            );
+            return Err(ArchiveError::InUse { dir: dir.clone() });
         }
         let state_path = dir.join(STATE);
         let on_disk = Self::scan(dir)?;
-        let state: State = match std::fs::read(&state_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("{} is damaged", state_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let state = match state_file::load::<StateFile>(&state_path, "archive state")? {
+            Some(StateFile::V1(s)) => s,
+            None => {
                 if let Some(f) = on_disk.first() {
-                    bail!(
-                        "{} holds archive files ({f}, …) but no {STATE}: they were not written by this archive, or the state was removed. Appending would write lines twice; move them away or use an empty directory",
-                        dir.display()
-                    );
+                    return Err(ArchiveError::NoState {
+                        dir: dir.clone(),
+                        file: f.clone(),
+                    });
                 }
                 State {
-                    version: 1,
-                    topic: a.kafka.topic.clone(),
+                    topic: a.topic.clone(),
                     ..State::default()
                 }
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
         };
-        if state.version != 1 {
-            bail!(
-                "{}: unknown state version {}",
-                state_path.display(),
-                state.version
-            );
-        }
-        if state.topic != a.kafka.topic {
-            bail!(
-                "{} archives topic {:?}, not {:?}",
-                dir.display(),
-                state.topic,
-                a.kafka.topic
-            );
+        if state.topic != a.topic {
+            return Err(ArchiveError::OtherTopic {
+                dir: dir.clone(),
+                has: state.topic,
+                wanted: a.topic.clone(),
+            });
         }
         // Back to the last save: cut what was written after it.
         let mut lengths = BTreeMap::new();
@@ -218,9 +274,11 @@ impl Archive {
             match std::fs::metadata(&p) {
                 Ok(md) if md.len() > len => {
                     tracing::info!(file = %p.display(), saved = len, size = md.len(), "cutting what was written after the last save (those lines are read again from Kafka)");
-                    let f = OpenOptions::new().write(true).open(&p)?;
-                    f.set_len(len)?;
-                    f.sync_all()?;
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .and_then(|f| f.set_len(len).and_then(|()| f.sync_all()))
+                        .at("cutting", &p)?;
                     lengths.insert(rel.clone(), len);
                 }
                 Ok(md) => {
@@ -238,7 +296,7 @@ impl Archive {
             if !state.files.contains_key(&rel) {
                 let p = dir.join(&rel);
                 tracing::info!(file = %p.display(), "removing an archive file created after the last save (its lines are read again from Kafka)");
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                std::fs::remove_file(&p).at("removing", &p)?;
             }
         }
         let cap = a.dedup_files;
@@ -266,7 +324,7 @@ impl Archive {
                 dedup_capacity: cap,
                 compress: a.compress,
                 close_after: a.close_after,
-                topic: a.kafka.topic.clone(),
+                topic: a.topic.clone(),
                 archived: 0,
                 duplicates: 0,
                 offsets_skipped: 0,
@@ -280,14 +338,14 @@ impl Archive {
     /// Archive files in `dir` (relative names).
     fn scan(dir: &Path) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            if !e.file_type()?.is_dir() {
+        for e in std::fs::read_dir(dir).at("reading", dir)? {
+            let e = e.at("reading", dir)?;
+            if !e.file_type().at("reading", &e.path())?.is_dir() {
                 continue;
             }
             let sub = e.file_name().to_string_lossy().into_owned();
-            for f in std::fs::read_dir(e.path())? {
-                let f = f?;
+            for f in std::fs::read_dir(e.path()).at("reading", &e.path())? {
+                let f = f.at("reading", &e.path())?;
                 let rel = format!("{sub}/{}", f.file_name().to_string_lossy());
                 if is_archive_name(&rel).is_some() {
                     out.push(rel);
@@ -298,12 +356,7 @@ impl Archive {
         Ok(out)
     }
 
-    fn record<M: Message>(
-        &mut self,
-        m: &M,
-        file_hdr: Option<&[u8]>,
-        off_hdr: Option<&[u8]>,
-    ) -> Result<()> {
+    fn record<M: Message<Headers: logpipe_wire::HeaderLookup>>(&mut self, m: &M) -> Result<()> {
         let p = m.partition();
         let cap = self.dedup_capacity;
         let (next, dedup) = self
@@ -324,15 +377,10 @@ impl Archive {
             );
         }
         *next = m.offset() + 1;
-        if let (Some(f), Some(o)) = (file_hdr, off_hdr) {
-            let o = std::str::from_utf8(o)
-                .ok()
-                .and_then(|o| o.parse::<u64>().ok());
-            if let (Some(o), true) = (o, std::str::from_utf8(f).is_ok()) {
-                if dedup.is_duplicate(f, o) {
-                    self.duplicates += 1;
-                    return Ok(());
-                }
+        if let Some((f, o)) = RecordMeta::from_headers(m.headers()).position() {
+            if dedup.is_duplicate(f, o) {
+                self.duplicates += 1;
+                return Ok(());
             }
         }
         let source = m
@@ -393,7 +441,7 @@ impl Archive {
             if !o.pending.is_empty() {
                 o.file
                     .write_all(&o.pending)
-                    .with_context(|| format!("writing {}", self.dir.join(rel).display()))?;
+                    .at("writing", &self.dir.join(rel))?;
                 o.pending.clear();
             }
         }
@@ -404,8 +452,7 @@ impl Archive {
         let p = self.dir.join(rel);
         let parent = p.parent().expect("in a source directory");
         if !parent.exists() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent).at("creating", parent)?;
             self.new_dirs.insert(self.dir.clone());
         }
         let existed = p.exists();
@@ -413,11 +460,11 @@ impl Archive {
             .create(true)
             .append(true)
             .open(&p)
-            .with_context(|| format!("opening {}", p.display()))?;
+            .at("opening", &p)?;
         if !existed {
             self.new_dirs.insert(parent.to_path_buf());
         }
-        let len = file.metadata()?.len();
+        let len = file.metadata().at("reading", &p)?.len();
         self.lengths.entry(rel.to_string()).or_insert(len);
         Ok(Open {
             file,
@@ -438,7 +485,7 @@ impl Archive {
             o.file
                 .write_all(&o.pending)
                 .and_then(|()| o.file.sync_data())
-                .with_context(|| format!("writing {}", p.display()))?;
+                .at("writing", &p)?;
             o.pending.clear();
             o.dirty = false;
             self.lengths.insert(rel.clone(), o.len);
@@ -453,8 +500,7 @@ impl Archive {
     }
 
     fn write_state(&mut self) -> Result<()> {
-        let state = State {
-            version: 1,
+        let state = StateFile::V1(State {
             topic: self.topic.clone(),
             partitions: self
                 .parts
@@ -469,18 +515,12 @@ impl Archive {
                 })
                 .collect(),
             files: self.lengths.clone(),
-        };
-        let bytes = serde_json::to_vec(&state)?;
+        });
+        let bytes = state_file::encode(&state);
         if bytes == self.last_saved {
             return Ok(());
         }
-        let path = self.dir.join(STATE);
-        let tmp = self.dir.join(format!("{STATE}.tmp"));
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-        fsync_dir(&self.dir)?;
+        state_file::store_bytes(&self.dir.join(STATE), "archive state", &bytes)?;
         self.last_saved = bytes;
         *self.starts.lock().unwrap() = self.parts.iter().map(|(&p, (n, _))| (p, *n)).collect();
         Ok(())
@@ -514,23 +554,24 @@ impl Archive {
             let mut input = Vec::new();
             File::open(&log)
                 .and_then(|mut f| f.read_to_end(&mut input))
-                .with_context(|| format!("reading {}", log.display()))?;
-            let frame = zstd::bulk::compress(&input, 9).context("zstd")?;
+                .at("reading", &log)?;
+            let frame = zstd::bulk::compress(&input, 9).at("compressing", &log)?;
             let mut z = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&zpath)
-                .with_context(|| format!("opening {}", zpath.display()))?;
+                .at("opening", &zpath)?;
             let before = *self.lengths.get(&zrel).unwrap_or(&0);
             // A frame appended before a crash that the state does not know.
-            z.set_len(before)?;
-            z.seek(std::io::SeekFrom::End(0))?;
-            z.write_all(&frame)?;
-            z.sync_all()?;
+            z.set_len(before)
+                .and_then(|()| z.seek(std::io::SeekFrom::End(0)))
+                .and_then(|_| z.write_all(&frame))
+                .and_then(|()| z.sync_all())
+                .at("writing", &zpath)?;
             self.lengths.insert(zrel, before + frame.len() as u64);
             self.lengths.remove(&rel);
             self.write_state()?;
-            std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
+            std::fs::remove_file(&log).at("removing", &log)?;
             tracing::info!(file = %zpath.display(), bytes = input.len(), compressed = frame.len(), "day closed and compressed");
         }
         fsync_dir(&self.dir)?;
@@ -538,15 +579,15 @@ impl Archive {
     }
 }
 
-pub fn run(a: ArchiveArgs) -> Result<()> {
+/// Archives until `shutdown` is set, then saves what it wrote and commits.
+pub fn run(a: ArchiveConfig, shutdown: &AtomicBool) -> Result<()> {
     let (mut ar, _lock) = Archive::open(&a)?;
-    let shutdown = crate::shutdown_flag()?;
     let starts = ar.starts.clone();
     let cfg = GroupConfig {
-        brokers: a.kafka.brokers.clone(),
-        topic: a.kafka.topic.clone(),
+        brokers: a.brokers.clone(),
+        topic: a.topic.clone(),
         group: a.group.clone(),
-        extra: crate::cli::flat(a.kafka.kafka.clone()),
+        extra: a.kafka.clone(),
         partitions: None,
     };
     let consumer = GroupConsumer::new(
@@ -559,8 +600,8 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
                 .collect())
         })),
     )
-    .context("joining the archive's consumer group")?;
-    tracing::info!(dir = %a.dir.display(), topic = %a.kafka.topic, group = %a.group, "archiving");
+    .map_err(ArchiveError::Join)?;
+    tracing::info!(dir = %a.dir.display(), topic = %a.topic, group = %a.group, "archiving");
     let mut batch = Batch::with_capacity(1024);
     let mut last_save = Instant::now();
     let mut last_stats = Instant::now();
@@ -602,16 +643,12 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
                         ar.starts_at(p, o);
                     }
                 }
-                RebalanceEvent::AssignFailed(e) => bail!("taking partitions: {e}"),
+                RebalanceEvent::AssignFailed(e) => return Err(ArchiveError::Assign(e)),
             }
         }
         if let Some(m) = stray {
             match m {
-                Ok(m) => {
-                    let (f, o) = file_offset(&m);
-                    let (f, o) = (f.map(<[u8]>::to_vec), o.map(<[u8]>::to_vec));
-                    ar.record(&m, f.as_deref(), o.as_deref())?;
-                }
+                Ok(m) => ar.record(&m)?,
                 Err(e) => logpipe_consumer::health::consumer_error(&e),
             }
         }
@@ -620,15 +657,7 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
                 tracing::warn!(error = %e, partition = r.partition(), "Kafka consumer error");
                 continue;
             }
-            let h = r.headers();
-            let (f, o) = match &h {
-                Some(h) => (
-                    h.get_last(logpipe_wire::FILE_C),
-                    h.get_last(logpipe_wire::OFFSET_C),
-                ),
-                None => (None, None),
-            };
-            ar.record(&r, f, o)?;
+            ar.record(&r)?;
         }
         batch.clear();
         ar.write_through()?;
@@ -657,22 +686,136 @@ pub fn run(a: ArchiveArgs) -> Result<()> {
     Ok(())
 }
 
-fn file_offset<M: Message>(m: &M) -> (Option<&[u8]>, Option<&[u8]>) {
-    let Some(h) = m.headers() else {
-        return (None, None);
-    };
-    let get = |name: &str| {
-        h.iter()
-            .filter(|x| x.key == name)
-            .last()
-            .and_then(|x| x.value)
-    };
-    (get(logpipe_wire::FILE), get(logpipe_wire::OFFSET))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    /// 2026-12-03T10:00:00Z.
+    const T: i64 = 1_796_292_000_000;
+
+    fn config(dir: &Path) -> ArchiveConfig {
+        ArchiveConfig {
+            brokers: "127.0.0.1:1".into(),
+            topic: "logs".into(),
+            kafka: vec![],
+            dir: dir.to_path_buf(),
+            group: "logpipe-archive".into(),
+            compress: false,
+            close_after: Duration::from_secs(3600),
+            commit_interval: Duration::from_secs(1),
+            dedup_files: 16,
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn line(partition: i32, offset: i64, file: &str, at: u64, text: &str) -> OwnedMessage {
+        let at = at.to_string();
+        let h = [
+            ("host", "web1"),
+            ("source", "nginx"),
+            ("file", file),
+            ("offset", &at),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(*v),
+            })
+        });
+        OwnedMessage::new(
+            Some(text.as_bytes().to_vec()),
+            Some(b"web1:nginx".to_vec()),
+            "logs".into(),
+            Timestamp::CreateTime(T),
+            partition,
+            offset,
+            Some(h),
+        )
+    }
+
+    fn day_file(dir: &Path) -> PathBuf {
+        dir.join("nginx").join("2026-12-03.log")
+    }
+
+    #[test]
+    fn a_restart_cuts_back_to_the_last_save_and_resumes_with_its_dedup_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let (mut ar, _lock) = Archive::open(&config(dir)).unwrap();
+            ar.starts_at(0, 0);
+            for (o, text) in ["a", "b"].iter().enumerate() {
+                ar.record(&line(0, o as i64, "1:1:0", o as u64 * 2, text))
+                    .unwrap();
+            }
+            assert_eq!(ar.save().unwrap(), vec![(0, 2)]);
+            // After the save, before a crash: one more line, and a new file.
+            ar.record(&line(0, 2, "1:1:0", 4, "c")).unwrap();
+            ar.write_through().unwrap();
+            std::fs::create_dir_all(dir.join("other")).unwrap();
+            std::fs::write(dir.join("other").join("2026-12-03.log"), "x\n").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(day_file(dir)).unwrap(), "a\nb\nc\n");
+        let (mut ar, _lock) = Archive::open(&config(dir)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(day_file(dir)).unwrap(),
+            "a\nb\n",
+            "cut to the save"
+        );
+        assert!(
+            !dir.join("other").join("2026-12-03.log").exists(),
+            "unknown file removed"
+        );
+        assert_eq!(
+            ar.starts.lock().unwrap().get(&0),
+            Some(&2),
+            "resumes at the saved offset"
+        );
+        // A producer re-send of `b` (a new record, the same file and offset) is dropped.
+        ar.record(&line(0, 2, "1:1:0", 2, "b")).unwrap();
+        ar.record(&line(0, 3, "1:1:0", 4, "c")).unwrap();
+        ar.save().unwrap();
+        assert_eq!((ar.archived, ar.duplicates), (1, 1));
+        assert_eq!(std::fs::read_to_string(day_file(dir)).unwrap(), "a\nb\nc\n");
+    }
+
+    #[test]
+    fn a_directory_it_cannot_vouch_for_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let (ar, _lock) = Archive::open(&config(dir)).unwrap();
+            // A second archive of the same directory while the first holds it.
+            let e = Archive::open(&config(dir)).err().unwrap();
+            assert!(matches!(e, ArchiveError::InUse { .. }), "{e}");
+            drop(ar);
+        }
+        let mut other = config(dir);
+        other.topic = "other".into();
+        let (mut ar, lock) = Archive::open(&config(dir)).unwrap();
+        ar.record(&line(0, 0, "1:1:0", 0, "a")).unwrap();
+        ar.save().unwrap();
+        drop((ar, lock));
+        let e = Archive::open(&other).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("archives topic \"logs\", not \"other\""),
+            "{e}"
+        );
+        // Archive files without the state: appending could write lines twice.
+        std::fs::remove_file(dir.join(STATE)).unwrap();
+        let e = Archive::open(&config(dir)).err().unwrap();
+        assert!(matches!(e, ArchiveError::NoState { .. }), "{e}");
+        // A state of an unknown version is named.
+        std::fs::write(dir.join(STATE), r#"{"version":"7"}"#).unwrap();
+        let e = Archive::open(&config(dir)).err().unwrap().to_string();
+        assert!(
+            e.contains("not a logpipe archive state of a known version"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn source_names_never_leave_the_directory_and_stay_distinct() {
