@@ -1,5 +1,6 @@
-//! The README's command sequences, run as written: each ```sh block is taken
-//! from README.md itself and run by bash, with only what a test must change —
+//! The documented command sequences, run as written: each ```sh block is
+//! taken from the page itself (`docs/running.md`, `docs/replay.md`) and run
+//! by bash, with only what a test must change —
 //! the paths it names (`/var/log/nginx`, `/var/lib/logpipe`) moved into a
 //! tempdir and InfluxDB's port `8086` replaced by a free one. `logpipe` on
 //! the PATH is the binary under test; `influxd` is Debian's, pointed at a
@@ -17,10 +18,11 @@ use logpipe_testkit::{diff, wait_until, Child, Expected, Influx, Kafka};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
 
-/// The ```sh block of README.md that contains `marker`.
-fn readme_block(marker: &str) -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+/// The ```sh block of the page `page` (relative to the repository) that
+/// contains `marker`.
+fn doc_block(page: &str, marker: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page))
+        .unwrap_or_else(|e| panic!("{page}: {e}"));
     let mut blocks = vec![];
     let mut cur: Option<String> = None;
     for l in text.lines() {
@@ -41,7 +43,7 @@ fn readme_block(marker: &str) -> String {
     assert_eq!(
         found.len(),
         1,
-        "one README block holds {marker:?}: {found:#?}"
+        "one block of {page} holds {marker:?}: {found:#?}"
     );
     found.into_iter().next().unwrap()
 }
@@ -138,14 +140,17 @@ fn append(path: &Path, lines: &[String]) {
     }
 }
 
-/// The README's multi-process pipeline on `logpipe broker`, exactly as
+/// docs/running.md's multi-process pipeline on `logpipe broker`, exactly as
 /// written; once it runs two sites start logging and one rotates (rename,
 /// new file) while the second analyzer joins: every window in InfluxDB
 /// equals the truth, nothing deleted unread.
 #[test]
 fn the_multi_process_recipe_on_the_development_broker_is_exact() {
     let m = Machine::new();
-    let script = m.adapt(&readme_block("logpipe broker > broker.addr"));
+    let script = m.adapt(&doc_block(
+        "docs/running.md",
+        "logpipe broker > broker.addr",
+    ));
     // 2024-01-01T00:00:00Z, 200 lines/s of event time per site.
     let start = 1_704_067_200_000;
     let mut truth = Expected::new(10_000);
@@ -195,14 +200,14 @@ fn the_multi_process_recipe_on_the_development_broker_is_exact() {
     assert!(!out.contains("deleted by the broker"), "{out}");
     let counted: u64 = got.values().map(|w| w.count).sum();
     eprintln!(
-        "README multi-process recipe: {} lines written ({} malformed), {counted} counted in {} windows",
+        "docs/running.md multi-process recipe: {} lines written ({} malformed), {counted} counted in {} windows",
         truth.lines,
         truth.malformed,
         got.len()
     );
 }
 
-/// The README's backfill block (old rotations, gzipped ones among them, then
+/// docs/replay.md's backfill block (old rotations, gzipped ones among them, then
 /// a replay from the earliest offset) and its recompute block (the database
 /// lost: replay the last two days; a dry run with another format into
 /// another database), on Apache Kafka: the windows equal the truth after
@@ -257,7 +262,7 @@ fn the_backfill_and_replay_recipes_on_apache_kafka_are_exact() {
     .expect("influxd answers");
     let env = [("B", kafka.bootstrap.as_str()), ("NEW_FORMAT", "combined")];
     let run = |marker: &str| {
-        let script = m.adapt(&readme_block(marker));
+        let script = m.adapt(&doc_block("docs/replay.md", marker));
         let status = m.bash(&script, &env).status().expect("bash");
         assert!(
             status.success(),
@@ -285,7 +290,7 @@ fn the_backfill_and_replay_recipes_on_apache_kafka_are_exact() {
         "the dry run ran:\n{out}"
     );
     eprintln!(
-        "README backfill and replay recipes: {} lines in {} windows, rebuilt twice",
+        "docs/replay.md backfill and replay recipes: {} lines in {} windows, rebuilt twice",
         truth.lines,
         truth.windows.len()
     );
