@@ -25,6 +25,7 @@
 use std::fmt;
 
 use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, Escape, ParseError};
+use crate::scan::{find_lit, starts_with};
 
 /// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -723,30 +724,6 @@ fn field_end(line: &[u8], from: usize, next: &[u8], quoted: bool, list: bool) ->
         }
         j = n + 1;
     }
-}
-
-/// Where literal `lit` first occurs in `hay`. Literals between fields are a
-/// few bytes long: a `memchr` for the first byte and a compare beat building
-/// a substring searcher per call.
-#[inline]
-pub(crate) fn find_lit(hay: &[u8], lit: &[u8]) -> Option<usize> {
-    let (&first, tail) = lit.split_first()?;
-    let mut j = 0;
-    while let Some(n) = memchr::memchr(first, &hay[j..]) {
-        let at = j + n;
-        if starts_with(&hay[at + 1..], tail) {
-            return Some(at);
-        }
-        j = at + 1;
-    }
-    None
-}
-
-/// `hay.starts_with(lit)` for the few-byte literals of a format, without a
-/// `memcmp` call.
-#[inline]
-pub(crate) fn starts_with(hay: &[u8], lit: &[u8]) -> bool {
-    hay.len() >= lit.len() && hay.iter().zip(lit).all(|(a, b)| a == b)
 }
 
 /// A whole decimal number that fits `u64`, digits only.

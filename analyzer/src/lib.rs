@@ -29,7 +29,9 @@ pub mod parse;
 pub mod pieces;
 pub mod replay;
 pub mod run;
+mod scan;
 pub mod sink;
+mod sink_error;
 pub mod state;
 pub mod window;
 

@@ -332,7 +332,7 @@ fn parse_combined_line(line: &[u8], cut: bool) -> Result<AccessLine<'_>, ParseEr
     // `$remote_user` may contain spaces: it ends at the ` [` that opens the time.
     let ident_start = c.i;
     let rest = &line[ident_start..];
-    let open = crate::format::find_lit(rest, b" [")
+    let open = crate::scan::find_lit(rest, b" [")
         .ok_or(ParseError::ends(line.len(), "before the time"))?;
     // ident (`-`) and user are separated by the first space of this stretch.
     let stretch = &rest[..open];

@@ -22,16 +22,7 @@ use flate2::write::GzEncoder;
 
 use crate::state::{self, StateBatch, StateStore, StoredPoint};
 
-/// A failed write.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Worth trying again later: the data is not lost, only not yet written.
-    #[error("{0} (will retry)")]
-    Retryable(String),
-    /// Trying again cannot help; the analyzer stops with this message.
-    #[error("{0}")]
-    Permanent(String),
-}
+pub use crate::sink_error::SinkError;
 
 /// A destination for line protocol plus the restore points that go with it.
 pub trait Sink: Send {

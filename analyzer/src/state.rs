@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::line_protocol::{push_int, push_tag};
-use crate::sink::SinkError;
+use crate::sink_error::SinkError;
 
 /// Measurement of the per-partition restore offsets.
 pub const STATE: &str = "logpipe_state";
