@@ -26,6 +26,7 @@ use std::fmt;
 
 use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, Escape, ParseError};
 use crate::scan::{find_lit, starts_with};
+use logpipe_wire::parse_decimal as decimal;
 
 /// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -724,23 +725,6 @@ fn field_end(line: &[u8], from: usize, next: &[u8], quoted: bool, list: bool) ->
         }
         j = n + 1;
     }
-}
-
-/// A whole decimal number that fits `u64`, digits only.
-#[inline]
-fn decimal(f: &[u8]) -> Option<u64> {
-    if f.is_empty() || f.len() > 19 {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &c in f {
-        let d = c.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        v = v * 10 + u64::from(d);
-    }
-    Some(v)
 }
 
 fn opt_dash(f: &[u8]) -> Option<&[u8]> {

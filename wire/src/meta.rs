@@ -65,7 +65,9 @@ impl<'a> RecordMeta<'a> {
 }
 
 /// A header value as an unsigned decimal: ASCII digits only, no sign, no
-/// blanks, at most 19 digits (always fits a `u64`).
+/// blanks, at most 19 digits (always fits a `u64`). Also the compiled
+/// formats' status and body-bytes reader: `#[inline]` for their hot path.
+#[inline]
 pub fn parse_decimal(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 {
         return None;
