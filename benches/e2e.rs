@@ -31,8 +31,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{unique, Influx};
+use logpipe_traffic::Generator;
 
 mod common;
 use common::{bin, log_file, median, runs, wait_measured, Broker, LINES, RATE, SEED, START_MS};

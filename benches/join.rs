@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{
     produce_cmd, unique, wait_until, Analyzer, Child, GroupProtocol, Influx, Kafka, Membership,
 };
+use logpipe_traffic::Generator;
 
 mod common;
 use common::{bin, median, runs, Broker};

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{unique, Influx, Kafka};
+use logpipe_traffic::Generator;
 
 mod common;
 use common::{bin, median, runs, wait_measured, Broker};

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use logpipe_analyzer::formats::{Formats, Parser};
-use logpipe_analyzer::generate::Generator;
+use logpipe_analyzer::parse::{Formats, Parser};
 use logpipe_analyzer::{AnalyzerConfig, Control, LpFileSink, Observer, Sink, WindowReport};
 use logpipe_consumer::{GroupConfig, MockBroker};
+use logpipe_traffic::Generator;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 

@@ -18,7 +18,7 @@ use cli::{
     AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, FormatArgs, GenerateArgs, InfluxArgs,
     ProduceArgs, WindowArgs,
 };
-use logpipe_analyzer::formats::{Formats, Parser as LogParser};
+use logpipe_analyzer::parse::{Formats, Parser as LogParser};
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
 
@@ -33,7 +33,7 @@ fn main() {
     // The demo's table and closing totals count dead letters by kind; their
     // lines one by one would fill its first screen (LOGPIPE_LOG=info shows them).
     let default_filter = match cli.command {
-        Command::Demo(_) => format!("info,{}=off", logpipe_analyzer::run::DEAD_LETTER_LOG),
+        Command::Demo(_) => format!("info,{}=off", logpipe_analyzer::DEAD_LETTER_LOG),
         _ => "info".to_string(),
     };
     tracing_subscriber::fmt()
@@ -289,7 +289,7 @@ fn archive(a: cli::ArchiveArgs) -> Result<()> {
 }
 
 fn dlq(a: DlqArgs) -> Result<()> {
-    use logpipe_analyzer::dlq::{render, DlqReader};
+    use logpipe_analyzer::{render_dead_letter as render, DlqReader};
     let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &cli::flat(a.kafka))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let recent = reader.recent().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -12,13 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::window::WindowSpec;
 use logpipe_testkit::{
     diff, diff_points, dlq_topic, points_from_influx, produce_cmd, read_topic, reference_points,
     unique, wait_until, Analyzer, Child, Expected, GroupProtocol, Influx, Kafka, LogpipeBroker,
     Membership, Point, Tansu,
 };
+use logpipe_traffic::Generator;
 use rand::{Rng, SeedableRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{dlq_topic, produce_all, unique, Child, Expected, LogpipeBroker};
+use logpipe_traffic::Generator;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
 const WINDOW_MS: i64 = 10_000;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use logpipe_analyzer::generate::Generator;
+use logpipe_traffic::Generator;
 use std::process::{Command, Stdio};
 
 use logpipe_testkit::{

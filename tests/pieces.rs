@@ -9,11 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use logpipe_analyzer::generate::{Generator, Request};
 use logpipe_testkit::{
     diff, dlq_topic, produce_cmd, read_topic, unique, wait_until, Analyzer, Child, Expected,
     Influx, LogpipeBroker, Membership,
 };
+use logpipe_traffic::{Generator, Request};
 use rand::{Rng, SeedableRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");

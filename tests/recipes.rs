@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{diff, wait_until, Child, Expected, Influx, Kafka};
+use logpipe_traffic::Generator;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
 

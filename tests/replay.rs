@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::window::WindowSpec;
 use logpipe_testkit::{
     diff, diff_points, points_from_influx, produce_all, reference_points, unique, wait_until,
     Analyzer, Expected, Influx, Kafka, LogpipeBroker, Membership, Point,
 };
+use logpipe_traffic::Generator;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 

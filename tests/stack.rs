@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_testkit::{
     in_ci, produce_all, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
 };
+use logpipe_traffic::Generator;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");

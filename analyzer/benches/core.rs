@@ -6,11 +6,11 @@
 
 use std::time::Instant;
 
-use logpipe_analyzer::format::LogFormat;
-use logpipe_analyzer::formats::Parser;
-use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::parse::parse_combined;
+use logpipe_analyzer::parse::LogFormat;
+use logpipe_analyzer::parse::Parser;
 use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
+use logpipe_traffic::Generator;
 
 const SPEC: WindowSpec = WindowSpec {
     window_ms: 10_000,

@@ -70,6 +70,7 @@ impl Distinct {
     }
 
     /// Whether the count is exact (at most [`EXACT_LIMIT`] distinct values).
+    #[cfg(test)]
     pub fn is_exact(&self) -> bool {
         matches!(self, Distinct::Exact(_))
     }

@@ -27,7 +27,7 @@ use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::sink::SinkError;
+use crate::store::SinkError;
 
 /// Header: what failed and where.
 pub const ERROR: &str = "error";
@@ -124,10 +124,6 @@ impl DeadLetters {
             analyzer: analyzer.to_string(),
             pending: 0,
         })
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Queues `msg` as a dead letter; blocks while the local queue is full.

@@ -55,6 +55,33 @@ impl Replay {
             .map(|(p, &s)| (self.ends.get(p).copied().unwrap_or(s) - s).max(0) as u64)
             .sum()
     }
+
+    /// Is the record at `offset` of partition `p`, stamped `ts_ms`, inside
+    /// the plan? `Err` says why the partition is done instead: it reached
+    /// its end offset, or (starting by time) records are stamped past the
+    /// range's end plus the maximum delay.
+    pub fn admits(&self, p: i32, offset: i64, ts_ms: Option<i64>) -> Result<(), &'static str> {
+        if self.ends.get(&p).is_some_and(|&e| offset >= e) {
+            return Err("end offset reached");
+        }
+        if let (Some(stop), Some(ts)) = (self.stop_after_ts_ms, ts_ms) {
+            if ts > stop {
+                return Err("records past --to + --max-delay");
+            }
+        }
+        Ok(())
+    }
+
+    /// Is partition `p` done after its record at `offset` (the last one
+    /// before its end offset)?
+    pub fn done_after(&self, p: i32, offset: i64) -> bool {
+        self.ends.get(&p).is_some_and(|&e| offset + 1 >= e)
+    }
+
+    /// Is there nothing to read in partition `p`?
+    pub fn is_empty_partition(&self, p: i32) -> bool {
+        matches!((self.starts.get(&p), self.ends.get(&p)), (Some(s), Some(e)) if s >= e)
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +108,36 @@ mod tests {
         assert!(!aligned.holds_window(90_000, 10_000));
         assert!(Range::default().holds_window(i64::MIN, 10_000));
         assert!(Range::default().holds_window(i64::MAX, 10_000));
+    }
+
+    #[test]
+    fn a_partition_ends_at_its_end_offset_or_past_the_time_bound() {
+        let r = Replay {
+            starts: HashMap::from([(0, 10), (1, 5), (2, 7)]),
+            ends: HashMap::from([(0, 20), (1, 5)]),
+            stop_after_ts_ms: Some(1_000),
+            ..Replay::default()
+        };
+        assert_eq!(r.admits(0, 19, Some(1_000)), Ok(()));
+        assert_eq!(r.admits(0, 20, Some(0)), Err("end offset reached"));
+        assert_eq!(
+            r.admits(2, 1_000_000, None),
+            Ok(()),
+            "no end offset, no stamp"
+        );
+        assert_eq!(
+            r.admits(2, 8, Some(1_001)),
+            Err("records past --to + --max-delay")
+        );
+        assert!(!r.done_after(0, 18));
+        assert!(r.done_after(0, 19));
+        assert!(
+            !r.done_after(2, i64::MAX - 1),
+            "partition 2 has no end offset"
+        );
+        assert!(r.is_empty_partition(1));
+        assert!(!r.is_empty_partition(0));
+        assert!(!r.is_empty_partition(2));
+        assert_eq!(r.total_records(), 10);
     }
 }

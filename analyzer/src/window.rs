@@ -33,8 +33,9 @@ use std::collections::BTreeMap;
 
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-/// Index of a source (host, source name) in the analyzer's source table.
-pub type SourceId = u32;
+use crate::parse::AccessLine;
+
+pub use crate::parse::sources::SourceId;
 
 /// Relative accuracy of the latency quantiles (DDSketch `alpha`): a reported
 /// p50/p90/p99 is within ±1 % of the nearest-rank quantile's value (see
@@ -185,7 +186,7 @@ pub struct Hit<'a> {
 
 impl<'a> Hit<'a> {
     /// The hit of a parsed line of `source` at Kafka `offset`.
-    pub fn from_line(source: SourceId, l: &crate::parse::AccessLine<'a>, offset: i64) -> Self {
+    pub fn from_line(source: SourceId, l: &AccessLine<'a>, offset: i64) -> Self {
         Hit {
             source,
             time_ms: l.time_ms,
@@ -237,18 +238,38 @@ pub struct WindowSpec {
 }
 
 /// Where a new owner of a partition resumes; see the module docs.
+///
+/// The one restore-point type of the analyzer. The window core names
+/// sources by [`SourceId`]; a store names them by record key
+/// (`RestorePoint<String>`), and [`RestorePoint::map_sources`] converts at
+/// that boundary. A point on its way to a store carries only the sources
+/// whose max changed since the last write (the store keeps the others) and
+/// no `ahead`; a point read back carries every source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestorePoint {
+pub struct RestorePoint<S = SourceId> {
     /// First offset to read: the smallest offset in an open window.
     pub offset: i64,
     /// Offset after the last record the state had seen.
     pub next_offset: i64,
     /// Max event time per source.
-    pub max_event_ms: Vec<(SourceId, i64)>,
+    pub max_event_ms: Vec<(S, i64)>,
     /// Sources whose max was stored by a writer that had read further than
-    /// `next_offset`, with how far: their records before that in windows
-    /// the max closes were counted by that writer, so they are replayed.
-    pub ahead: Vec<(SourceId, i64)>,
+    /// `next_offset` (a former owner still writing during a rebalance), with
+    /// how far: their records before that in windows the max closes were
+    /// counted by that writer, so they are replayed.
+    pub ahead: Vec<(S, i64)>,
+}
+
+impl<S> RestorePoint<S> {
+    /// The same point with its sources named by `f`.
+    pub fn map_sources<T>(&self, mut f: impl FnMut(&S) -> T) -> RestorePoint<T> {
+        RestorePoint {
+            offset: self.offset,
+            next_offset: self.next_offset,
+            max_event_ms: self.max_event_ms.iter().map(|(s, m)| (f(s), *m)).collect(),
+            ahead: self.ahead.iter().map(|(s, n)| (f(s), *n)).collect(),
+        }
+    }
 }
 
 /// Open windows of one partition, ordered by (start, source) so closing pops

@@ -10,8 +10,8 @@
 //! boundary: a prefix parses only when it ends inside that final field, and
 //! then every other value is the whole line's.
 
-use logpipe_analyzer::formats::Parser;
-use logpipe_analyzer::generate::{Generator, Request};
+use logpipe_analyzer::parse::Parser;
+use logpipe_traffic::{Generator, Request};
 use proptest::prelude::*;
 
 /// A format, how a request is written in it, and where (in a rendered

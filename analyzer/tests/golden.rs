@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use logpipe_analyzer::formats::Parser;
 use logpipe_analyzer::parse::AccessLine;
+use logpipe_analyzer::parse::Parser;
 
 /// Text fields are shown decoded (`escape=json`, `\x22`, ...).
 fn text(b: Option<std::borrow::Cow<'_, [u8]>>) -> String {

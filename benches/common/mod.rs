@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use logpipe_analyzer::generate::Generator;
+use logpipe_traffic::Generator;
 
 /// Lines in the benchmark log.
 pub const LINES: usize = 1_000_000;

@@ -2,7 +2,7 @@
 //! with a message, never a panic; an accepted one parses its own spec text.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use logpipe_analyzer::formats::Parser;
+use logpipe_analyzer::parse::Parser;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(spec) = std::str::from_utf8(data) else {

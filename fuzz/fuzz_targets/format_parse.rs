@@ -5,7 +5,7 @@
 //! `--max-line-bytes`. An error saying the line ends points at its end.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use logpipe_analyzer::formats::Parser;
+use logpipe_analyzer::parse::Parser;
 use std::sync::OnceLock;
 
 const SPECS: &[&str] = &[

@@ -1,7 +1,7 @@
 //! The formats file (TOML) on arbitrary text: loaded or rejected, no panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use logpipe_analyzer::formats::{Formats, Parser};
+use logpipe_analyzer::parse::{Formats, Parser};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

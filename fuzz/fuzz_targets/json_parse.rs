@@ -1,7 +1,7 @@
 //! JSON lines on arbitrary bytes: an access line or an error inside the line.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use logpipe_analyzer::formats::Parser;
+use logpipe_analyzer::parse::Parser;
 use std::sync::OnceLock;
 
 fuzz_target!(|line: &[u8]| {

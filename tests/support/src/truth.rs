@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use logpipe_analyzer::generate::Generator;
 use logpipe_analyzer::parse::parse_combined;
 use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
+use logpipe_traffic::Generator;
 
 /// Expected aggregates of one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -16,17 +16,18 @@
 //! ```
 //!
 //! Rules are tried in file order; the first that matches wins. A source is
-//! resolved once, when its first record arrives.
+//! resolved once, when its first record arrives, into the [`SourceTable`].
 
 use std::path::Path;
 use std::sync::Arc;
 
 use globset::{Glob, GlobMatcher};
+use rdkafka::message::Headers;
 use serde::Deserialize;
 
-use crate::format::{FormatError, LogFormat};
-use crate::json::{JsonFields, JsonFormat};
-use crate::parse::{parse_combined, parse_combined_cut, AccessLine, ParseError};
+use super::json::{JsonFields, JsonFormat};
+use super::log_format::{FormatError, LogFormat};
+use super::{parse_combined, parse_combined_cut, AccessLine, ParseError};
 
 /// A parser for one format.
 #[derive(Debug, Clone)]
@@ -206,6 +207,96 @@ impl Formats {
             .iter()
             .find(|(p, _)| p.matches(source))
             .map_or_else(|| self.default.clone(), |(_, f)| f.clone())
+    }
+}
+
+/// Index of a source (host, source name) in the analyzer's [`SourceTable`].
+pub type SourceId = u32;
+
+/// A source's names: from its first record's `host` and `source` headers
+/// (else its key's halves), and its key as text (restore points use it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceName {
+    pub host: String,
+    pub source: String,
+    pub key: String,
+}
+
+/// The sources an analyzer has seen, by record key, each with its names
+/// and its parser.
+pub struct SourceTable {
+    by_key: crate::FastMap<Box<[u8]>, SourceId>,
+    names: Vec<SourceName>,
+    /// The parser of each source, resolved when it is first seen.
+    parsers: Vec<Arc<Parser>>,
+    /// The source of the previous record.
+    last: Option<SourceId>,
+    formats: Arc<Formats>,
+}
+
+impl SourceTable {
+    pub fn new(formats: Arc<Formats>) -> Self {
+        SourceTable {
+            by_key: crate::FastMap::default(),
+            names: Vec::new(),
+            parsers: Vec::new(),
+            last: None,
+            formats,
+        }
+    }
+
+    /// The id of the source of a record with `key` and `headers`; a new
+    /// source gets its names and parser here.
+    pub fn id<H: Headers>(&mut self, key: &[u8], headers: Option<&H>) -> SourceId {
+        // Records of one source come in runs: the previous key first.
+        if let Some(last) = self.last {
+            if self.names[last as usize].key.as_bytes() == key {
+                return last;
+            }
+        }
+        if let Some(&id) = self.by_key.get(key) {
+            self.last = Some(id);
+            return id;
+        }
+        let header = |name: &str| {
+            headers
+                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let (kh, ks) = logpipe_wire::split_key(key).unwrap_or((b"-", key));
+        let host =
+            header(logpipe_wire::HOST).unwrap_or_else(|| String::from_utf8_lossy(kh).into_owned());
+        let source = header(logpipe_wire::SOURCE)
+            .unwrap_or_else(|| String::from_utf8_lossy(ks).into_owned());
+        let id = self.names.len() as SourceId;
+        let parser = self.formats.for_source(&source);
+        tracing::debug!(%host, %source, format = %parser.describe(), "new source");
+        self.parsers.push(parser);
+        self.names.push(SourceName {
+            host,
+            source,
+            key: String::from_utf8_lossy(key).into_owned(),
+        });
+        self.by_key.insert(key.into(), id);
+        self.last = Some(id);
+        id
+    }
+
+    /// The id of a source known by its key alone (a restore point's).
+    pub fn id_of_key(&mut self, key: &str) -> SourceId {
+        self.id::<rdkafka::message::OwnedHeaders>(key.as_bytes(), None)
+    }
+
+    pub fn key(&self, id: SourceId) -> &str {
+        &self.names[id as usize].key
+    }
+
+    pub fn name(&self, id: SourceId) -> &SourceName {
+        &self.names[id as usize]
+    }
+
+    pub fn parser(&self, id: SourceId) -> &Parser {
+        &self.parsers[id as usize]
     }
 }
 

@@ -15,202 +15,9 @@
 //! - `$request` may be `-` or garbage (status 400): method and path are then `None`;
 //! - `$body_bytes_sent` may be `-` (Apache's `%b` for zero).
 
-use std::fmt;
-
-/// One parsed access-log line, borrowing from the raw bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccessLine<'a> {
-    pub client: &'a [u8],
-    pub user: Option<&'a [u8]>,
-    /// Event time, milliseconds since the Unix epoch (UTC); `i64::MIN` when
-    /// the format has no time (the record timestamp stands in for it).
-    pub time_ms: i64,
-    /// The raw request between the quotes, escapes untouched.
-    pub request: &'a [u8],
-    pub method: Option<&'a [u8]>,
-    pub path: Option<&'a [u8]>,
-    pub status: u16,
-    pub body_bytes: u64,
-    pub referer: Option<&'a [u8]>,
-    pub user_agent: Option<&'a [u8]>,
-    /// `$request_time` in seconds, when a number follows the user agent
-    /// (the common `combined` + `$request_time` format).
-    pub request_time_s: Option<f64>,
-    /// `$upstream_response_time` in seconds, summed over a list (formats only).
-    pub upstream_time_s: Option<f64>,
-    /// `$host` / `%v` (formats only).
-    pub host: Option<&'a [u8]>,
-    /// How the text fields above are escaped; [`AccessLine::decoded`] undoes it.
-    pub escape: Escape,
-}
-
-/// How a server escaped the text it logged. Fields are kept raw (parsing
-/// never copies) and decoded on demand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Escape {
-    /// nginx's default (`\x22` for a quote, `\xHH` for other bytes) and
-    /// Apache's (`\"`, `\\`, `\xhh`, `\n`, `\t`).
-    #[default]
-    Default,
-    /// JSON string escapes: nginx `escape=json`, JSON lines.
-    Json,
-    /// nginx `escape=none`: bytes as they came.
-    None,
-}
-
-impl<'a> AccessLine<'a> {
-    /// A text field with the server's escapes undone (borrowed when it has none).
-    pub fn decoded(&self, field: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        unescape(self.escape, field)
-    }
-}
-
-/// Undoes `escape` in `raw`; an escape that is not well-formed stays as it is.
-pub fn unescape(escape: Escape, raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if escape == Escape::None || memchr::memchr(b'\\', raw).is_none() {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let hex = |b: &[u8]| -> Option<u32> {
-        let s = std::str::from_utf8(b).ok()?;
-        u32::from_str_radix(s, 16).ok()
-    };
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b != b'\\' || i + 1 >= raw.len() {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let next = raw[i + 1];
-        let simple = match next {
-            b'"' => Some(b'"'),
-            b'\\' => Some(b'\\'),
-            b'n' => Some(b'\n'),
-            b't' => Some(b'\t'),
-            b'r' => Some(b'\r'),
-            b'/' if escape == Escape::Json => Some(b'/'),
-            b'b' if escape == Escape::Json => Some(0x08),
-            b'f' if escape == Escape::Json => Some(0x0c),
-            _ => None,
-        };
-        if let Some(c) = simple {
-            out.push(c);
-            i += 2;
-            continue;
-        }
-        match (escape, next) {
-            (Escape::Default, b'x')
-                if i + 4 <= raw.len() && raw[i + 2..i + 4].iter().all(u8::is_ascii_hexdigit) =>
-            {
-                out.push(hex(&raw[i + 2..i + 4]).unwrap_or(0) as u8);
-                i += 4;
-            }
-            (Escape::Json, b'u')
-                if i + 6 <= raw.len() && raw[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
-            {
-                let mut cp = hex(&raw[i + 2..i + 6]).unwrap_or(0);
-                let mut len = 6;
-                // A surrogate pair: \uD83D\uDE00.
-                if (0xD800..0xDC00).contains(&cp)
-                    && raw.get(i + 6..i + 8) == Some(b"\\u")
-                    && raw
-                        .get(i + 8..i + 12)
-                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-                {
-                    let lo = hex(&raw[i + 8..i + 12]).unwrap_or(0);
-                    if (0xDC00..0xE000).contains(&lo) {
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                        len = 12;
-                    }
-                }
-                let c = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                i += len;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-/// Why a line is not an access-log line: what was expected and at which byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParseError {
-    pub at: usize,
-    /// What was expected (`a 3-digit status`), or with [`ErrorKind::Ends`]
-    /// where the line ended (`inside the user-agent field`).
-    pub expected: &'static str,
-    pub kind: ErrorKind,
-}
-
-/// How a line failed, for operators (and the dead-letter counts by kind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// A byte that does not fit the format.
-    Expected,
-    /// The line ends before the format does: a line cut short in the file
-    /// (a crash mid-write, a full disk) or a piece of a line.
-    Ends,
-    /// The line holds a NUL byte: servers escape control bytes, so this is
-    /// damage (a file preallocated before a crash is full of NULs).
-    Damaged,
-}
-
-impl ParseError {
-    /// `expected` was not found at byte `at`.
-    pub const fn expected(at: usize, expected: &'static str) -> Self {
-        ParseError {
-            at,
-            expected,
-            kind: ErrorKind::Expected,
-        }
-    }
-
-    /// The line ends at byte `at`, `where_` (`inside the user-agent field`).
-    pub const fn ends(at: usize, where_: &'static str) -> Self {
-        ParseError {
-            at,
-            expected: where_,
-            kind: ErrorKind::Ends,
-        }
-    }
-
-    /// A NUL byte at `at`, or `None` for a line without one.
-    pub fn nul_byte(line: &[u8]) -> Option<Self> {
-        memchr::memchr(0, line).map(|at| ParseError {
-            at,
-            expected: "a NUL byte: a damaged line (servers escape control bytes)",
-            kind: ErrorKind::Damaged,
-        })
-    }
-
-    /// A short name of the kind, for counts (`expected`, `ends`, `damaged`).
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Expected => "expected",
-            ErrorKind::Ends => "ends",
-            ErrorKind::Damaged => "damaged",
-        }
-    }
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ErrorKind::Expected => write!(f, "expected {} at byte {}", self.expected, self.at),
-            ErrorKind::Ends => write!(f, "line ends {} at byte {}", self.expected, self.at),
-            ErrorKind::Damaged => write!(f, "{} at byte {}", self.expected, self.at),
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
+use super::scan::{opt_dash, parse_seconds, split_request};
+use super::time::parse_clf_time;
+use super::{AccessLine, ErrorKind, Escape, ParseError};
 
 struct Cursor<'a> {
     b: &'a [u8],
@@ -297,10 +104,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn opt_dash(f: &[u8]) -> Option<&[u8]> {
-    (f != b"-").then_some(f)
-}
-
 /// Parses one whole nginx/Apache `combined` line, with an optional trailing
 /// `$request_time` (and further trailing fields after a space, ignored).
 ///
@@ -332,7 +135,7 @@ fn parse_combined_line(line: &[u8], cut: bool) -> Result<AccessLine<'_>, ParseEr
     // `$remote_user` may contain spaces: it ends at the ` [` that opens the time.
     let ident_start = c.i;
     let rest = &line[ident_start..];
-    let open = crate::scan::find_lit(rest, b" [")
+    let open = super::scan::find_lit(rest, b" [")
         .ok_or(ParseError::ends(line.len(), "before the time"))?;
     // ident (`-`) and user are separated by the first space of this stretch.
     let stretch = &rest[..open];
@@ -427,104 +230,6 @@ fn parse_combined_line(line: &[u8], cut: bool) -> Result<AccessLine<'_>, ParseEr
         host: None,
         escape: Escape::Default,
     })
-}
-
-/// `0.123`, `12`, `1.5` → seconds; anything else (`-`, names) → `None`.
-pub(crate) fn parse_seconds(b: &[u8]) -> Option<f64> {
-    let ok = !b.is_empty()
-        && b[0].is_ascii_digit()
-        && b.iter().all(|&c| c.is_ascii_digit() || c == b'.')
-        && b.iter().filter(|&&c| c == b'.').count() <= 1;
-    if !ok {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// `GET /path HTTP/1.1` → method and path; `None` for `-` or garbage.
-pub(crate) fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
-    let Some(sp) = memchr::memchr(b' ', req) else {
-        return (None, None);
-    };
-    let method = &req[..sp];
-    if method.is_empty() || !method.iter().all(|c| c.is_ascii_uppercase()) {
-        return (None, None);
-    }
-    let rest = &req[sp + 1..];
-    let path = match memchr::memrchr(b' ', rest) {
-        Some(e) if rest[e + 1..].starts_with(b"HTTP/") => &rest[..e],
-        _ => rest,
-    };
-    (Some(method), Some(path))
-}
-
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
-
-fn digits(b: &[u8]) -> Option<i64> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(b.iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0')))
-}
-
-/// Parses `$time_local`: `10/Oct/2000:13:55:36 -0700` → ms since the epoch (UTC).
-pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
-    if t.len() != 26 || t[2] != b'/' || t[6] != b'/' || t[11] != b':' || t[20] != b' ' {
-        return None;
-    }
-    let days = clf_days(&t[..11])?;
-    let (h, mi, s) = (
-        digits(&t[12..14])?,
-        digits(&t[15..17])?,
-        digits(&t[18..20])?,
-    );
-    if t[14] != b':' || t[17] != b':' || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let sign = match t[21] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let (zh, zm) = (digits(&t[22..24])?, digits(&t[24..26])?);
-    let offset_s = sign * (zh * 3600 + zm * 60);
-    Some(((days * 86_400 + h * 3600 + mi * 60 + s) - offset_s) * 1000)
-}
-
-/// Days since the epoch of `10/Oct/2000`. Lines come in time order, so the
-/// last date is remembered (per thread) and most lines skip the arithmetic.
-fn clf_days(date: &[u8]) -> Option<i64> {
-    use std::cell::Cell;
-    thread_local! {
-        static LAST: Cell<([u8; 11], i64)> = const { Cell::new(([0; 11], 0)) };
-    }
-    let key: [u8; 11] = date.try_into().ok()?;
-    let (k, d) = LAST.get();
-    if k == key {
-        return Some(d);
-    }
-    let day = digits(&date[0..2])?;
-    let month = MONTHS.iter().position(|m| &date[3..6] == *m)? as i64 + 1;
-    let year = digits(&date[7..11])?;
-    if !(1..=31).contains(&day) {
-        return None;
-    }
-    let d = days_from_civil(year, month, day);
-    LAST.set((key, d));
-    Some(d)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -699,15 +404,38 @@ mod tests {
     }
 
     #[test]
-    fn time_parsing_handles_offsets_and_rejects_nonsense() {
-        assert_eq!(parse_clf_time(b"01/Jan/1970:00:00:00 +0000"), Some(0));
-        assert_eq!(parse_clf_time(b"01/Jan/1970:01:00:00 +0100"), Some(0));
-        assert_eq!(
-            parse_clf_time(b"29/Feb/2024:23:59:59 -0530"),
-            Some(1_709_270_999_000)
-        );
-        assert_eq!(parse_clf_time(b"01/Foo/2024:00:00:00 +0000"), None);
-        assert_eq!(parse_clf_time(b"01/Jan/2024:25:00:00 +0000"), None);
-        assert_eq!(parse_clf_time(b"01/Jan/2024:00:00:00 +00"), None);
+    fn every_request_line_parses_back_to_its_request_and_malformed_ones_do_not() {
+        let mut plain =
+            logpipe_traffic::Generator::new(1, 1_700_000_000_000, 1000.0).malformed_one_in(50);
+        let mut timed = logpipe_traffic::Generator::new(2, 1_700_000_000_000, 1000.0)
+            .malformed_one_in(50)
+            .with_request_time();
+        let (mut good, mut bad) = (0, 0);
+        for i in 0..20_000 {
+            let g = if i % 2 == 0 { &mut plain } else { &mut timed };
+            let (line, req) = g.next_line();
+            match req {
+                Some(req) => {
+                    let l =
+                        parse_combined(line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line}"));
+                    assert_eq!(l.time_ms, req.time_ms);
+                    assert_eq!(l.status, req.status);
+                    assert_eq!(l.body_bytes, req.body_bytes.unwrap_or(0));
+                    assert_eq!(l.client, req.client.as_bytes());
+                    assert_eq!(l.user, req.user.as_deref().map(str::as_bytes));
+                    assert_eq!(
+                        l.request_time_s,
+                        req.request_time_ms.map(|ms| f64::from(ms) / 1000.0)
+                    );
+                    assert_eq!(req.request_time_ms.is_some(), i % 2 == 1);
+                    good += 1;
+                }
+                None => {
+                    assert!(parse_combined(line.as_bytes()).is_err(), "{line}");
+                    bad += 1;
+                }
+            }
+        }
+        assert!(good > 19_000 && bad > 200, "{good} {bad}");
     }
 }

@@ -15,68 +15,15 @@
 //! same request, so a restore point is never stored before the windows it
 //! vouches for.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
-
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 use crate::line_protocol::{push_int, push_tag};
-use crate::sink_error::SinkError;
+use crate::store::{Scope, StateBatch, StoredPoint};
 
 /// Measurement of the per-partition restore offsets.
 pub const STATE: &str = "logpipe_state";
 /// Measurement of the per-source max event times.
 pub const STATE_SOURCE: &str = "logpipe_state_source";
-
-/// Whose restore points: one consumer group on one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub group: String,
-    pub topic: String,
-}
-
-/// The restore point of one partition as it changed since the last write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateUpdate {
-    pub partition: i32,
-    /// First offset a new owner must read.
-    pub offset: i64,
-    /// Offset after the last record the state had seen.
-    pub next_offset: i64,
-    /// Sources (record key) whose max event time changed, with it.
-    pub sources: Vec<(String, i64)>,
-}
-
-/// What goes with one write.
-#[derive(Debug, Clone, Copy)]
-pub struct StateBatch<'a> {
-    pub scope: &'a Scope,
-    pub analyzer: &'a str,
-    pub updates: &'a [StateUpdate],
-}
-
-/// A restore point as read back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredPoint {
-    pub offset: i64,
-    pub next_offset: i64,
-    pub sources: Vec<(String, i64)>,
-    /// Sources whose max event time was written by a writer that had read
-    /// further than `next_offset` (a former owner still writing during a
-    /// rebalance), with how far it had read. Its records up to there in
-    /// windows that max closes were counted in final points by that writer.
-    pub ahead: Vec<(String, i64)>,
-}
-
-/// Reads restore points back (on assignment).
-pub trait StateStore: Send + Sync {
-    fn load(
-        &self,
-        scope: &Scope,
-        partitions: &[i32],
-    ) -> Result<HashMap<i32, StoredPoint>, SinkError>;
-}
 
 fn push_scope_tags(out: &mut Vec<u8>, scope: &Scope, partition: i32) {
     out.extend_from_slice(b",group=");
@@ -87,10 +34,10 @@ fn push_scope_tags(out: &mut Vec<u8>, scope: &Scope, partition: i32) {
 
 /// Appends the batch's state points as line protocol.
 pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
-    for u in st.updates {
-        for (key, m) in &u.sources {
+    for (&partition, u) in st.points {
+        for (key, m) in &u.max_event_ms {
             out.extend_from_slice(STATE_SOURCE.as_bytes());
-            push_scope_tags(out, st.scope, u.partition);
+            push_scope_tags(out, st.scope, partition);
             out.extend_from_slice(b",src=");
             push_tag(out, if key.is_empty() { b"-" } else { key.as_bytes() });
             out.extend_from_slice(b",topic=");
@@ -102,7 +49,7 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             out.extend_from_slice(b" 0\n");
         }
         out.extend_from_slice(STATE.as_bytes());
-        push_scope_tags(out, st.scope, u.partition);
+        push_scope_tags(out, st.scope, partition);
         out.extend_from_slice(b",topic=");
         push_tag(out, st.scope.topic.as_bytes());
         out.extend_from_slice(b" analyzer=\"");
@@ -177,126 +124,17 @@ pub fn from_series(
                 if *at > e.next_offset {
                     e.ahead.push((key.clone(), *at));
                 }
-                e.sources.push((key, *m));
+                e.max_event_ms.push((key, *m));
             }
         }
     }
     out
 }
 
-/// Restore points of the line-protocol file sink, in a JSON file replaced
-/// atomically. One instance per path in a process (the demo's analyzers share
-/// one output file).
-pub struct FileState {
-    path: PathBuf,
-    data: Mutex<FileData>,
-}
-
-/// The file's format versions.
-#[derive(Serialize, Deserialize)]
-enum Stored<'a> {
-    #[serde(rename = "1")]
-    V1(std::borrow::Cow<'a, FileData>),
-}
-
-const WHAT: &str = "restore-point file";
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct FileData {
-    /// `group`, `topic`, partition → point.
-    points: BTreeMap<String, BTreeMap<String, BTreeMap<i32, FilePoint>>>,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct FilePoint {
-    offset: i64,
-    next_offset: i64,
-    sources: BTreeMap<String, i64>,
-}
-
-impl FileState {
-    pub fn open(path: PathBuf) -> Result<Arc<FileState>, SinkError> {
-        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<FileState>>>> = OnceLock::new();
-        let mut open = OPEN.get_or_init(Default::default).lock().unwrap();
-        if let Some(s) = open.get(&path) {
-            return Ok(s.clone());
-        }
-        let data = match logpipe_wire::state_file::load::<Stored>(&path, WHAT) {
-            Ok(Some(Stored::V1(d))) => d.into_owned(),
-            Ok(None) => FileData::default(),
-            Err(e) => return Err(SinkError::Permanent(e.to_string())),
-        };
-        let s = Arc::new(FileState {
-            path: path.clone(),
-            data: Mutex::new(data),
-        });
-        open.insert(path, s.clone());
-        Ok(s)
-    }
-
-    pub fn save(&self, st: &StateBatch<'_>) -> Result<(), SinkError> {
-        if st.updates.is_empty() {
-            return Ok(());
-        }
-        let mut data = self.data.lock().unwrap();
-        let parts = data
-            .points
-            .entry(st.scope.group.clone())
-            .or_default()
-            .entry(st.scope.topic.clone())
-            .or_default();
-        for u in st.updates {
-            let p = parts.entry(u.partition).or_default();
-            p.offset = u.offset;
-            p.next_offset = u.next_offset;
-            p.sources.extend(u.sources.iter().cloned());
-        }
-        logpipe_wire::state_file::store(
-            &self.path,
-            WHAT,
-            &Stored::V1(std::borrow::Cow::Borrowed(&*data)),
-        )
-        .map_err(|e| SinkError::Retryable(e.to_string()))
-    }
-}
-
-impl StateStore for FileState {
-    fn load(
-        &self,
-        scope: &Scope,
-        partitions: &[i32],
-    ) -> Result<HashMap<i32, StoredPoint>, SinkError> {
-        let data = self.data.lock().unwrap();
-        let Some(parts) = data
-            .points
-            .get(&scope.group)
-            .and_then(|t| t.get(&scope.topic))
-        else {
-            return Ok(HashMap::new());
-        };
-        Ok(partitions
-            .iter()
-            .filter_map(|p| {
-                let fp = parts.get(p)?;
-                Some((
-                    *p,
-                    StoredPoint {
-                        offset: fp.offset,
-                        next_offset: fp.next_offset,
-                        sources: fp.sources.iter().map(|(k, &m)| (k.clone(), m)).collect(),
-                        // One file, one writer at a time (the demo's
-                        // analyzers share it inside one process).
-                        ahead: Vec::new(),
-                    },
-                ))
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn scope() -> Scope {
         Scope {
@@ -308,19 +146,22 @@ mod tests {
     #[test]
     fn state_lines_are_exact_and_escaped() {
         let s = scope();
-        let updates = [StateUpdate {
-            partition: 3,
-            offset: 640,
-            next_offset: 812,
-            sources: vec![("web 1:/var/log/a,b.log".into(), 1_704_067_290_000)],
-        }];
+        let points = BTreeMap::from([(
+            3,
+            StoredPoint {
+                offset: 640,
+                next_offset: 812,
+                max_event_ms: vec![("web 1:/var/log/a,b.log".into(), 1_704_067_290_000)],
+                ahead: vec![],
+            },
+        )]);
         let mut out = vec![];
         encode(
             &mut out,
             &StateBatch {
                 scope: &s,
                 analyzer: "a\"1",
-                updates: &updates,
+                points: &points,
             },
         );
         assert_eq!(
@@ -355,7 +196,7 @@ mod tests {
             StoredPoint {
                 offset: 640,
                 next_offset: 812,
-                sources: vec![
+                max_event_ms: vec![
                     ("web 1:/a".into(), 1_704_067_290_000),
                     ("zombie".into(), 1_704_067_300_000),
                     ("old".into(), 1_704_067_280_000),
@@ -363,44 +204,5 @@ mod tests {
                 ahead: vec![("zombie".into(), 900)],
             }
         );
-    }
-
-    #[test]
-    fn file_state_merges_updates() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.lp.state.json");
-        let s = scope();
-        let st = FileState::open(path.clone()).unwrap();
-        let u1 = [StateUpdate {
-            partition: 0,
-            offset: 5,
-            next_offset: 9,
-            sources: vec![("a".into(), 10), ("b".into(), 20)],
-        }];
-        st.save(&StateBatch {
-            scope: &s,
-            analyzer: "x",
-            updates: &u1,
-        })
-        .unwrap();
-        let u2 = [StateUpdate {
-            partition: 0,
-            offset: 7,
-            next_offset: 12,
-            sources: vec![("b".into(), 30)],
-        }];
-        st.save(&StateBatch {
-            scope: &s,
-            analyzer: "x",
-            updates: &u2,
-        })
-        .unwrap();
-        let data: FileData = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let p = &data.points["logpipe-analyzers"]["logs"][&0];
-        assert_eq!((p.offset, p.next_offset), (7, 12));
-        assert_eq!(p.sources.get("a"), Some(&10));
-        assert_eq!(p.sources.get("b"), Some(&30));
-        let got = st.load(&s, &[0, 1]).unwrap();
-        assert_eq!(got[&0].sources, vec![("a".into(), 10), ("b".into(), 30)]);
     }
 }

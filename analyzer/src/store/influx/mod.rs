@@ -1,39 +1,17 @@
-//! Where window points go — InfluxDB over HTTP (v1 `/write` or v2 `/api/v2/write`),
-//! or a line-protocol file — and where the restore points live.
-//!
-//! A sink's `write` returns `Ok` only when the batch is durably accepted; the
-//! analyzer commits offsets only after that. Errors tell a retryable outside
-//! failure (5xx, 429, timeout, connection refused) from a permanent one (bad
-//! request, auth, missing database) so the caller can retry or stop.
-//!
-//! Restore points ([`crate::state`]) travel in the same write as the windows
-//! they vouch for: InfluxDB gets them as `logpipe_state*` points at the end of
-//! the request (after every window point), the file sink keeps them in a JSON
-//! file beside its output, replaced atomically after the lines are synced.
+//! InfluxDB over HTTP: the writer, and the restore-point reader beside it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flate2::write::GzEncoder;
 
-use crate::state::{self, StateBatch, StateStore, StoredPoint};
+use crate::store::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
 
-pub use crate::sink_error::SinkError;
+mod restore_points;
 
-/// A destination for line protocol plus the restore points that go with it.
-pub trait Sink: Send {
-    /// Writes one batch of window points and, after them, the restore points
-    /// they vouch for; `Ok` means both are durably accepted.
-    fn write(&mut self, line_protocol: &[u8], state: &StateBatch<'_>) -> Result<(), SinkError>;
-    /// Where it writes, for logs.
-    fn describe(&self) -> String;
-    /// Reads back restore points; used from the consumer's rebalance callback.
-    fn state_store(&self) -> Arc<dyn StateStore>;
-}
+pub use restore_points::{quote_ident, STATE, STATE_SOURCE};
 
 /// Which InfluxDB HTTP API to write to.
 #[derive(Debug, Clone)]
@@ -235,7 +213,7 @@ impl InfluxSink {
         match &c.cfg.api {
             InfluxApi::V1 { db, .. } => {
                 if create {
-                    let q = format!("CREATE DATABASE {}", state::quote_ident(db));
+                    let q = format!("CREATE DATABASE {}", restore_points::quote_ident(db));
                     c.query(&q, true)?;
                     return Ok(());
                 }
@@ -271,7 +249,7 @@ impl Sink for InfluxSink {
     fn write(&mut self, lp: &[u8], st: &StateBatch<'_>) -> Result<(), SinkError> {
         let mut rest = lp;
         let mut tail = Vec::new();
-        state::encode(&mut tail, st);
+        restore_points::encode(&mut tail, st);
         // Window points first, in chunks cut at line ends; the restore points
         // ride in the last request, so they are stored only after every window
         // they vouch for was accepted.
@@ -307,88 +285,12 @@ impl Sink for InfluxSink {
 impl StateStore for InfluxClient {
     fn load(
         &self,
-        scope: &state::Scope,
+        scope: &Scope,
         partitions: &[i32],
     ) -> Result<HashMap<i32, StoredPoint>, SinkError> {
-        let (q_part, q_src) = state::queries(scope);
+        let (q_part, q_src) = restore_points::queries(scope);
         let parts = self.query(&q_part, false)?;
         let srcs = self.query(&q_src, false)?;
-        Ok(state::from_series(&parts, &srcs, partitions))
-    }
-}
-
-/// Appends line protocol to a file (the demo's default output), fsynced per
-/// batch; restore points go to `<file>.state.json`.
-pub struct LpFileSink {
-    path: PathBuf,
-    file: File,
-    state: Arc<state::FileState>,
-}
-
-impl LpFileSink {
-    pub fn create(path: &Path) -> Result<Self, SinkError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| SinkError::Permanent(format!("cannot open {}: {e}", path.display())))?;
-        let mut state_path = path.as_os_str().to_owned();
-        state_path.push(".state.json");
-        Ok(LpFileSink {
-            path: path.to_owned(),
-            file,
-            state: state::FileState::open(PathBuf::from(state_path))?,
-        })
-    }
-}
-
-impl Sink for LpFileSink {
-    fn write(&mut self, lp: &[u8], st: &StateBatch<'_>) -> Result<(), SinkError> {
-        self.file
-            .write_all(lp)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| SinkError::Retryable(format!("writing {}: {e}", self.path.display())))?;
-        self.state.save(st)
-    }
-
-    fn describe(&self) -> String {
-        format!("line-protocol file {}", self.path.display())
-    }
-
-    fn state_store(&self) -> Arc<dyn StateStore> {
-        self.state.clone()
-    }
-}
-
-/// `logpipe replay --dry-run`: accepts every batch and keeps nothing, so the
-/// run reads and aggregates exactly as it would and reports what it would
-/// have written.
-#[derive(Debug, Default)]
-pub struct DryRunSink {
-    /// Bytes of line protocol that would have been written.
-    pub bytes: u64,
-}
-
-/// The restore points of a sink that stores none.
-struct NoState;
-
-impl StateStore for NoState {
-    fn load(&self, _: &state::Scope, _: &[i32]) -> Result<HashMap<i32, StoredPoint>, SinkError> {
-        Ok(HashMap::new())
-    }
-}
-
-impl Sink for DryRunSink {
-    fn write(&mut self, lp: &[u8], _: &StateBatch<'_>) -> Result<(), SinkError> {
-        self.bytes += lp.len() as u64;
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        "nothing (dry run)".to_string()
-    }
-
-    fn state_store(&self) -> Arc<dyn StateStore> {
-        Arc::new(NoState)
+        Ok(restore_points::from_series(&parts, &srcs, partitions))
     }
 }

@@ -20,8 +20,10 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::format::{intern, parse_iso8601};
-use crate::parse::{parse_clf_time, parse_seconds, split_request, AccessLine, Escape, ParseError};
+use super::line::intern;
+use super::scan::{parse_seconds, split_request};
+use super::time::{parse_clf_time, parse_iso8601};
+use super::{AccessLine, Escape, ParseError};
 
 /// The fields logpipe reads from a JSON line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,7 +298,7 @@ impl JsonFormat {
             referer: text(Field::Referer),
             user_agent: text(Field::UserAgent),
             request_time_s: text(Field::RequestTime).and_then(parse_seconds),
-            upstream_time_s: text(Field::UpstreamTime).and_then(crate::format::upstream_sum),
+            upstream_time_s: text(Field::UpstreamTime).and_then(super::scan::upstream_sum),
             host: text(Field::Host),
             escape: Escape::Json,
         })

@@ -1,0 +1,106 @@
+//! [`Control`]: how a run is asked to end, and what it reports while it runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How a run is asked to end; shared between the analyzer and whoever controls it.
+#[derive(Debug)]
+pub struct Control {
+    pub(super) mode: AtomicU8,
+    /// Next offset consumed per partition, refreshed about every 100 ms.
+    pub(super) progress: Mutex<HashMap<i32, i64>>,
+    /// Partitions currently owned, per analyzer id.
+    pub(super) assignments: Mutex<HashMap<String, usize>>,
+    /// The largest event time seen, refreshed with `progress` (`i64::MIN`
+    /// before the first line).
+    pub(super) event_ms: AtomicI64,
+    /// Records consumed by every analyzer of this control, refreshed every
+    /// batch of records (a partition re-read after a rebalance counts again).
+    pub(super) consumed: AtomicU64,
+    /// Records fetched from the broker and not yet consumed, over every
+    /// analyzer of this control, refreshed with `consumed`.
+    pub(super) queued: AtomicU64,
+    /// Analyzers of this control that are running, and those that made
+    /// their last commit: a member leaves the group only when every other
+    /// one has committed too (a member leaving starts a rebalance, during
+    /// which the group refuses commits).
+    pub(super) running: AtomicUsize,
+    pub(super) committed_last: AtomicUsize,
+}
+
+pub(super) const RUN: u8 = 0;
+const STOP: u8 = 1;
+pub(super) const FINISH: u8 = 2;
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            mode: AtomicU8::new(RUN),
+            progress: Mutex::default(),
+            assignments: Mutex::default(),
+            event_ms: AtomicI64::new(i64::MIN),
+            consumed: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            committed_last: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Control {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Control::default())
+    }
+    /// Records consumed so far by the analyzers of this control.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+    /// Records taken from the broker so far: consumed, or fetched and
+    /// waiting in the analyzers' queues.
+    pub fn fetched(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed)
+    }
+    /// The largest event time seen so far, if any line was.
+    pub fn event_ms(&self) -> Option<i64> {
+        Some(self.event_ms.load(Ordering::Relaxed)).filter(|&t| t != i64::MIN)
+    }
+    /// Stop reading, write what is open as partial values, commit, return.
+    /// Open windows are rebuilt by whoever consumes the partitions next.
+    pub fn stop(&self) {
+        let _ = self
+            .mode
+            .compare_exchange(RUN, STOP, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    /// End of input: close every window as final, write, commit, return.
+    pub fn finish(&self) {
+        self.mode.store(FINISH, Ordering::SeqCst);
+    }
+    pub fn is_stopping(&self) -> bool {
+        self.mode.load(Ordering::SeqCst) != RUN
+    }
+    /// Next offset consumed per partition, as last reported by analyzers.
+    pub fn progress(&self) -> HashMap<i32, i64> {
+        self.progress.lock().unwrap().clone()
+    }
+    /// Number of partitions each analyzer currently owns.
+    pub fn assignments(&self) -> HashMap<String, usize> {
+        self.assignments.lock().unwrap().clone()
+    }
+}
+
+/// Counts an analyzer out of [`Control::running`] however its run ends.
+pub(super) struct Running(Arc<Control>);
+
+impl Running {
+    pub(super) fn new(control: Arc<Control>) -> Self {
+        control.running.fetch_add(1, Ordering::SeqCst);
+        Running(control)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,374 @@
+//! One record's way in: gap check, de-duplication, pieces joined, parsed,
+//! counted in its partition's windows, or a dead letter.
+
+use logpipe_wire::{Dedup, HeaderLookup, RecordMeta};
+use rdkafka::message::{Headers, Message};
+
+use crate::counters::Counters;
+use crate::dlq::DeadLetters;
+use crate::parse::sources::SourceTable;
+use crate::parse::{AccessLine, ErrorKind, ParseError};
+use crate::pieces::{FirstPiece, GaveUp, Held, Mark, Piece, Pieces, Step};
+use crate::window::{Hit, PartitionWindows, Recorded, SourceId};
+
+/// One owned partition.
+pub(super) struct Part {
+    pub(super) windows: PartitionWindows,
+    pub(super) dedup: Dedup,
+    /// Lines held in pieces until their rest comes.
+    pub(super) pieces: Pieces,
+    /// Offset after the last record consumed, or before the first the offset
+    /// the partition must start at (gap detection, progress): a first record
+    /// beyond it means the broker deleted records before they were read.
+    pub(super) next: Option<i64>,
+    /// (offset, next offset) of the last restore point the sink accepted.
+    pub(super) written: Option<(i64, i64)>,
+    /// Records below this offset were handled by a previous owner, which had
+    /// their dead letters acknowledged before it wrote its restore point.
+    pub(super) dead_lettered_below: i64,
+    /// Replay: this partition reached its end.
+    pub(super) done: bool,
+}
+
+/// A record as the analyzer reads it: rdkafka's [`Message`] whose headers
+/// the wire contract's [`RecordMeta`] can read.
+pub(super) trait WireRecord: Message<Headers: HeaderLookup> {}
+
+impl<M: Message<Headers: HeaderLookup>> WireRecord for M {}
+
+impl Part {
+    /// A newly assigned partition: restored windows, or new ones; reading
+    /// starts at `next` when known; records below `dead_lettered_below`
+    /// had their dead letters sent by a previous owner.
+    pub(super) fn new(
+        windows: PartitionWindows,
+        dedup_files: usize,
+        partial_wait_ms: i64,
+        next: Option<i64>,
+        dead_lettered_below: i64,
+    ) -> Self {
+        Part {
+            windows,
+            dedup: Dedup::new(dedup_files),
+            pieces: Pieces::new(partial_wait_ms),
+            next,
+            written: None,
+            dead_lettered_below,
+            done: false,
+        }
+    }
+}
+
+/// What the handling of every record shares: the sources seen, the
+/// counters, the dead-letter producer.
+pub(super) struct Ingest {
+    pub(super) sources: SourceTable,
+    pub(super) counters: Counters,
+    pub(super) dlq: DeadLetters,
+}
+
+impl Ingest {
+    /// One record of `part`: de-duplicate, join pieces, parse, aggregate.
+    pub(super) fn record<M: WireRecord>(&mut self, part: &mut Part, msg: &M) {
+        let Ingest {
+            sources,
+            counters,
+            dlq,
+        } = self;
+        let partition = msg.partition();
+        let offset = msg.offset();
+        counters.consumed += 1;
+        if let Some(expected) = part.next {
+            if offset > expected {
+                // Records vanished before we read them: the broker deleted them
+                // (retention, or the mock's ~5 MiB per partition), whether
+                // between two records or before the first (librdkafka's
+                // `auto.offset.reset` then moved the start past them).
+                let lost = (offset - expected) as u64;
+                counters.offsets_skipped += lost;
+                tracing::error!(
+                partition,
+                from = expected,
+                to = offset - 1,
+                lost,
+                "records {expected}..={} of partition {partition} ({lost}) were deleted by the broker before they were read; their lines are lost",
+                offset - 1
+            );
+            }
+        }
+        part.next = Some(offset + 1);
+        let RecordMeta {
+            file,
+            offset: at,
+            partial,
+            cut,
+        } = RecordMeta::from_headers(msg.headers());
+        let mark = Mark::from_header(partial);
+        let key = msg.key().unwrap_or(b"");
+        let source = sources.id(key, msg.headers());
+        let line = msg.payload().unwrap_or(b"");
+        let ts = msg.timestamp().to_millis();
+        let mut gave_up = Vec::new();
+        let step = match (file, at) {
+            (Some(file), Some(at)) => {
+                let piece = Piece {
+                    offset,
+                    at,
+                    mark,
+                    cut,
+                    value: line,
+                    timestamp: ts,
+                    source,
+                };
+                if !part.pieces.is_empty() {
+                    part.pieces.expired(&piece, &mut gave_up);
+                }
+                // A re-send of a held piece replaces it: not a duplicate.
+                if !part.pieces.is_resend_of_held(file, at) && part.dedup.is_duplicate(file, at) {
+                    counters.duplicates += 1;
+                    part.windows.skip(offset);
+                    give_up(part, sources, counters, dlq, gave_up, offset);
+                    return;
+                }
+                if part.pieces.is_empty() && mark == Mark::Whole {
+                    Step::Line
+                } else {
+                    part.pieces
+                        .offer(file, &piece, || first_piece(msg), &mut gave_up)
+                }
+            }
+            // Without a file and offset, pieces cannot be matched: as they are.
+            _ => Step::Line,
+        };
+        match step {
+            Step::Line => match parse_line(sources, source, line, cut.is_some(), ts) {
+                Ok(l) => add(part, counters, Hit::from_line(source, &l, offset)),
+                Err(e) => {
+                    let e = match mark {
+                        Mark::Eof => LineError::Eof(e),
+                        _ => LineError::Parse(e),
+                    };
+                    dead_letter(sources, counters, source, offset, &e, line);
+                    part.windows.skip(offset);
+                    if offset >= part.dead_lettered_below {
+                        dlq.send(msg, &e);
+                    }
+                }
+            },
+            Step::Joined(held, end_mark) => {
+                counters.pieces += held.records() - 1;
+                let whole = held.cut_at.map_or(&held.line[..], |n| &held.line[..n]);
+                match parse_line(
+                    sources,
+                    source,
+                    whole,
+                    held.cut_at.is_some(),
+                    held.timestamp,
+                ) {
+                    Ok(l) => {
+                        let mut hit = Hit::from_line(source, &l, held.offset);
+                        hit.end_offset = offset;
+                        add(part, counters, hit);
+                    }
+                    Err(e) => {
+                        let e = match end_mark {
+                            Mark::Eof => LineError::Eof(e),
+                            _ => LineError::Joined(e),
+                        };
+                        dead_letter(sources, counters, source, offset, &e, &held.line);
+                        part.windows.skip(offset);
+                        // What decides is the record that completed the line: an
+                        // earlier owner that read it sent the dead letter.
+                        if offset >= part.dead_lettered_below {
+                            send_held(dlq, &held, &e);
+                        }
+                    }
+                }
+            }
+            Step::Taken => part.windows.skip(offset),
+            Step::Orphan => {
+                dead_letter(sources, counters, source, offset, &LineError::Orphan, line);
+                part.windows.skip(offset);
+                if offset >= part.dead_lettered_below {
+                    dlq.send(msg, &LineError::Orphan);
+                }
+            }
+        }
+        give_up(part, sources, counters, dlq, gave_up, offset);
+    }
+
+    /// Lines still held in pieces when the input ended: they never will be
+    /// whole, so they are dead letters.
+    pub(super) fn end_of_input(&mut self, part: &mut Part) {
+        let mut gave_up = Vec::new();
+        part.pieces.give_up_all(&mut gave_up);
+        give_up(
+            part,
+            &self.sources,
+            &mut self.counters,
+            &mut self.dlq,
+            gave_up,
+            i64::MAX,
+        );
+    }
+}
+
+/// Why a line is a dead letter: the parser's word, or what became of its pieces.
+#[derive(Debug)]
+enum LineError {
+    Parse(ParseError),
+    /// The unterminated end of a file or connection (`partial: eof`).
+    Eof(ParseError),
+    /// A line joined from pieces.
+    Joined(ParseError),
+    /// A `partial: rest` whose first piece was not read.
+    Orphan,
+    GaveUp(GaveUp),
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineError::Parse(e) => e.fmt(f),
+            LineError::Eof(e) => write!(
+                f,
+                "{e} (the unterminated end of a file or connection, partial: eof)"
+            ),
+            LineError::Joined(e) => write!(f, "{e} (a line joined from pieces)"),
+            LineError::Orphan => f.write_str(
+                "the rest of a line (partial: rest) whose first piece was not read: \
+                 deleted by the broker, or before the start of a replay",
+            ),
+            LineError::GaveUp(g @ GaveUp::Gap { expected, got }) => write!(
+                f,
+                "{}: the next line starts at byte {got}, the rest was due at byte {expected}",
+                g.describe()
+            ),
+            LineError::GaveUp(g) => f.write_str(g.describe()),
+        }
+    }
+}
+
+/// Parses with the source's parser (as a cut line when `cut`); a line
+/// without a time takes its record's timestamp.
+fn parse_line<'a>(
+    sources: &SourceTable,
+    source: SourceId,
+    line: &'a [u8],
+    cut: bool,
+    timestamp: Option<i64>,
+) -> Result<AccessLine<'a>, ParseError> {
+    let parser = sources.parser(source);
+    let mut l = if cut {
+        parser.parse_cut(line)?
+    } else {
+        parser.parse(line)?
+    };
+    if l.time_ms == i64::MIN {
+        // No time in the line: when the producer read it.
+        l.time_ms = timestamp.ok_or(ParseError::expected(
+            0,
+            "a time: the line has none and the record no timestamp",
+        ))?;
+    }
+    Ok(l)
+}
+
+fn add(part: &mut Part, counters: &mut Counters, hit: Hit<'_>) {
+    counters.parsed += 1;
+    match part.windows.record(&hit) {
+        Recorded::Added => counters.counted += 1,
+        Recorded::Late => counters.late += 1,
+        Recorded::Replayed => counters.replayed += 1,
+    }
+}
+
+/// The log target of the first dead letters' lines (and every 1000th), so
+/// a filter can leave them out (`logpipe demo` does by default).
+pub const DEAD_LETTER_LOG: &str = "logpipe::dead_letter";
+
+/// Counts and logs a dead letter (the caller sends it when it is its to send).
+fn dead_letter(
+    sources: &SourceTable,
+    counters: &mut Counters,
+    source: SourceId,
+    offset: i64,
+    e: &LineError,
+    line: &[u8],
+) {
+    counters.dead_lettered += 1;
+    let kinds = &mut counters.dead_letter_kinds;
+    match e {
+        LineError::Parse(p) | LineError::Eof(p) | LineError::Joined(p) => match p.kind {
+            ErrorKind::Expected => kinds.malformed += 1,
+            ErrorKind::Ends => kinds.cut += 1,
+            ErrorKind::Damaged => kinds.damaged += 1,
+        },
+        LineError::Orphan | LineError::GaveUp(_) => kinds.unjoined += 1,
+    }
+    if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
+        let n = sources.name(source);
+        let (host, src) = (&n.host, &n.source);
+        tracing::warn!(target: DEAD_LETTER_LOG, %host, source = %src, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
+            line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to the dead-letter topic");
+    }
+}
+
+/// Dead letters for held lines that can no longer be completed; `offset`
+/// is the record that decided it.
+fn give_up(
+    part: &mut Part,
+    sources: &SourceTable,
+    counters: &mut Counters,
+    dlq: &mut DeadLetters,
+    gave_up: Vec<(Held, GaveUp)>,
+    offset: i64,
+) {
+    for (held, why) in gave_up {
+        counters.pieces += held.records() - 1;
+        let e = LineError::GaveUp(why);
+        dead_letter(sources, counters, held.source, held.offset, &e, &held.line);
+        if offset >= part.dead_lettered_below {
+            send_held(dlq, &held, &e);
+        }
+    }
+    part.windows.hold_from(part.pieces.floor());
+}
+
+/// What a dead letter of a held line needs of its first piece's record.
+fn first_piece<M: Message>(msg: &M) -> FirstPiece {
+    FirstPiece {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        key: msg.key().map(<[u8]>::to_vec),
+        headers: msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp: msg.timestamp().to_millis(),
+    }
+}
+
+/// A held line as a dead letter: its bytes, with the first piece's key,
+/// headers, timestamp and origin.
+fn send_held(dlq: &mut DeadLetters, held: &Held, e: &LineError) {
+    let f = &held.first;
+    let headers: Vec<(&str, Option<&[u8]>)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    let origin = format!("{}/{}/{}", f.topic, f.partition, held.offset);
+    dlq.send_parts(
+        f.key.as_deref(),
+        &held.line,
+        &headers,
+        f.timestamp,
+        &origin,
+        e,
+    );
+}
