@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use logpipe_analyzer::defaults as analyzer_defaults;
+use logpipe_producer::config::defaults;
 
 #[derive(Debug, Parser)]
 #[command(name = "logpipe", version, about = "Access logs → Kafka → exact event-time metrics in InfluxDB", long_about = None)]
@@ -56,6 +58,21 @@ pub enum Command {
 }
 
 /// Parses `10s`, `1m`, `500ms`.
+/// A default duration as `--help` shows it and [`duration`] reads it.
+fn show_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A default size as `--help` shows it and [`bytes`] reads it.
+fn show_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
+}
+
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 10s, 1m, 500ms)"))
 }
@@ -203,7 +220,7 @@ pub struct ProduceArgs {
     #[arg(long, env = "LOGPIPE_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// A longer line is cut to this size and sent with a `cut` header holding its length.
-    #[arg(long, env = "LOGPIPE_MAX_LINE_BYTES", default_value = "1MiB", value_parser = bytes)]
+    #[arg(long, env = "LOGPIPE_MAX_LINE_BYTES", default_value = show_bytes(defaults::max_line_bytes()), value_parser = bytes)]
     pub max_line_bytes: usize,
     /// Send an incomplete last line (marked `partial: idle`) once its file was
     /// quiet this long. Default: hold it until its newline arrives.
@@ -211,26 +228,26 @@ pub struct ProduceArgs {
     pub partial_line_timeout: Option<Duration>,
     /// Bytes of lines sent and not yet acknowledged by Kafka, at most; when
     /// Kafka is slow or down, reading pauses here (the files are the buffer).
-    #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = "4MiB", value_parser = bytes)]
+    #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = show_bytes(defaults::max_in_flight_bytes()), value_parser = bytes)]
     pub max_in_flight: usize,
     /// A file no longer at a followed path (rotated away, deleted) is closed
     /// once nothing was written to it for this long.
-    #[arg(long, env = "LOGPIPE_ROTATE_WAIT", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_ROTATE_WAIT", default_value = show_duration(defaults::rotate_wait()), value_parser = duration)]
     pub rotate_wait: Duration,
     /// How often files are read again when no change event arrived.
-    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_POLL_INTERVAL", default_value = show_duration(defaults::poll_interval()), value_parser = duration)]
     pub poll_interval: Duration,
     /// How often the paths are listed again for new, rotated and deleted files.
-    #[arg(long, env = "LOGPIPE_SCAN_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_SCAN_INTERVAL", default_value = show_duration(defaults::scan_interval()), value_parser = duration)]
     pub scan_interval: Duration,
     /// How often acknowledged positions are written to the checkpoint (only when changed).
-    #[arg(long, env = "LOGPIPE_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_CHECKPOINT_INTERVAL", default_value = show_duration(defaults::checkpoint_interval()), value_parser = duration)]
     pub checkpoint_interval: Duration,
     /// On SIGTERM/Ctrl-C, how long to wait for Kafka to acknowledge what was sent.
-    #[arg(long, env = "LOGPIPE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_SHUTDOWN_TIMEOUT", default_value = show_duration(defaults::shutdown_timeout()), value_parser = duration)]
     pub shutdown_timeout: Duration,
     /// How often the counters (lines read/acked, in flight, files, rotations...) are logged.
-    #[arg(long, env = "LOGPIPE_STATS_INTERVAL", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_STATS_INTERVAL", default_value = show_duration(defaults::stats_interval()), value_parser = duration)]
     pub stats_interval: Duration,
     /// Receive newline-delimited lines over TCP on this address (e.g.
     /// 0.0.0.0:5140), published as --tcp-source. A closed connection's
@@ -309,7 +326,7 @@ pub struct WindowArgs {
     #[arg(long, env = "LOGPIPE_LATENESS", default_value = "30s", value_parser = duration)]
     pub lateness: Duration,
     /// How often open windows' partial values are written (live dashboards).
-    #[arg(long, env = "LOGPIPE_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_FLUSH_INTERVAL", default_value = show_duration(analyzer_defaults::flush_interval()), value_parser = duration)]
     pub flush_interval: Duration,
     /// Status at or above which a request counts as an error (error_rate).
     #[arg(long, env = "LOGPIPE_ERROR_STATUS", default_value_t = 400)]
@@ -370,7 +387,7 @@ pub struct AnalyzeArgs {
     /// How often consumed offsets are committed to the group, for lag tools
     /// (kafka-consumer-groups, Burrow). Resuming does not depend on them: the
     /// restore points stored with the windows do.
-    #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_COMMIT_INTERVAL", default_value = show_duration(analyzer_defaults::commit_interval()), value_parser = duration)]
     pub commit_interval: Duration,
 }
 
@@ -388,14 +405,36 @@ pub struct AnalysisArgs {
     #[arg(long, env = "LOGPIPE_ANALYZER_ID")]
     pub analyzer_id: Option<String>,
     /// Files remembered per partition to drop producer re-sends by (file, offset).
-    #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = 65_536)]
+    #[arg(long, env = "LOGPIPE_DEDUP_FILES", default_value_t = analyzer_defaults::DEDUP_FILES)]
     pub dedup_files: usize,
     /// A line the producer published in pieces (`partial: idle`, after its
     /// --partial-line-timeout) is held until its rest comes; it becomes a
     /// dead letter when its source sends a record stamped this much later
     /// without the rest.
-    #[arg(long, env = "LOGPIPE_PARTIAL_WAIT", default_value = "10m", value_parser = duration)]
+    #[arg(long, env = "LOGPIPE_PARTIAL_WAIT", default_value = show_duration(analyzer_defaults::partial_wait()), value_parser = duration)]
     pub partial_wait: Duration,
+}
+
+impl AnalysisArgs {
+    /// The analyzer these options describe, a member of `group` with
+    /// windows of `spec` (its id `default_id` unless `--analyzer-id`).
+    pub fn config(
+        &self,
+        group: logpipe_consumer::GroupConfig,
+        spec: logpipe_analyzer::WindowSpec,
+        formats: logpipe_analyzer::Formats,
+        default_id: String,
+    ) -> logpipe_analyzer::AnalyzerConfig {
+        let id = self.analyzer_id.clone().unwrap_or(default_id);
+        logpipe_analyzer::AnalyzerConfig {
+            flush_interval: self.window.flush_interval,
+            dedup_files: self.dedup_files,
+            partial_wait: self.partial_wait,
+            formats: std::sync::Arc::new(formats),
+            dlq_topic: self.parse.dlq_topic.clone(),
+            ..logpipe_analyzer::AnalyzerConfig::new(group, spec, id)
+        }
+    }
 }
 
 /// How lines are parsed, and where those that do not parse go.
@@ -610,6 +649,34 @@ mod tests {
             vec![kv("bootstrap.servers", "h1:9092,h2:9092")]
         );
         assert!(key_values("nokey").unwrap_err().contains("key=value"));
+    }
+
+    /// `logpipe produce` without options runs with the library's defaults
+    /// (clap reads them from `logpipe_producer::config::defaults`).
+    #[test]
+    fn produce_defaults_are_the_librarys() {
+        let cli = Cli::try_parse_from([
+            "logpipe",
+            "produce",
+            "--brokers",
+            "b:9092",
+            "/var/log/a.log",
+        ])
+        .unwrap();
+        let Command::Produce(a) = cli.command else {
+            panic!("not produce");
+        };
+        let lib = logpipe_producer::ProducerConfig::new("b", "t", "h", Vec::new());
+        assert_eq!(a.max_line_bytes, lib.max_line_bytes);
+        assert_eq!(a.max_in_flight, lib.max_in_flight_bytes);
+        assert_eq!(a.rotate_wait, lib.rotate_wait);
+        assert_eq!(a.poll_interval, lib.poll_interval);
+        assert_eq!(a.scan_interval, lib.scan_interval);
+        assert_eq!(a.checkpoint_interval, lib.checkpoint_interval);
+        assert_eq!(a.shutdown_timeout, lib.shutdown_timeout);
+        assert_eq!(a.stats_interval, lib.stats_interval);
+        assert_eq!(show_bytes(1 << 20), "1MiB");
+        assert_eq!(show_duration(Duration::from_millis(500)), "500ms");
     }
 }
 

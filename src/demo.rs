@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use logpipe_analyzer::parse::{Formats, Parser};
 use logpipe_analyzer::{AnalyzerConfig, Control, LpFileSink, Observer, Sink, WindowReport};
 use logpipe_consumer::{GroupConfig, MockBroker};
 use logpipe_traffic::Generator;
@@ -142,36 +141,29 @@ pub fn run(a: DemoArgs) -> Result<()> {
             Some(s) => Box::new(s),
             None => Box::new(LpFileSink::create(&lp_out.as_ref().expect("a file").0)?),
         };
+        let group = GroupConfig {
+            brokers: broker.bootstrap().to_string(),
+            topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
+            group: group.clone(),
+            extra: vec![
+                ("session.timeout.ms".into(), "2000".into()),
+                ("heartbeat.interval.ms".into(), "500".into()),
+                // The mock broker holds a fetch this long when there is
+                // nothing new, and does not answer it early when records
+                // arrive (500 ms by default: a held producer then waited).
+                ("fetch.wait.max.ms".into(), "10".into()),
+            ],
+            // A one-shot run has no members coming and going: fixed
+            // partitions spare it the group's join (about a second).
+            partitions: a.exit_on_eof.then(|| {
+                (0..a.partitions)
+                    .filter(|p| *p as usize % a.analyzers == i)
+                    .collect()
+            }),
+        };
         let cfg = AnalyzerConfig {
-            group: GroupConfig {
-                brokers: broker.bootstrap().to_string(),
-                topic: logpipe_wire::DEFAULT_TOPIC.to_string(),
-                group: group.clone(),
-                extra: vec![
-                    ("session.timeout.ms".into(), "2000".into()),
-                    ("heartbeat.interval.ms".into(), "500".into()),
-                    // The mock broker holds a fetch this long when there is
-                    // nothing new, and does not answer it early when records
-                    // arrive (500 ms by default: a held producer then waited).
-                    ("fetch.wait.max.ms".into(), "10".into()),
-                ],
-                // A one-shot run has no members coming and going: fixed
-                // partitions spare it the group's join (about a second).
-                partitions: a.exit_on_eof.then(|| {
-                    (0..a.partitions)
-                        .filter(|p| *p as usize % a.analyzers == i)
-                        .collect()
-                }),
-            },
-            spec,
             flush_interval: a.window.flush_interval,
-            analyzer_id: format!("demo-{i}"),
-            dedup_files: 65_536,
-            partial_wait: Duration::from_secs(600),
-            commit_interval: Duration::from_secs(5),
-            formats: std::sync::Arc::new(Formats::single(Parser::Combined)),
-            dlq_topic: logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(),
-            replay: None,
+            ..AnalyzerConfig::new(group, spec, format!("demo-{i}"))
         };
         let t = table.clone();
         let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));

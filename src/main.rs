@@ -244,26 +244,17 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         .context("logpipe analyze needs --influx-url and --influx-db (or --influx-bucket)")?;
     // Wrong URL, credentials or database: say so now, before joining the group.
     sink.check_ready(a.analysis.influx.influx_create_db)?;
+    let group = GroupConfig {
+        brokers: a.kafka.brokers,
+        topic: a.kafka.topic,
+        group: a.group,
+        extra: cli::flat(a.kafka.kafka),
+        partitions: a.partitions,
+    };
+    let default_id = format!("{}-{}", hostname(), std::process::id());
     let cfg = AnalyzerConfig {
-        group: GroupConfig {
-            brokers: a.kafka.brokers,
-            topic: a.kafka.topic,
-            group: a.group,
-            extra: cli::flat(a.kafka.kafka),
-            partitions: a.partitions,
-        },
-        spec,
-        flush_interval: a.analysis.window.flush_interval,
-        analyzer_id: a
-            .analysis
-            .analyzer_id
-            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
-        dedup_files: a.analysis.dedup_files,
-        partial_wait: a.analysis.partial_wait,
         commit_interval: a.commit_interval,
-        formats: std::sync::Arc::new(formats),
-        dlq_topic: a.analysis.parse.dlq_topic,
-        replay: None,
+        ..a.analysis.config(group, spec, formats, default_id)
     };
     let control = Control::new();
     let c = control.clone();

@@ -284,27 +284,18 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         e.1 = e.1.min(r.value.start_ms);
         e.2 = e.2.max(r.value.start_ms);
     });
+    let group = GroupConfig {
+        brokers: a.kafka.brokers.clone(),
+        topic: a.kafka.topic.clone(),
+        group: "logpipe-replay".into(),
+        extra,
+        partitions: None,
+    };
+    let default_id = format!("replay-{}-{}", crate::hostname(), std::process::id());
     let cfg = AnalyzerConfig {
-        group: GroupConfig {
-            brokers: a.kafka.brokers.clone(),
-            topic: a.kafka.topic.clone(),
-            group: "logpipe-replay".into(),
-            extra,
-            partitions: None,
-        },
-        spec,
-        flush_interval: a.analysis.window.flush_interval,
-        analyzer_id: a
-            .analysis
-            .analyzer_id
-            .clone()
-            .unwrap_or_else(|| format!("replay-{}-{}", crate::hostname(), std::process::id())),
-        dedup_files: a.analysis.dedup_files,
-        partial_wait: a.analysis.partial_wait,
         commit_interval: Duration::from_secs(3600),
-        formats: Arc::new(formats),
-        dlq_topic: a.analysis.parse.dlq_topic.clone(),
         replay: Some(replay.clone()),
+        ..a.analysis.config(group, spec, formats, default_id)
     };
     let control = Control::new();
     let c = control.clone();

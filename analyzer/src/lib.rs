@@ -1,5 +1,6 @@
 //! Everything an analyzer does between a Kafka record and an InfluxDB point.
 //!
+//! - `config`: [`AnalyzerConfig`] and its [`defaults`].
 //! - [`parse`]: every parser (the built-in `combined`, compiled nginx/Apache
 //!   `log_format` strings, JSON lines) and which one reads which source.
 //! - `pieces`: lines the producer published in pieces, joined again (pure).
@@ -15,6 +16,7 @@
 //!   commit only what the sink accepted.
 //! - `replay`: what makes a run a replay (fixed offsets, event-time range).
 
+mod config;
 mod counters;
 mod distinct;
 mod dlq;
@@ -26,13 +28,12 @@ mod run;
 pub mod store;
 pub mod window;
 
+pub use config::{defaults, AnalyzerConfig};
 pub use counters::{Counters, DeadLetterKinds};
 pub use dlq::{render as render_dead_letter, DeadLetter, DlqReader};
 pub use parse::{AccessLine, ErrorKind, Formats, LogFormat, ParseError, Parser};
 pub use replay::{Range, Replay};
-pub use run::{
-    run, AnalyzeError, AnalyzerConfig, Control, Observer, WindowReport, DEAD_LETTER_LOG,
-};
+pub use run::{run, AnalyzeError, Control, Observer, WindowReport, DEAD_LETTER_LOG};
 pub use store::{DryRunSink, InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
 pub use window::{Hit, Metrics, WindowSpec, WindowValue};
 

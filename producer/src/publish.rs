@@ -115,6 +115,42 @@ pub struct Line<'a> {
     pub timestamp_ms: i64,
 }
 
+/// What every line of one stream (a file's generation, a network input's
+/// source) carries: its delivery slot, record key and headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub slot: usize,
+    pub key: &'a [u8],
+    pub host: &'a str,
+    pub source: &'a str,
+    pub file_id: &'a str,
+}
+
+impl<'a> Origin<'a> {
+    /// A line of this stream: `value`, at `offset..end` of it.
+    pub fn line(
+        self,
+        value: &'a [u8],
+        offset: u64,
+        end: u64,
+        marks: Marks,
+        timestamp_ms: i64,
+    ) -> Line<'a> {
+        Line {
+            slot: self.slot,
+            key: self.key,
+            value,
+            host: self.host,
+            source: self.source,
+            file_id: self.file_id,
+            offset,
+            end,
+            marks,
+            timestamp_ms,
+        }
+    }
+}
+
 /// A failure of the Kafka side of the producer.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

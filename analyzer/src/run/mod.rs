@@ -21,49 +21,21 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use logpipe_consumer::{
-    Batch as RecordBatch, GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets,
-};
+use logpipe_consumer::{Batch as RecordBatch, GroupConsumer, RebalanceEvent, StartOffsets};
 use rdkafka::message::Message;
 
 use crate::counters::Counters;
 use crate::dlq::DeadLetters;
 use crate::parse::sources::SourceTable;
-use crate::parse::Formats;
-use crate::replay::Replay;
 use crate::store::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
-use crate::window::{PartitionWindows, WindowSpec, WindowValue};
+use crate::window::{PartitionWindows, WindowValue};
 use control::{Running, FINISH, RUN};
 use flush::Batch;
 use ingest::{Ingest, Part, WireRecord};
 
+use crate::config::AnalyzerConfig;
 pub use control::Control;
 pub use ingest::DEAD_LETTER_LOG;
-
-/// Settings of one analyzer.
-#[derive(Debug, Clone)]
-pub struct AnalyzerConfig {
-    pub group: GroupConfig,
-    pub spec: WindowSpec,
-    /// How often open windows' partial values (and closed windows) are written.
-    pub flush_interval: Duration,
-    /// Name of this analyzer in the `logpipe` self-metrics (tag `analyzer`).
-    pub analyzer_id: String,
-    /// Files remembered per partition for de-duplication.
-    pub dedup_files: usize,
-    /// How long (by the source's record stamps) a line's first piece waits
-    /// for its rest before it is a dead letter (see [`crate::pieces`]).
-    pub partial_wait: Duration,
-    /// How often restore offsets are committed to the group (for lag tools;
-    /// resuming uses the restore points in the sink).
-    pub commit_interval: Duration,
-    /// Which parser reads which source.
-    pub formats: Arc<Formats>,
-    /// Where lines that do not parse go (`logs.dlq`).
-    pub dlq_topic: String,
-    /// A replay instead of a live group member (see [`crate::replay`]).
-    pub replay: Option<Replay>,
-}
 
 /// A window as reported to an observer (the demo's terminal table).
 pub struct WindowReport<'a> {

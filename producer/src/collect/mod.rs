@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publish::{Line, PublishError, Publisher};
+use crate::publish::{Origin, PublishError, Publisher};
 use crate::stats::Stats;
 use crate::tail::Marks;
 
@@ -194,18 +194,14 @@ impl Stream {
         if self.counted.0 >= 256 {
             self.account();
         }
-        let line = Line {
+        let line = Origin {
             slot: self.slot,
             key: &self.key,
-            value,
             host: &self.shared.host,
             source: &self.source,
             file_id: &self.file_id,
-            offset,
-            end,
-            marks,
-            timestamp_ms,
-        };
+        }
+        .line(value, offset, end, marks, timestamp_ms);
         let publisher = &self.shared.publisher;
         if publisher.try_send(&line)? {
             return Ok(());

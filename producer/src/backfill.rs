@@ -29,13 +29,14 @@ use std::time::{Duration, Instant, SystemTime};
 use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, FileState};
 use crate::discover::Found;
+use crate::follow::read_err;
 use crate::identity::{file_id, Fingerprint, FINGERPRINT_MAX};
-use crate::publish::{Line, PublishError};
+use crate::publish::{Origin, PublishError, Publisher};
 use crate::stats::Stats;
 use crate::tail::{LineOut, ReadError, Tail};
-use crate::{now_ms, Control, ProduceError, Producer};
+use crate::{now_ms, Control, ProduceError, ProduceSummary, ProducerConfig};
 use logpipe_wire::state_file;
 
 /// `compressed.json`.
@@ -116,13 +117,26 @@ pub(crate) fn rotation_number(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-impl Producer {
-    /// Reads every compressed file found at start-up (see the module docs);
-    /// returns early, progress saved, on shutdown.
-    pub(crate) fn backfill_compressed(
+/// The backfill of the compressed rotations found at start-up, before any
+/// file is followed: what it sends with and where it counts.
+pub(crate) struct Backfill<'a> {
+    pub(crate) cfg: &'a ProducerConfig,
+    pub(crate) publisher: &'a Publisher,
+    pub(crate) stats: &'a Stats,
+    /// The checkpoint's entries as loaded: a compressed copy of a file the
+    /// producer followed continues it.
+    pub(crate) checkpointed: &'a [FileState],
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) summary: &'a mut ProduceSummary,
+}
+
+impl Backfill<'_> {
+    /// Reads every compressed file of `found` (each with its source; see the
+    /// module docs); returns early, progress saved, on shutdown.
+    pub(crate) fn run(
         &mut self,
         ctl: &Control,
-        found: Vec<Found>,
+        found: Vec<(Found, String)>,
     ) -> Result<(), ProduceError> {
         let progress_path = self
             .cfg
@@ -134,7 +148,7 @@ impl Producer {
             None => Progress::default(),
         };
         let mut files: Vec<(String, SystemTime, u64, PathBuf)> = Vec::new();
-        for f in found {
+        for (f, source) in found {
             let path = f.path;
             if !path.to_string_lossy().ends_with(".gz") {
                 tracing::warn!(path = %path.display(), "not read: only gzip-compressed rotations (.gz) are backfilled; decompress it first");
@@ -142,8 +156,7 @@ impl Producer {
             }
             let mtime = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
-                .map_err(Self::read_err(&path))?;
-            let source = self.source_for(f.input, &path);
+                .map_err(read_err(&path))?;
             let n = rotation_number(&path);
             files.push((source, mtime, n, path));
         }
@@ -157,7 +170,7 @@ impl Producer {
             if ctl.shutdown.load(Ordering::Relaxed) || ctl.abort.load(Ordering::Relaxed) {
                 break;
             }
-            let Some(fp) = fingerprint(&path).map_err(Self::read_err(&path))? else {
+            let Some(fp) = fingerprint(&path).map_err(read_err(&path))? else {
                 tracing::info!(path = %path.display(), "empty compressed file");
                 continue;
             };
@@ -180,7 +193,7 @@ impl Producer {
                     let (file, offset) = match plain {
                         Some(k) => (k.file.clone(), k.offset),
                         None => {
-                            let md = std::fs::metadata(&path).map_err(Self::read_err(&path))?;
+                            let md = std::fs::metadata(&path).map_err(read_err(&path))?;
                             (file_id(md.dev(), md.ino(), fp, 0), 0)
                         }
                     };
@@ -222,9 +235,9 @@ impl Producer {
         let start = progress.files[i].offset;
         let id = progress.files[i].file.clone();
         tracing::info!(path = %path.display(), %source, offset = start, file = %id, "backfilling compressed file");
-        let mut dec = decoder(path).map_err(Self::read_err(path))?;
+        let mut dec = decoder(path).map_err(read_err(path))?;
         let skipped = std::io::copy(&mut (&mut dec).take(start), &mut std::io::sink())
-            .map_err(Self::read_err(path))?;
+            .map_err(read_err(path))?;
         if skipped < start {
             tracing::warn!(path = %path.display(), acknowledged = start, size = skipped, "compressed file is shorter than its acknowledged offset; nothing left to send");
             progress.files[i].done = true;
@@ -247,7 +260,7 @@ impl Producer {
                 stopped = true;
                 break;
             }
-            let Producer {
+            let Backfill {
                 publisher,
                 cfg,
                 buf,
@@ -255,6 +268,13 @@ impl Producer {
                 stats,
                 ..
             } = self;
+            let origin = Origin {
+                slot,
+                key: &key,
+                host: &cfg.host,
+                source,
+                file_id: &id,
+            };
             let (mut lines, mut bytes) = (0u64, 0u64);
             let mut send = |l: LineOut<'_>| {
                 lines += 1;
@@ -262,18 +282,7 @@ impl Producer {
                 if l.marks.cut.is_some() {
                     Stats::add(&stats.lines_cut, 1);
                 }
-                publisher.send(&Line {
-                    slot,
-                    key: &key,
-                    value: l.value,
-                    host: &cfg.host,
-                    source,
-                    file_id: &id,
-                    offset: l.offset,
-                    end: l.end,
-                    marks: l.marks,
-                    timestamp_ms: ts,
-                })
+                publisher.send(&origin.line(l.value, l.offset, l.end, l.marks, ts))
             };
             let n = match tail.read_lines(buf, &mut send) {
                 Ok(0) => {
