@@ -3,7 +3,7 @@
 //! accepts is one line of valid JSON.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use logpipe_producer::collect::pylog::record_line;
+use logpipe_producer::collect::python::record_line;
 
 fuzz_target!(|frame: &[u8]| {
     if let Ok((_name, line)) = record_line(frame) {

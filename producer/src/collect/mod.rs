@@ -21,9 +21,7 @@
 
 mod exec;
 mod http;
-pub mod pickle;
-pub mod pyformat;
-pub mod pylog;
+pub mod python;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -363,10 +361,10 @@ impl Collectors {
                             tasks.spawn(http::serve(shared.clone(), l));
                         }
                         if let Some(l) = pylog {
-                            tasks.spawn(pylog::serve_tcp(shared.clone(), l));
+                            tasks.spawn(python::serve_tcp(shared.clone(), l));
                         }
                         if let Some(s) = udp {
-                            tasks.spawn(pylog::serve_udp(shared.clone(), s));
+                            tasks.spawn(python::serve_udp(shared.clone(), s));
                         }
                         if let Some(p) = plugins {
                             tasks.spawn(exec::run(shared.clone(), p));

@@ -1041,7 +1041,7 @@ mod tests {
             }
             let _ = decode(&b);
             let _ = decode(&junk);
-            if let Ok((_, line)) = crate::collect::pylog::record_line(&b) {
+            if let Ok((_, line)) = crate::collect::python::record_line(&b) {
                 proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&line).is_ok(), "{}", String::from_utf8_lossy(&line));
             }
         }

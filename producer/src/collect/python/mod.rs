@@ -2,7 +2,7 @@
 //! and `DatagramHandler` (UDP, same address).
 //!
 //! Both send each `LogRecord` as a 4-byte big-endian length and a pickled
-//! dict of its attributes. The pickle is decoded by [`super::pickle`], which
+//! dict of its attributes. The pickle is decoded by [`pickle`], which
 //! only builds plain data; a pickle that names or builds any Python object
 //! is refused and logged, and nothing runs. Each record is published as one
 //! JSON object on one line, its source the logger's name:
@@ -18,9 +18,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::pickle::{self, Value};
-use super::pyformat::{percent_format, py_str};
+pub mod format;
+pub mod pickle;
+
 use super::{now_ms, Shared};
+use format::{percent_format, py_str};
+use pickle::Value;
 use crate::stats::Stats;
 use crate::tail::Marks;
 
@@ -129,7 +132,7 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
         Value::Float(f) if f.is_finite() => {
             serde_json::to_writer(&mut *out, f).expect("writing to a Vec")
         }
-        Value::Float(f) => json_str(out, &super::pyformat::float_repr(*f)),
+        Value::Float(f) => json_str(out, &format::float_repr(*f)),
         Value::Str(s) => json_str(out, s),
         Value::Bytes(b) => json_str(out, &String::from_utf8_lossy(b)),
         Value::Tuple(items) | Value::List(items) | Value::Set(items) => {
