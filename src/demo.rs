@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use logpipe_analyzer::{AnalyzerConfig, Control, LpFileSink, Observer, Sink, WindowReport};
 use logpipe_consumer::{GroupConfig, MockBroker};
 use logpipe_traffic::Generator;
+use logpipe_wire::Shutdown;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -89,7 +90,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.analyzers == 0 {
         bail!("--analyzers must be at least 1");
     }
-    let flag = crate::shutdown_flag()?;
+    let flag = crate::shutdown()?;
     let influx = crate::influx_sink(&a.influx)?;
     if let Some(s) = &influx {
         s.ensure_database()
@@ -175,7 +176,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     wait_for_assignment(&control, a.partitions, a.analyzers, &flag);
 
     // The input: a given log, or generated traffic written to a file we follow.
-    let stop_input = Arc::new(AtomicBool::new(false));
+    // The producer's and generators' own switch, stopped at a signal.
+    let stop_input = Shutdown::new();
     let (paths, from_beginning, generated) = match &a.input {
         Some(p) => (vec![p.clone()], a.from_beginning, None),
         None => {
@@ -230,8 +232,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     {
         let stop = stop_input.clone();
         let c = control.clone();
-        crate::on_shutdown(flag.clone(), move || {
-            stop.store(true, Ordering::SeqCst);
+        let signal = flag.clone();
+        // Sleeps until the process is asked to stop, then stops input and analyzers.
+        std::thread::spawn(move || {
+            signal.wait();
+            stop.stop();
             c.stop();
         });
     }
@@ -245,7 +250,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         threads.into_iter().for_each(|t| drop(t.join()));
         drop(dir);
     }
-    if a.exit_on_eof && !flag.load(Ordering::SeqCst) {
+    if a.exit_on_eof && !flag.is_requested() {
         // Wait until the analyzers consumed everything that was produced, then close every window.
         let ends = end_offsets(broker.bootstrap(), a.partitions)?;
         let started = Instant::now();
@@ -285,7 +290,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "logpipe demo: {} lines produced; {} read, {} parsed, {} dead-lettered ({} malformed, {} cut short, {} damaged, {} pieces never joined), {} late; {} windows written to {out_desc}",
         produced.lines, total.consumed, total.parsed, total.dead_lettered, k.malformed, k.cut, k.damaged, k.unjoined, total.late, total.windows_written
     );
-    let finished = a.exit_on_eof && !flag.load(Ordering::SeqCst);
+    let finished = a.exit_on_eof && !flag.is_requested();
     if finished {
         let mut summary = std::mem::take(&mut table.lock().unwrap().summary);
         summary.finish(
@@ -307,7 +312,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     let lost = total
         .offsets_skipped
-        .max(if a.exit_on_eof && !flag.load(Ordering::SeqCst) {
+        .max(if a.exit_on_eof && !flag.is_requested() {
             produced.lines.saturating_sub(total.consumed)
         } else {
             0
@@ -323,9 +328,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
 
 /// Waits (up to 15 s, or until interrupted) until every partition has an
 /// owner and every analyzer has one.
-fn wait_for_assignment(control: &Control, partitions: i32, analyzers: usize, stop: &AtomicBool) {
+fn wait_for_assignment(control: &Control, partitions: i32, analyzers: usize, stop: &Shutdown) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    while Instant::now() < deadline && !stop.is_requested() {
         let a = control.assignments();
         if a.len() == analyzers
             && a.values().sum::<usize>() == partitions as usize
@@ -362,7 +367,7 @@ pub fn spawn_generator(
     seed: u64,
     rate: f64,
     rotate_lines: u64,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) -> Result<std::thread::JoinHandle<()>> {
     let open = |p: &PathBuf| {
         std::fs::OpenOptions::new()
@@ -377,7 +382,7 @@ pub fn spawn_generator(
     Ok(std::thread::spawn(move || {
         let mut buf = String::new();
         let mut in_file = 0u64;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_requested() {
             while g.now_ms() < now_ms() {
                 buf.push_str(&g.next_line().0);
                 buf.push('\n');
@@ -401,7 +406,7 @@ pub fn spawn_generator(
                 return;
             }
             buf.clear();
-            std::thread::sleep(Duration::from_millis(100));
+            stop.wait_timeout(Duration::from_millis(100));
         }
     }))
 }

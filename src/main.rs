@@ -8,8 +8,6 @@ mod demo;
 mod replay;
 mod summary;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -67,17 +65,7 @@ fn main() {
     }
 }
 
-pub use output::shutdown_flag;
-
-/// Calls `f` once the shutdown flag is set (on a small watcher thread).
-pub fn on_shutdown(flag: Arc<AtomicBool>, f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        f();
-    });
-}
+pub use output::shutdown;
 
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
@@ -139,7 +127,7 @@ pub fn influx_sink(i: &InfluxArgs) -> Result<Option<InfluxSink>> {
 
 fn generate(a: GenerateArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let stop = shutdown_flag()?;
+    let stop = shutdown()?;
     let per_site = a.rate / a.sites.len().max(1) as f64;
     let threads: Vec<_> = a
         .sites
@@ -219,7 +207,7 @@ fn produce(a: ProduceArgs) -> Result<()> {
     c.exec_restart_backoff = a.exec_restart_backoff;
     c.max_line_bytes = a.max_line_bytes;
     c.max_connections = a.max_connections;
-    let summary = logpipe_producer::run(cfg, shutdown_flag()?)?;
+    let summary = logpipe_producer::run(cfg, shutdown()?)?;
     crate::errln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",
         summary.lines,
@@ -256,9 +244,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         commit_interval: a.commit_interval,
         ..a.analysis.config(group, spec, formats, default_id)
     };
-    let control = Control::new();
-    let c = control.clone();
-    on_shutdown(shutdown_flag()?, move || c.stop());
+    let control = Control::with_shutdown(shutdown()?);
     let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
     crate::errln!(
         "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} dead-lettered, {} counted, {} late, {} replayed, {} final windows written",
@@ -275,8 +261,7 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
 }
 
 fn archive(a: cli::ArchiveArgs) -> Result<()> {
-    let stop = shutdown_flag()?;
-    Ok(logpipe_archive::run(a.into(), &stop)?)
+    Ok(logpipe_archive::run(a.into(), &shutdown()?)?)
 }
 
 fn dlq(a: DlqArgs) -> Result<()> {
@@ -291,8 +276,8 @@ fn dlq(a: DlqArgs) -> Result<()> {
         crate::outln!("{}", render(d));
     }
     if a.tail {
-        let flag = shutdown_flag()?;
-        while !flag.load(Ordering::Relaxed) {
+        let stop = shutdown()?;
+        while !stop.is_requested() {
             if let Some(d) = reader
                 .next(Duration::from_millis(200))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -305,7 +290,7 @@ fn dlq(a: DlqArgs) -> Result<()> {
 }
 
 fn broker(a: BrokerArgs) -> Result<()> {
-    let flag = shutdown_flag()?;
+    let stop = shutdown()?;
     let b = MockBroker::start(a.brokers_count).context("starting the mock cluster")?;
     for t in &a.topics {
         b.create_topic(t, a.partitions)
@@ -314,8 +299,6 @@ fn broker(a: BrokerArgs) -> Result<()> {
     // The first line of stdout is the bootstrap address, for scripts and tests.
     crate::outln!("{}", b.bootstrap());
     crate::errln!("logpipe broker: development broker (librdkafka mock cluster) on {}; topics {:?} with {} partitions; Ctrl-C to stop", b.bootstrap(), a.topics, a.partitions);
-    while !flag.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stop.wait();
     Ok(())
 }

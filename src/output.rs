@@ -5,7 +5,7 @@
 //! here goes through [`out`] and [`err`] instead: a failed write marks the
 //! stream gone, prints nothing more to it, and — for the subcommands that
 //! exist to print (`demo`, `dlq`, `replay`; see [`stop_when_closed`]) —
-//! raises the process's shutdown flag, so the command stops as it does on
+//! asks the process's [`shutdown`] to stop, so the command stops as it does on
 //! SIGTERM (drain, commit, remove its temporary files) and exits 0, as
 //! ripgrep does on a broken pipe. Daemons (`analyze`, `produce`, `archive`)
 //! keep running when their log reader goes: losing the logs must not stop
@@ -14,26 +14,39 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+
+use logpipe_wire::Shutdown;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use anyhow::{Context, Result};
 
-static SHUTDOWN: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static SHUTDOWN: OnceLock<Shutdown> = OnceLock::new();
 static STOP_WHEN_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 static STDERR_GONE: AtomicBool = AtomicBool::new(false);
 
-/// The process's shutdown flag: raised by SIGTERM, SIGINT and (after
-/// [`stop_when_closed`]) by stdout or stderr going away.
-pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
-    if let Some(f) = SHUTDOWN.get() {
-        return Ok(f.clone());
+/// The process's [`Shutdown`]: asked to stop by SIGTERM, SIGINT and (after
+/// [`stop_when_closed`]) by stdout or stderr going away. The signals are
+/// read on a thread that sleeps until one arrives.
+pub fn shutdown() -> Result<Shutdown> {
+    if let Some(s) = SHUTDOWN.get() {
+        return Ok(s.clone());
     }
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
-    }
-    Ok(SHUTDOWN.get_or_init(|| flag).clone())
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let s = SHUTDOWN.get_or_init(Shutdown::new).clone();
+    let on_signal = s.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                tracing::info!(signal = sig, "stopping");
+                on_signal.stop();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(s)
 }
 
 /// From now on, stdout or stderr going away stops the process as SIGTERM does.
@@ -55,8 +68,8 @@ pub fn closed() -> bool {
 fn gone(stream: &AtomicBool) {
     stream.store(true, Ordering::Relaxed);
     if STOP_WHEN_CLOSED.load(Ordering::SeqCst) {
-        if let Some(f) = SHUTDOWN.get() {
-            f.store(true, Ordering::SeqCst);
+        if let Some(s) = SHUTDOWN.get() {
+            s.stop();
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use logpipe_analyzer::{AnalyzerConfig, Control, DryRunSink, Range, Replay, Sink, WindowReport};
 use logpipe_consumer::{Found, GroupConfig, Probe};
+use logpipe_wire::Request;
 
 use crate::cli::{self, ReplayArgs};
 
@@ -297,10 +298,10 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         replay: Some(replay.clone()),
         ..a.analysis.config(group, spec, formats, default_id)
     };
-    let control = Control::new();
-    let c = control.clone();
-    let interrupted = crate::shutdown_flag()?;
-    crate::on_shutdown(interrupted.clone(), move || c.stop());
+    // The process's switch: a signal stops the replay; reaching the end of
+    // every partition finishes it.
+    let shutdown = crate::shutdown()?;
+    let control = Control::with_shutdown(shutdown.clone());
     let finished = Arc::new(AtomicBool::new(false));
     let progress = show_progress(control.clone(), &replay, finished.clone());
     let started = Instant::now();
@@ -344,7 +345,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         }
     }
     // The reader closed the output (`| head`): a stop it asked for.
-    if interrupted.load(Ordering::Relaxed) && !crate::output::closed() {
+    if shutdown.requested() == Some(Request::Stop) && !crate::output::closed() {
         bail!("interrupted: only windows closed before the interruption were written; run the same replay again to complete it");
     }
     Ok(())

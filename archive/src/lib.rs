@@ -25,12 +25,12 @@
 //! (`file`, `offset`). A `DIR` with archive files but no state is refused.
 //! `DIR/.archive.lock` (flock) keeps a second archive out of the directory.
 
+use logpipe_wire::Shutdown;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -526,8 +526,8 @@ impl Archive {
     }
 }
 
-/// Archives until `shutdown` is set, then saves what it wrote and commits.
-pub fn run(a: ArchiveConfig, shutdown: &AtomicBool) -> Result<()> {
+/// Archives until `shutdown` is asked, then saves what it wrote and commits.
+pub fn run(a: ArchiveConfig, shutdown: &Shutdown) -> Result<()> {
     let (mut ar, _lock) = Archive::open(&a)?;
     let starts = ar.starts.clone();
     let cfg = GroupConfig {
@@ -559,7 +559,7 @@ pub fn run(a: ArchiveConfig, shutdown: &AtomicBool) -> Result<()> {
         }
         Ok(())
     };
-    while !shutdown.load(Ordering::Relaxed) {
+    while !shutdown.is_requested() {
         let stray = consumer.poll_batch(&mut batch, Duration::from_millis(100));
         while let Some(ev) = consumer.take_rebalance() {
             match ev {

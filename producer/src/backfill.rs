@@ -23,7 +23,6 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use flate2::read::MultiGzDecoder;
@@ -167,7 +166,7 @@ impl Backfill<'_> {
             "backfilling compressed rotations first"
         );
         for (source, _, _, path) in files {
-            if ctl.shutdown.load(Ordering::Relaxed) || ctl.abort.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_requested() {
                 break;
             }
             let Some(fp) = fingerprint(&path).map_err(read_err(&path))? else {
@@ -253,10 +252,10 @@ impl Backfill<'_> {
         // was sent is acknowledged and recorded first, then the error.
         let mut failed = None;
         loop {
-            if ctl.abort.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_aborted() {
                 return Ok(false);
             }
-            if ctl.shutdown.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_requested() {
                 stopped = true;
                 break;
             }
@@ -333,7 +332,7 @@ impl Backfill<'_> {
         while self.publisher.in_flight() > 0 && Instant::now() < deadline {
             let _ = self.publisher.flush(Duration::from_millis(200));
             self.publisher.check()?;
-            if ctl.abort.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_aborted() {
                 return Ok(false);
             }
         }

@@ -27,13 +27,14 @@ pub mod stats;
 pub mod tail;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use checkpoint::CheckpointError;
 use discover::DiscoverError;
 use follow::Follower;
+use logpipe_wire::Shutdown;
 use publish::PublishError;
 use stats::Stats;
 
@@ -79,10 +80,9 @@ pub struct ProduceSummary {
 /// How a caller stops a run and watches it.
 #[derive(Debug, Clone, Default)]
 pub struct Control {
-    /// Graceful: stop reading, wait for acks, write the checkpoint.
-    pub shutdown: Arc<AtomicBool>,
-    /// Abrupt, like `kill -9`: return at once, no drain, no checkpoint (tests).
-    pub abort: Arc<AtomicBool>,
+    /// A stop: stop reading, wait for acks, write the checkpoint. An abort:
+    /// return at once, no drain, no checkpoint, as `kill -9` (tests).
+    pub shutdown: Shutdown,
     /// While set, reading waits, line by line (nothing is lost: the files
     /// are the buffer).
     /// `logpipe demo` holds its producer while the analyzers are further
@@ -91,9 +91,9 @@ pub struct Control {
     pub stats: Arc<Stats>,
 }
 
-/// Runs until every file reached its end (`exit_on_eof`) or `shutdown` is set;
-/// then waits for outstanding acks and writes the checkpoint.
-pub fn run(cfg: ProducerConfig, shutdown: Arc<AtomicBool>) -> Result<ProduceSummary, ProduceError> {
+/// Runs until every file reached its end (`exit_on_eof`) or `shutdown` is
+/// asked; then waits for outstanding acks and writes the checkpoint.
+pub fn run(cfg: ProducerConfig, shutdown: Shutdown) -> Result<ProduceSummary, ProduceError> {
     run_with(
         cfg,
         Control {
@@ -103,7 +103,7 @@ pub fn run(cfg: ProducerConfig, shutdown: Arc<AtomicBool>) -> Result<ProduceSumm
     )
 }
 
-/// [`run`] with an abort switch and counters the caller can read.
+/// [`run`] with a hold switch and counters the caller can read.
 pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, ProduceError> {
     let collect_cfg = cfg.collect.clone();
     let mut p = Follower::start(cfg, &ctl)?;
@@ -140,7 +140,7 @@ pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, Pro
         Err(ProduceError::Publish(PublishError::Stopping)) => Ok(()),
         r => r,
     };
-    if ctl.abort.load(Ordering::SeqCst) {
+    if ctl.shutdown.is_aborted() {
         return result.map(|()| p.summary);
     }
     // Streams hand over what they received before the final flush.

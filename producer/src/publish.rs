@@ -20,6 +20,7 @@ use rdkafka::ClientContext;
 
 use crate::stats::Stats;
 use crate::tail::Marks;
+use logpipe_wire::Shutdown;
 
 /// One file generation's delivery state, shared by the reader (sends) and
 /// librdkafka's thread (acks) without a lock.
@@ -170,8 +171,8 @@ pub struct Publisher {
     producer: ThreadedProducer<Ctx>,
     tracker: Arc<Tracker>,
     topic: String,
-    /// Any set: the producer must stop waiting for room in the queue.
-    stop: Vec<Arc<AtomicBool>>,
+    /// Once asked, the producer stops waiting for room in the queue.
+    stop: Shutdown,
     /// While set, lines wait before they are queued (see `Control::hold`).
     hold: Option<Arc<AtomicBool>>,
     /// The topic's partition count at start, when librdkafka's default
@@ -194,7 +195,7 @@ impl Publisher {
         max_line_bytes: usize,
         extra: &[(String, String)],
         stats: Arc<Stats>,
-        stop: Vec<Arc<AtomicBool>>,
+        stop: Shutdown,
     ) -> Result<Self, PublishError> {
         let kbytes = (max_in_flight_bytes / 1024).max(1);
         // A queued line costs its bytes plus ~200 bytes of librdkafka's own.
@@ -333,7 +334,7 @@ impl Publisher {
             // Checked per line, not per read: a read is up to 1 MiB of lines,
             // which overshot the embedded broker's room by megabytes.
             while hold.load(Relaxed) {
-                if self.stop.iter().any(|s| s.load(Relaxed)) {
+                if self.stop.is_requested() {
                     return Err(PublishError::Stopping);
                 }
                 std::thread::sleep(Duration::from_micros(500));
@@ -428,7 +429,7 @@ impl Publisher {
                         unsent(self);
                         return Err(e);
                     }
-                    if self.stop.iter().any(|s| s.load(Relaxed)) {
+                    if self.stop.is_requested() {
                         unsent(self);
                         return Err(PublishError::Stopping);
                     }

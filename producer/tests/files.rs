@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -145,7 +144,7 @@ fn start(cfg: ProducerConfig) -> (Control, JoinHandle<Result<ProduceSummary, Pro
 }
 
 fn stop(p: (Control, JoinHandle<Result<ProduceSummary, ProduceError>>)) -> ProduceSummary {
-    p.0.shutdown.store(true, Ordering::SeqCst);
+    p.0.shutdown.stop();
     p.1.join().unwrap().unwrap()
 }
 

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -259,9 +258,9 @@ impl World {
         if let Some((ctl, h)) = self.running.take() {
             if kill {
                 self.killed = true;
-                ctl.abort.store(true, Ordering::SeqCst);
+                ctl.shutdown.abort();
             } else {
-                ctl.shutdown.store(true, Ordering::SeqCst);
+                ctl.shutdown.stop();
             }
             h.join().unwrap().expect("producer run");
         }

@@ -10,15 +10,17 @@
 //!
 //! This crate holds those names and what every side needs of them: the key
 //! encoders, one reader of the headers ([`RecordMeta`]), the re-send filter
-//! keyed by them ([`Dedup`]), and the atomic versioned [`state_file`]s every
-//! role keeps.
+//! keyed by them ([`Dedup`]), the atomic versioned [`state_file`]s every
+//! role keeps, and the [`Shutdown`] every role is ended by.
 
 mod dedup;
 mod meta;
+pub mod shutdown;
 pub mod state_file;
 
 pub use dedup::Dedup;
 pub use meta::{parse_decimal, HeaderLookup, RecordMeta};
+pub use shutdown::{Request, Shutdown};
 
 /// A hash map for keys that come from logpipe's own producers (record keys,
 /// `file` headers), looked up once or twice per record: wyhash instead of

@@ -1,13 +1,19 @@
-//! [`Control`]: how a run is asked to end, and what it reports while it runs.
+//! [`Control`]: how a run is asked to end (its [`Shutdown`]), and what it
+//! reports while it runs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// How a run is asked to end; shared between the analyzer and whoever controls it.
+use logpipe_wire::Shutdown;
+
+/// How a run is asked to end and what it reports; shared between the
+/// analyzers of one process and whoever controls them.
 #[derive(Debug)]
 pub struct Control {
-    pub(super) mode: AtomicU8,
+    /// A stop: write what is open as partial values, commit, return. A
+    /// finish: close every window as final first. An abort: return at once.
+    pub(super) shutdown: Shutdown,
     /// Next offset consumed per partition, refreshed about every 100 ms.
     pub(super) progress: Mutex<HashMap<i32, i64>>,
     /// Partitions currently owned, per analyzer id.
@@ -29,14 +35,10 @@ pub struct Control {
     pub(super) committed_last: AtomicUsize,
 }
 
-pub(super) const RUN: u8 = 0;
-const STOP: u8 = 1;
-pub(super) const FINISH: u8 = 2;
-
 impl Default for Control {
     fn default() -> Self {
         Control {
-            mode: AtomicU8::new(RUN),
+            shutdown: Shutdown::new(),
             progress: Mutex::default(),
             assignments: Mutex::default(),
             event_ms: AtomicI64::new(i64::MIN),
@@ -51,6 +53,18 @@ impl Default for Control {
 impl Control {
     pub fn new() -> Arc<Self> {
         Arc::new(Control::default())
+    }
+    /// A control ended by `shutdown` (the process's, so a signal stops the
+    /// analyzers).
+    pub fn with_shutdown(shutdown: Shutdown) -> Arc<Self> {
+        Arc::new(Control {
+            shutdown,
+            ..Control::default()
+        })
+    }
+    /// The switch that ends the run.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
     }
     /// Records consumed so far by the analyzers of this control.
     pub fn consumed(&self) -> u64 {
@@ -68,16 +82,14 @@ impl Control {
     /// Stop reading, write what is open as partial values, commit, return.
     /// Open windows are rebuilt by whoever consumes the partitions next.
     pub fn stop(&self) {
-        let _ = self
-            .mode
-            .compare_exchange(RUN, STOP, Ordering::SeqCst, Ordering::SeqCst);
+        self.shutdown.stop();
     }
     /// End of input: close every window as final, write, commit, return.
     pub fn finish(&self) {
-        self.mode.store(FINISH, Ordering::SeqCst);
+        self.shutdown.finish();
     }
     pub fn is_stopping(&self) -> bool {
-        self.mode.load(Ordering::SeqCst) != RUN
+        self.shutdown.is_requested()
     }
     /// Next offset consumed per partition, as last reported by analyzers.
     pub fn progress(&self) -> HashMap<i32, i64> {

@@ -29,9 +29,10 @@ use crate::dlq::DeadLetters;
 use crate::parse::sources::SourceTable;
 use crate::store::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
 use crate::window::{PartitionWindows, WindowValue};
-use control::{Running, FINISH, RUN};
+use control::Running;
 use flush::Batch;
 use ingest::{Ingest, Part, WireRecord};
+use logpipe_wire::Request;
 
 use crate::config::AnalyzerConfig;
 pub use control::Control;
@@ -170,7 +171,7 @@ fn start_offsets(
                     if Instant::now() < deadline && !control.is_stopping() =>
                 {
                     tracing::warn!(error = %e, "cannot read restore points yet, retrying");
-                    std::thread::sleep(wait);
+                    control.shutdown().wait_timeout(wait);
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(format!("reading restore points failed: {e}")),
@@ -192,12 +193,14 @@ impl Analyzer {
         let mut reported_queued = 0u64;
         let mut records = RecordBatch::with_capacity(1024);
         loop {
-            let mode = self.control.mode.load(Ordering::SeqCst);
-            if mode != RUN {
+            if let Some(request) = self.control.shutdown.requested() {
                 self.control
                     .queued
                     .fetch_sub(reported_queued, Ordering::Relaxed);
-                return self.shut_down(consumer, mode == FINISH);
+                return match request {
+                    Request::Abort => Ok(self.ingest.counters),
+                    r => self.shut_down(consumer, r == Request::Finish),
+                };
             }
             let stray = consumer.poll_batch(&mut records, Duration::from_millis(100));
             // Assignment changes made inside this poll come first: a record of

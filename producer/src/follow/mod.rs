@@ -95,7 +95,7 @@ impl Follower {
             cfg.max_line_bytes,
             &cfg.extra,
             ctl.stats.clone(),
-            vec![ctl.shutdown.clone(), ctl.abort.clone()],
+            ctl.shutdown.clone(),
         )?;
         publisher.hold_with(ctl.hold.clone());
         let cp_path = cfg
@@ -394,7 +394,7 @@ impl Follower {
         let mut last_cp = Instant::now();
         let mut last_stats = Instant::now();
         loop {
-            if ctl.shutdown.load(Ordering::Relaxed) || ctl.abort.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_requested() {
                 return Ok(());
             }
             if self
@@ -455,7 +455,7 @@ impl Follower {
 
     /// End of input or shutdown: last lines, wait for acks, checkpoint.
     pub(crate) fn finish(&mut self, ctl: &Control) -> Result<ProduceSummary, ProduceError> {
-        let stopping = ctl.shutdown.load(Ordering::Relaxed);
+        let stopping = ctl.shutdown.is_requested();
         if self.cfg.exit_on_eof && !stopping {
             // The input is complete, so a last line without a newline is whole.
             for i in 0..self.files.len() {
@@ -471,7 +471,7 @@ impl Follower {
         while self.publisher.in_flight() > 0 && Instant::now() < deadline {
             let _ = self.publisher.flush(Duration::from_millis(200));
             self.publisher.check()?;
-            if ctl.abort.load(Ordering::Relaxed) {
+            if ctl.shutdown.is_aborted() {
                 return Ok(self.summary);
             }
         }

@@ -22,10 +22,10 @@ pub mod format;
 pub mod pickle;
 
 use super::{now_ms, Shared};
-use format::{percent_format, py_str};
-use pickle::Value;
 use crate::stats::Stats;
 use crate::tail::Marks;
+use format::{percent_format, py_str};
+use pickle::Value;
 
 /// Why a frame did not become a line.
 #[derive(Debug, thiserror::Error)]
