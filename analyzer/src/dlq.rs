@@ -37,12 +37,12 @@ pub const ANALYZER: &str = "analyzer";
 pub const ORIGIN: &str = "origin";
 
 #[derive(Default)]
-struct Ctx {
+struct DeadLetterContext {
     /// The first delivery that failed for good, if any.
     failed: Mutex<Option<String>>,
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for DeadLetterContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         health::log(level, fac, msg);
     }
@@ -51,7 +51,7 @@ impl ClientContext for Ctx {
     }
 }
 
-impl ProducerContext for Ctx {
+impl ProducerContext for DeadLetterContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
@@ -72,7 +72,7 @@ impl ProducerContext for Ctx {
 
 /// The analyzer's producer to the dead-letter topic.
 pub struct DeadLetters {
-    producer: BaseProducer<Ctx>,
+    producer: BaseProducer<DeadLetterContext>,
     topic: String,
     analyzer: String,
     /// Sent since the last [`DeadLetters::flush`].
@@ -119,7 +119,7 @@ impl DeadLetters {
             }
         }
         Ok(DeadLetters {
-            producer: cc.create_with_context(Ctx::default())?,
+            producer: cc.create_with_context(DeadLetterContext::default())?,
             topic: topic.to_string(),
             analyzer: analyzer.to_string(),
             pending: 0,

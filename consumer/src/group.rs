@@ -69,7 +69,7 @@ pub enum ConsumerError {
 /// as [`RebalanceEvent::AssignFailed`]: the member must leave the group.
 pub type StartOffsets = Box<dyn Fn(&[i32]) -> Result<HashMap<i32, i64>, String> + Send + Sync>;
 
-pub struct Ctx {
+pub struct GroupContext {
     events: Mutex<VecDeque<RebalanceEvent>>,
     /// Where fetched records of assigned partitions are forwarded (set once
     /// the client exists, before the first poll).
@@ -87,7 +87,7 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for GroupContext {
     /// librdkafka's log and errors, through [`crate::health`]: a broker
     /// outage is logged once and its end once.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -98,13 +98,13 @@ impl ClientContext for Ctx {
     }
 }
 
-impl Ctx {
+impl GroupContext {
     fn push(&self, ev: RebalanceEvent) {
         self.events.lock().unwrap().push_back(ev);
     }
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for GroupContext {
     /// The default callback, plus: start offsets for assigned partitions, and
     /// every change queued as an event for the caller's thread.
     fn rebalance(
@@ -187,7 +187,7 @@ fn tpl_topic(tpl: &TopicPartitionList) -> String {
 /// to, apart from the consumer queue that keeps the group's events
 /// (rebalances, commits, errors): records are taken from it in batches, and
 /// events still go through rdkafka's handlers, which apply them through
-/// [`Ctx`]'s callback. Forwarding is set by the application
+/// [`GroupContext`]'s callback. Forwarding is set by the application
 /// (`rd_kafka_queue_forward`), so librdkafka's own fetch start does not undo it.
 struct RecordQueue {
     /// `None` once the queue was destroyed (the consumer is going away).
@@ -252,7 +252,7 @@ impl RecordQueue {
 
 /// One member of a consumer group on one topic.
 pub struct GroupConsumer {
-    consumer: BaseConsumer<Ctx>,
+    consumer: BaseConsumer<GroupContext>,
     records: Arc<RecordQueue>,
     topic: String,
     topic_c: CString,
@@ -295,8 +295,8 @@ impl GroupConsumer {
             .get("partition.assignment.strategy")
             .is_some_and(|s| s.contains("cooperative"))
             || cc.get("group.protocol") == Some("consumer");
-        let mut consumer: BaseConsumer<Ctx> = cc
-            .create_with_context(Ctx {
+        let mut consumer: BaseConsumer<GroupContext> = cc
+            .create_with_context(GroupContext {
                 events: Mutex::default(),
                 records: OnceLock::new(),
                 start,

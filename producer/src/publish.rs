@@ -50,9 +50,9 @@ struct Tracker {
     stats: Arc<Stats>,
 }
 
-struct Ctx(Arc<Tracker>);
+struct AckContext(Arc<Tracker>);
 
-impl ClientContext for Ctx {
+impl ClientContext for AckContext {
     /// A broker outage is logged once, and its end once, by [`health`];
     /// each one that begins is counted in the stats.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
@@ -67,7 +67,7 @@ impl ClientContext for Ctx {
     }
 }
 
-impl ProducerContext for Ctx {
+impl ProducerContext for AckContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
@@ -168,7 +168,7 @@ pub enum PublishError {
 
 /// The Kafka producer and its acknowledgement tracker.
 pub struct Publisher {
-    producer: ThreadedProducer<Ctx>,
+    producer: ThreadedProducer<AckContext>,
     tracker: Arc<Tracker>,
     topic: String,
     /// Once asked, the producer stops waiting for room in the queue.
@@ -227,8 +227,8 @@ impl Publisher {
             used: Mutex::new(vec![false; MAX_SLOTS]),
             ..Tracker::default()
         });
-        let producer: ThreadedProducer<Ctx> = cc
-            .create_with_context(Ctx(tracker.clone()))
+        let producer: ThreadedProducer<AckContext> = cc
+            .create_with_context(AckContext(tracker.clone()))
             .map_err(PublishError::Config)?;
         // Ask for the topic's metadata once the connection is up: it tells an
         // unknown topic at start-up, and each metadata response makes

@@ -12,16 +12,17 @@ use crate::parse::sources::SourceTable;
 use crate::replay::Replay;
 use crate::window::{RestorePoint, SourceId, WindowSpec, WindowValue};
 
-/// What the sink has not accepted yet; retried as a whole, newest values win.
+/// What the sink has not accepted yet: the pending write, retried as a
+/// whole, newest values win.
 #[derive(Debug, Default)]
-pub(super) struct Batch {
+pub(super) struct Pending {
     pub(super) windows: BTreeMap<(i32, SourceId, i64), WindowValue>,
     /// Per partition, the restore point to store, with the sources whose max
     /// changed since the last accepted write.
     pub(super) state: BTreeMap<i32, RestorePoint<String>>,
 }
 
-impl Batch {
+impl Pending {
     pub(super) fn is_empty(&self) -> bool {
         self.windows.is_empty() && self.state.is_empty()
     }
@@ -64,7 +65,7 @@ pub(super) fn plan(
     spec: WindowSpec,
     replay: Option<&Replay>,
     close_all: bool,
-    batch: &mut Batch,
+    batch: &mut Pending,
 ) -> u64 {
     let mut outside = 0;
     let mut values = Vec::new();
@@ -148,7 +149,7 @@ mod tests {
         let (mut parts, sources, s) = setup();
         hit(&mut parts, s, 0, 1_000);
         hit(&mut parts, s, 1, 12_000);
-        let mut batch = Batch::default();
+        let mut batch = Pending::default();
         assert_eq!(plan(&mut parts, &sources, SPEC, None, false, &mut batch), 0);
         let finals: Vec<i64> = batch.finals().map(|v| v.start_ms).collect();
         assert_eq!(
@@ -172,7 +173,7 @@ mod tests {
 
         // Accepted: nothing changed since, so the next flush has nothing.
         parts.get_mut(&3).unwrap().written = Some((p.offset, p.next_offset));
-        let mut next = Batch::default();
+        let mut next = Pending::default();
         plan(&mut parts, &sources, SPEC, None, false, &mut next);
         assert!(next.is_empty(), "{next:?}");
 
@@ -201,7 +202,7 @@ mod tests {
             },
             ..Replay::default()
         };
-        let mut batch = Batch::default();
+        let mut batch = Pending::default();
         let outside = plan(&mut parts, &sources, SPEC, Some(&replay), true, &mut batch);
         assert_eq!(outside, 1, "the window at 0 is before the range");
         let starts: Vec<i64> = batch.windows.values().map(|v| v.start_ms).collect();

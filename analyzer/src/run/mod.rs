@@ -30,7 +30,7 @@ use crate::parse::sources::SourceTable;
 use crate::store::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
 use crate::window::{PartitionWindows, WindowValue};
 use control::Running;
-use flush::Batch;
+use flush::Pending;
 use ingest::{Ingest, Part, WireRecord};
 use logpipe_wire::Request;
 
@@ -72,7 +72,7 @@ struct Analyzer {
     loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,
     parts: HashMap<i32, Part>,
     ingest: Ingest,
-    batch: Batch,
+    batch: Pending,
     /// Paused after a failed write until a write succeeds.
     paused: bool,
     /// Restore offsets accepted by the sink and not yet committed.
@@ -137,7 +137,7 @@ pub fn run(
             counters: Counters::default(),
             dlq,
         },
-        batch: Batch::default(),
+        batch: Pending::default(),
         paused: false,
         uncommitted: BTreeMap::new(),
         last_commit: Instant::now(),

@@ -15,7 +15,7 @@ use super::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
 pub struct LpFileSink {
     path: PathBuf,
     file: File,
-    state: Arc<FileState>,
+    state: Arc<PointFile>,
 }
 
 impl LpFileSink {
@@ -30,7 +30,7 @@ impl LpFileSink {
         Ok(LpFileSink {
             path: path.to_owned(),
             file,
-            state: FileState::open(PathBuf::from(state_path))?,
+            state: PointFile::open(PathBuf::from(state_path))?,
         })
     }
 }
@@ -56,7 +56,7 @@ impl Sink for LpFileSink {
 /// Restore points of the line-protocol file sink, in a JSON file replaced
 /// atomically. One instance per path in a process (the demo's analyzers share
 /// one output file).
-pub struct FileState {
+pub struct PointFile {
     path: PathBuf,
     data: Mutex<FileData>,
 }
@@ -83,9 +83,9 @@ struct FilePoint {
     sources: BTreeMap<String, i64>,
 }
 
-impl FileState {
-    pub fn open(path: PathBuf) -> Result<Arc<FileState>, SinkError> {
-        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<FileState>>>> = OnceLock::new();
+impl PointFile {
+    pub fn open(path: PathBuf) -> Result<Arc<PointFile>, SinkError> {
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<PointFile>>>> = OnceLock::new();
         let mut open = OPEN.get_or_init(Default::default).lock().unwrap();
         if let Some(s) = open.get(&path) {
             return Ok(s.clone());
@@ -95,7 +95,7 @@ impl FileState {
             Ok(None) => FileData::default(),
             Err(e) => return Err(SinkError::Permanent(e.to_string())),
         };
-        let s = Arc::new(FileState {
+        let s = Arc::new(PointFile {
             path: path.clone(),
             data: Mutex::new(data),
         });
@@ -129,7 +129,7 @@ impl FileState {
     }
 }
 
-impl StateStore for FileState {
+impl StateStore for PointFile {
     fn load(
         &self,
         scope: &Scope,
@@ -179,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.lp.state.json");
         let s = scope();
-        let st = FileState::open(path.clone()).unwrap();
+        let st = PointFile::open(path.clone()).unwrap();
         let u1 = BTreeMap::from([(
             0,
             StoredPoint {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::window::RestorePoint;
 
 pub use dry_run::DryRunSink;
-pub use file::{FileState, LpFileSink};
+pub use file::{LpFileSink, PointFile};
 pub use influx::{InfluxApi, InfluxConfig, InfluxSink};
 
 /// A destination for line protocol plus the restore points that go with it.
