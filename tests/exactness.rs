@@ -598,27 +598,33 @@ fn broker_faults(kind: Broker) {
     }
 }
 
+/// Scenario (f) on a three-node Apache Kafka cluster.
 #[test]
 fn kafka_f_broker_killed_and_frozen_on_three_nodes() {
     broker_faults(Broker::KafkaCluster);
 }
 
+/// Scenario (a) on librdkafka's mock cluster.
 #[test]
 fn mock_a_one_analyzer() {
     one_analyzer(Broker::Mock);
 }
+/// Scenario (b) on librdkafka's mock cluster.
 #[test]
 fn mock_b_three_analyzers() {
     three_analyzers(Broker::Mock);
 }
+/// Scenario (c) on librdkafka's mock cluster.
 #[test]
 fn mock_c_analyzers_killed_and_restarted() {
     analyzers_killed_and_restarted(Broker::Mock);
 }
+/// Scenario (d) on librdkafka's mock cluster.
 #[test]
 fn mock_d_analyzers_added_and_removed() {
     analyzers_added_and_removed(Broker::Mock);
 }
+/// Scenario (e) on librdkafka's mock cluster.
 #[test]
 fn mock_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(Broker::Mock);
@@ -626,54 +632,67 @@ fn mock_e_producer_killed_and_restarted() {
 const CLASSIC: Broker = Broker::Kafka(GroupProtocol::Classic);
 const KIP848: Broker = Broker::Kafka(GroupProtocol::Consumer);
 
+/// Scenario (a) on Apache Kafka, classic group protocol.
 #[test]
 fn kafka_a_one_analyzer() {
     one_analyzer(CLASSIC);
 }
+/// Scenario (b) on Apache Kafka, classic group protocol.
 #[test]
 fn kafka_b_three_analyzers() {
     three_analyzers(CLASSIC);
 }
+/// Scenario (c) on Apache Kafka, classic group protocol.
 #[test]
 fn kafka_c_analyzers_killed_and_restarted() {
     analyzers_killed_and_restarted(CLASSIC);
 }
+/// Scenario (d) on Apache Kafka, classic group protocol.
 #[test]
 fn kafka_d_analyzers_added_and_removed() {
     analyzers_added_and_removed(CLASSIC);
 }
+/// Scenario (e) on Apache Kafka, classic group protocol.
 #[test]
 fn kafka_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(CLASSIC);
 }
+/// Scenario (b) on Apache Kafka, the KIP-848 consumer group protocol.
 #[test]
 fn kafka_kip848_b_three_analyzers() {
     three_analyzers(KIP848);
 }
+/// Scenario (c) on Apache Kafka, the KIP-848 consumer group protocol.
 #[test]
 fn kafka_kip848_c_analyzers_killed_and_restarted() {
     analyzers_killed_and_restarted(KIP848);
 }
+/// Scenario (d) on Apache Kafka, the KIP-848 consumer group protocol.
 #[test]
 fn kafka_kip848_d_analyzers_added_and_removed() {
     analyzers_added_and_removed(KIP848);
 }
+/// Scenario (a) on Tansu (only with `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn tansu_a_one_analyzer() {
     one_analyzer(Broker::Tansu);
 }
+/// Scenario (b) on Tansu (only with `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn tansu_b_three_analyzers() {
     three_analyzers(Broker::Tansu);
 }
+/// Scenario (c) on Tansu (only with `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn tansu_c_analyzers_killed_and_restarted() {
     analyzers_killed_and_restarted(Broker::Tansu);
 }
+/// Scenario (d) on Tansu (only with `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn tansu_d_analyzers_added_and_removed() {
     analyzers_added_and_removed(Broker::Tansu);
 }
+/// Scenario (e) on Tansu (only with `LOGPIPE_TEST_TANSU=1`).
 #[test]
 fn tansu_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(Broker::Tansu);
@@ -725,6 +744,8 @@ fn analyze_fails(influx: &Influx, brokers: &str, extra: &[&str]) -> String {
     stderr
 }
 
+/// A wrong InfluxDB password and an unknown database stop the analyzer
+/// before it joins the group, with an error that names the cause.
 #[test]
 fn bad_credentials_and_unknown_database_are_named() {
     let broker = LogpipeBroker::start(Path::new(BIN), &["logs"], 2);

@@ -169,6 +169,8 @@ fn wait_for_all(bootstrap: &str, n: usize) -> Vec<Record> {
     records
 }
 
+/// The producer binary `kill -9`ed ten times while three logs rotate every
+/// 700 lines: every line written reaches the topic.
 #[test]
 fn killed_ten_times_during_rotations_loses_no_line() {
     let broker = LogpipeBroker::start(&bin(), &["logs"], 3);
@@ -202,6 +204,8 @@ fn killed_ten_times_during_rotations_loses_no_line() {
     );
 }
 
+/// The broker down for ten seconds while lines are written: every line
+/// arrives once it is back, and the producer's memory stays bounded.
 #[test]
 fn a_ten_second_broker_outage_loses_no_line_and_holds_memory() {
     use rdkafka::mocking::MockCluster;

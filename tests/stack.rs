@@ -28,6 +28,8 @@ fn yaml(path: &str) -> serde_yaml::Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// `docker-compose.yml` passes docker-compose's schema check and its
+/// analyzers scale as group members.
 #[test]
 fn compose_file_is_valid_and_scales() {
     // The schema check of Debian's docker-compose 1.29.2.
@@ -106,6 +108,7 @@ fn compose_file_is_valid_and_scales() {
     );
 }
 
+/// The Dockerfile builds the binary the way the README says.
 #[test]
 fn dockerfile_builds_what_the_readme_documents() {
     let docker = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
@@ -228,6 +231,8 @@ fn rows(series: &[Value]) -> (usize, Option<f64>) {
     (n, first)
 }
 
+/// Every query of the provisioned Grafana dashboards returns data from a
+/// real pipeline run, and its totals match the generated truth.
 #[test]
 fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
     let influx = Influx::start();

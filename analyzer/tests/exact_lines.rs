@@ -118,6 +118,8 @@ fn requests() -> impl Strategy<Value = Request> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
+    /// Every format and every cut point of a generated request: a prefix of a line
+    /// never counts as a line, and the whole line parses to its request.
     #[test]
     fn a_prefix_is_never_counted_and_the_whole_line_is(r in requests(), cut_frac in 0.0f64..1.0) {
         for case in cases() {

@@ -47,6 +47,8 @@ fn render(r: Result<AccessLine<'_>, logpipe_analyzer::parse::ParseError>) -> Str
     s
 }
 
+/// Each `tests/golden/*.case` (a format, lines, the fields expected) parses to
+/// exactly its recorded fields (`LOGPIPE_BLESS=1` records them anew).
 #[test]
 fn every_case_parses_to_its_recorded_fields() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");

@@ -158,6 +158,8 @@ fn append(path: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
+/// A symlink pointed at another file: the old target is read to its end,
+/// then the new one from its start; no line lost or sent twice.
 #[test]
 fn a_symlink_swapped_to_another_file_drains_the_old_one_and_reads_the_new() {
     let mut s = Setup::new();
@@ -193,6 +195,8 @@ fn a_symlink_swapped_to_another_file_drains_the_old_one_and_reads_the_new() {
     stop(p);
 }
 
+/// `--ignore-older`: a file unchanged for a week is not followed; once it
+/// changes, only the lines written after that are sent.
 #[test]
 fn ignore_older_skips_stale_files_until_they_change_then_reads_only_new_lines() {
     let mut s = Setup::new();
@@ -219,6 +223,8 @@ fn ignore_older_skips_stale_files_until_they_change_then_reads_only_new_lines() 
     stop(p);
 }
 
+/// A line over `--max-line-bytes` goes out cut with its `cut` header, `\r\n`
+/// loses its `\r`, and bytes that are not UTF-8 are sent as they are.
 #[test]
 fn long_lines_are_cut_and_marked_crlf_stripped_bytes_kept() {
     let mut s = Setup::new();
@@ -243,6 +249,8 @@ fn long_lines_are_cut_and_marked_crlf_stripped_bytes_kept() {
     assert_eq!(stop(p).lines, 4);
 }
 
+/// A last line without its newline is sent as `partial: idle` after the
+/// timeout, and its rest follows as `partial: rest`.
 #[test]
 fn an_idle_partial_line_is_sent_marked_and_its_rest_follows_marked() {
     let mut s = Setup::new();
@@ -264,6 +272,8 @@ fn an_idle_partial_line_is_sent_marked_and_its_rest_follows_marked() {
     stop(p);
 }
 
+/// Without `--from-beginning`, files present at start-up are followed from
+/// their last whole line; a file with no whole line yet is read from 0.
 #[test]
 fn files_already_there_start_at_their_last_whole_line_by_default() {
     let mut s = Setup::new();
@@ -306,6 +316,8 @@ fn a_file_empty_when_seen_is_followed_once_its_first_line_is_written() {
     stop(p);
 }
 
+/// A shutdown while Kafka is down returns within its timeout with the
+/// checkpoint before the unacknowledged lines; the restart sends them all.
 #[test]
 fn shutdown_during_an_outage_exits_cleanly_and_the_restart_sends_everything() {
     let mut s = Setup::new();

@@ -429,6 +429,8 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     c
 }
 
+/// The model test's operations (write, rotate, truncate, delete, start,
+/// stop, kill, outage) in one fixed order: the topic holds every line once.
 #[test]
 fn a_fixed_sequence_with_every_operation() {
     let c = cluster();
@@ -463,6 +465,8 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// Random sequences of the model's operations: the topic holds every
+    /// complete line written, once (after dropping re-sends by file and offset).
     #[test]
     fn random_sequences_lose_nothing_and_repeat_nothing(ops in prop::collection::vec(op(), 1..25)) {
         let c = cluster();
