@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, FileState};
 use crate::discover::Found;
-use crate::follow::read_err;
+use crate::error::read_err;
 use crate::identity::{file_id, Fingerprint, FINGERPRINT_MAX};
 use crate::publish::{Origin, PublishError, Publisher};
 use crate::stats::Stats;

@@ -20,55 +20,24 @@ pub mod checkpoint;
 pub mod collect;
 pub mod config;
 pub mod discover;
+mod error;
 mod follow;
 pub mod identity;
 pub mod publish;
 pub mod stats;
 pub mod tail;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use checkpoint::CheckpointError;
-use discover::DiscoverError;
 use follow::Follower;
 use logpipe_wire::Shutdown;
 use publish::PublishError;
 use stats::Stats;
 
 pub use config::ProducerConfig;
-
-/// Why the producer stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ProduceError {
-    #[error(transparent)]
-    Discover(#[from] DiscoverError),
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("Kafka did not acknowledge {0} lines in time")]
-    Unacknowledged(i32),
-    #[error("{}: cannot decompress past byte {offset} of its content: {reason}; the lines before were sent and recorded — replace the file with an undamaged copy (or remove it) and run again to continue", path.display())]
-    Damaged {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
-    #[error("no file matches {0} (with --exit-on-eof there is nothing to wait for)")]
-    NothingToRead(String),
-    #[error(transparent)]
-    Collect(#[from] collect::CollectError),
-    #[error("an input collector stopped (see the log above); the producer stops too")]
-    CollectorFailed,
-}
+pub use error::ProduceError;
 
 /// What a run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

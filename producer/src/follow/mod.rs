@@ -26,7 +26,7 @@ mod reconcile;
 mod state;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -75,14 +75,6 @@ pub(crate) struct Follower {
     pub(crate) checkpointed: Vec<FileState>,
     /// [`Control::hold`].
     hold: Arc<AtomicBool>,
-}
-
-/// An I/O error reading `path`, as the producer reports it.
-pub(crate) fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProduceError + '_ {
-    move |source| ProduceError::Read {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl Follower {

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::file::{Followed, Identity, Phase};
-use super::{read_err, Follower};
+use super::Follower;
 use crate::checkpoint::FileState;
 use crate::discover::{self, Found};
+use crate::error::read_err;
 use crate::identity::{self, Fingerprint};
 use crate::stats::Stats;
 use crate::tail::Tail;
