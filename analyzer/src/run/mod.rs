@@ -11,28 +11,37 @@
 //! partitions (it stays in the group), keeps the batch and retries with
 //! backoff for as long as it takes; memory stays at the open windows plus one
 //! batch, offsets stay where the last accepted write put them.
+//!
+//! - `control`: [`Control`], how a run is ended and what it reports.
+//! - `ingest`: one record's way into its partition's windows.
+//! - `rebalance`: restore points loaded, partitions taken over and forgotten.
+//! - `flush`: the pure plan of the next write; `write` hands it to the sink
+//!   and commits.
 
 mod control;
 mod flush;
 mod ingest;
+mod rebalance;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use logpipe_consumer::{Batch as RecordBatch, GroupConsumer, RebalanceEvent, StartOffsets};
+use logpipe_consumer::{Batch as RecordBatch, GroupConsumer, StartOffsets};
 use rdkafka::message::Message;
 
 use crate::counters::Counters;
 use crate::dlq::DeadLetters;
 use crate::parse::sources::SourceTable;
-use crate::store::{Scope, Sink, SinkError, StateBatch, StateStore, StoredPoint};
-use crate::window::{PartitionWindows, WindowValue};
+use crate::store::{Scope, Sink, SinkError, StoredPoint};
+use crate::window::WindowValue;
 use control::Running;
 use flush::Pending;
 use ingest::{Ingest, Part, WireRecord};
 use logpipe_wire::Request;
+use rebalance::start_offsets;
 
 use crate::config::AnalyzerConfig;
 pub use control::Control;
@@ -144,40 +153,6 @@ pub fn run(
         last_counters: Instant::now(),
     }
     .run(&consumer)
-}
-
-/// Loads restore points inside the rebalance callback; retries a store that
-/// cannot be reached for up to four minutes (the group waits meanwhile; below
-/// librdkafka's default `max.poll.interval.ms` of five minutes), then gives up
-/// and the analyzer exits with the cause.
-fn start_offsets(
-    store: Arc<dyn StateStore>,
-    scope: Scope,
-    loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,
-    control: Arc<Control>,
-) -> StartOffsets {
-    Box::new(move |ps: &[i32]| {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match store.load(&scope, ps) {
-                Ok(points) => {
-                    let offsets = points.iter().map(|(&p, pt)| (p, pt.offset)).collect();
-                    tracing::info!(partitions = ?ps, restored = points.len(), "restore points loaded");
-                    loaded.lock().unwrap().extend(points);
-                    return Ok(offsets);
-                }
-                Err(SinkError::Retryable(e))
-                    if Instant::now() < deadline && !control.is_stopping() =>
-                {
-                    tracing::warn!(error = %e, "cannot read restore points yet, retrying");
-                    control.shutdown().wait_timeout(wait);
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(format!("reading restore points failed: {e}")),
-            }
-        }
-    })
 }
 
 impl Analyzer {
@@ -343,200 +318,6 @@ impl Analyzer {
         }
         tracing::info!(analyzer = %self.cfg.analyzer_id, counters = ?self.ingest.counters, "analyzer stopped");
         Ok(self.ingest.counters)
-    }
-
-    fn apply_rebalance(
-        &mut self,
-        consumer: &GroupConsumer,
-        ev: RebalanceEvent,
-    ) -> Result<(), AnalyzeError> {
-        match ev {
-            RebalanceEvent::Revoked(ps) => {
-                tracing::info!(count = ps.len(), partitions = ?ps, "partitions revoked");
-                self.forget(&ps);
-            }
-            RebalanceEvent::Lost => {
-                tracing::warn!("partition assignment lost");
-                let ps: Vec<i32> = self.parts.keys().copied().collect();
-                self.forget(&ps);
-            }
-            RebalanceEvent::Assigned(ps) => {
-                tracing::info!(count = ps.len(), partitions = ?ps, "partitions assigned");
-                let mut loaded = self.loaded.lock().unwrap();
-                let mut unknown = vec![];
-                for &p in &ps {
-                    let mut dead_lettered_below = 0;
-                    let mut start = None;
-                    let windows = match loaded.remove(&p) {
-                        Some(pt) => {
-                            start = Some(pt.offset);
-                            dead_lettered_below = pt.next_offset;
-                            let sources = &mut self.ingest.sources;
-                            let point = pt.map_sources(|k| sources.id_of_key(k));
-                            PartitionWindows::restored(self.cfg.spec, &point)
-                        }
-                        None => PartitionWindows::new(self.cfg.spec),
-                    };
-                    if let Some(r) = &self.cfg.replay {
-                        start = r.starts.get(&p).copied();
-                        if !r.dead_letter {
-                            dead_lettered_below = i64::MAX;
-                        }
-                    }
-                    if start.is_none() {
-                        unknown.push(p);
-                    }
-                    let partial_wait_ms =
-                        i64::try_from(self.cfg.partial_wait.as_millis()).unwrap_or(i64::MAX);
-                    self.parts.insert(
-                        p,
-                        Part::new(
-                            windows,
-                            self.cfg.dedup_files,
-                            partial_wait_ms,
-                            start,
-                            dead_lettered_below,
-                        ),
-                    );
-                }
-                drop(loaded);
-                // Without a restore point a partition starts at the group's
-                // commit, else at its log start: learn which, so that a first
-                // record beyond it is seen as a loss.
-                match consumer.start_positions(&unknown, Duration::from_secs(10)) {
-                    Ok(starts) => {
-                        for (p, o) in starts {
-                            if let Some(part) = self.parts.get_mut(&p) {
-                                part.next.get_or_insert(o);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        partitions = ?unknown,
-                        "cannot learn where these partitions start: records the broker deleted before their first record would go unnoticed"
-                    ),
-                }
-                if self.paused {
-                    let _ = consumer.pause(&ps);
-                }
-                if let Some(r) = &self.cfg.replay {
-                    // Partitions with nothing to read are done at once.
-                    let empty: Vec<i32> = ps
-                        .iter()
-                        .copied()
-                        .filter(|&p| r.is_empty_partition(p))
-                        .collect();
-                    for p in empty {
-                        self.replay_done(consumer, p, "nothing to read");
-                    }
-                }
-            }
-            RebalanceEvent::AssignFailed(e) => return Err(AnalyzeError::Restore(e)),
-        }
-        self.control
-            .assignments
-            .lock()
-            .unwrap()
-            .insert(self.cfg.analyzer_id.clone(), self.parts.len());
-        Ok(())
-    }
-
-    /// Drops revoked partitions' state and unwritten values: the new owner
-    /// rebuilds them from the last restore point the sink accepted.
-    fn forget(&mut self, ps: &[i32]) {
-        let mut progress = self.control.progress.lock().unwrap();
-        for p in ps {
-            self.parts.remove(p);
-            progress.remove(p);
-            // The next owner commits; ours would be refused or stale.
-            self.uncommitted.remove(p);
-        }
-        self.batch.drop_partitions(ps);
-    }
-
-    /// Writes the batch plus every closed window and changed partial and the
-    /// restore points they allow, then commits the restore offsets.
-    fn flush(&mut self, consumer: &GroupConsumer, close_all: bool) -> Result<(), SinkError> {
-        self.ingest.counters.windows_outside_range += flush::plan(
-            &mut self.parts,
-            &self.ingest.sources,
-            self.cfg.spec,
-            self.cfg.replay.as_ref(),
-            close_all,
-            &mut self.batch,
-        );
-        if self.batch.is_empty() && self.last_counters.elapsed() < self.cfg.flush_interval * 5 {
-            return Ok(());
-        }
-        self.last_counters = Instant::now();
-        // Dead letters before any restore point that moves past them.
-        self.ingest.dlq.flush(Duration::from_secs(5))?;
-        let mut lp = Vec::with_capacity(self.batch.windows.len() * 256);
-        self.batch
-            .encode(&self.ingest.sources, self.cfg.spec, &mut lp);
-        let finals = self.batch.finals().count() as u64;
-        let mut counters = self.ingest.counters;
-        counters.windows_written += finals;
-        counters.lag = self.lag(consumer);
-        counters.encode(&mut lp, &self.cfg.analyzer_id);
-        self.sink.write(
-            &lp,
-            &StateBatch {
-                scope: &self.scope,
-                analyzer: &self.cfg.analyzer_id,
-                points: &self.batch.state,
-            },
-        )?;
-        self.ingest.counters.windows_written = counters.windows_written;
-        self.ingest.counters.lag = counters.lag;
-        let batch = std::mem::take(&mut self.batch);
-        for (p, u) in &batch.state {
-            if let Some(part) = self.parts.get_mut(p) {
-                part.written = Some((u.offset, u.next_offset));
-            }
-        }
-        if let Some(obs) = self.observer.as_mut() {
-            for v in batch.finals() {
-                let n = self.ingest.sources.name(v.source);
-                obs(&WindowReport {
-                    host: &n.host,
-                    source: &n.source,
-                    window_ms: self.cfg.spec.window_ms,
-                    value: v,
-                });
-            }
-        }
-        // The group's commit is the restore point's next offset (what was
-        // read and is vouched for by an accepted restore point), so lag
-        // tools show 0 once caught up; the restore offset, which trails by
-        // the open windows, resumes from InfluxDB.
-        self.uncommitted
-            .extend(batch.state.iter().map(|(&p, u)| (p, u.next_offset)));
-        self.commit(consumer, false);
-        Ok(())
-    }
-
-    /// Commits accepted restore points' next offsets, at most every `commit_interval`
-    /// unless `now`. Only for lag tools: the restore point in the sink is
-    /// what resumes, so a failed commit is retried at the next one. (Rarely,
-    /// too: every commit is a group-coordinator request.)
-    fn commit(&mut self, consumer: &GroupConsumer, now: bool) {
-        if self.uncommitted.is_empty()
-            || self.cfg.replay.is_some()
-            || (!now && self.last_commit.elapsed() < self.cfg.commit_interval)
-        {
-            return;
-        }
-        self.last_commit = Instant::now();
-        let commits: Vec<(i32, i64)> = std::mem::take(&mut self.uncommitted).into_iter().collect();
-        // The last commit waits for its answer: the member leaves next.
-        if let Err(e) = consumer.commit(&commits, now) {
-            tracing::debug!(error = %e, "offset commit failed; the next commit retries");
-            if !now {
-                self.uncommitted.extend(commits);
-            }
-        }
     }
 
     /// Replay: marks a partition done, stops fetching it, and finishes the
