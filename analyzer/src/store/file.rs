@@ -166,13 +166,7 @@ impl StateStore for PointFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scope() -> Scope {
-        Scope {
-            group: "logpipe-analyzers".into(),
-            topic: "logs".into(),
-        }
-    }
+    use crate::store::tests::scope;
 
     #[test]
     fn file_state_merges_updates() {

@@ -76,3 +76,16 @@ pub trait StateStore: Send + Sync {
         partitions: &[i32],
     ) -> Result<HashMap<i32, StoredPoint>, SinkError>;
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Scope;
+
+    /// The scope the stores' tests write and read.
+    pub(crate) fn scope() -> Scope {
+        Scope {
+            group: "logpipe-analyzers".into(),
+            topic: "logs".into(),
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::checkpoint::FileState;
 use crate::identity::{self, Fingerprint};
-use crate::publish::Publisher;
+use crate::publish::{Origin, Publisher};
 use crate::stats::Stats;
 use crate::tail::Tail;
 use crate::ProduceError;
@@ -57,6 +57,26 @@ pub(super) struct Followed {
 }
 
 impl Followed {
+    /// Its reader, and what every line of this generation carries.
+    pub(super) fn tail_and_origin<'a>(&'a mut self, host: &'a str) -> (&'a mut Tail, Origin<'a>) {
+        let Followed {
+            tail,
+            slot,
+            key,
+            source,
+            id,
+            ..
+        } = self;
+        let origin = Origin {
+            slot: *slot,
+            key,
+            host,
+            source,
+            file_id: id,
+        };
+        (tail, origin)
+    }
+
     pub(super) fn is_live(&self) -> bool {
         self.phase == Phase::Live
     }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{Checkpoint, FileState};
 use crate::discover::{self, Discovery, Found};
-use crate::publish::{Origin, PublishError, Publisher};
+use crate::publish::{PublishError, Publisher};
 use crate::stats::Stats;
 use crate::tail::{LineOut, ReadError};
 use crate::{now_ms, Control, ProduceError, ProduceSummary, ProducerConfig};
@@ -241,21 +241,7 @@ impl Follower {
             let mut read = 0;
             let (mut lines, mut bytes) = (0u64, 0u64);
             loop {
-                let Followed {
-                    tail,
-                    slot,
-                    key,
-                    source,
-                    id,
-                    ..
-                } = f;
-                let origin = Origin {
-                    slot: *slot,
-                    key,
-                    host: &cfg.host,
-                    source,
-                    file_id: id,
-                };
+                let (tail, origin) = f.tail_and_origin(&cfg.host);
                 let n = tail
                     .read_lines(buf, |l: LineOut<'_>| {
                         lines += 1;
@@ -306,22 +292,7 @@ impl Follower {
 
     /// Sends an incomplete last line held by file `i`, marked `why`.
     fn send_partial(&mut self, i: usize, why: &'static str) -> Result<(), ProduceError> {
-        let f = &mut self.files[i];
-        let Followed {
-            tail,
-            slot,
-            key,
-            source,
-            id,
-            ..
-        } = f;
-        let origin = Origin {
-            slot: *slot,
-            key,
-            host: &self.cfg.host,
-            source,
-            file_id: id,
-        };
+        let (tail, origin) = self.files[i].tail_and_origin(&self.cfg.host);
         let mut len = 0;
         let sent = tail.take_partial(why, |l| {
             len = l.value.len() as u64;

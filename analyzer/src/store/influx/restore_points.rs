@@ -134,14 +134,8 @@ pub fn from_series(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::scope;
     use std::collections::BTreeMap;
-
-    fn scope() -> Scope {
-        Scope {
-            group: "logpipe-analyzers".into(),
-            topic: "logs".into(),
-        }
-    }
 
     #[test]
     fn state_lines_are_exact_and_escaped() {
