@@ -82,7 +82,11 @@ fn once(bootstrap: &str, m: &Membership, influx: &Influx, dir: &Path) -> (f64, f
     };
     let start = |id: &str| {
         let log = format!("{}-{id}", m.group);
-        Analyzer::start_with(&bin(), dir, id, &log, m, &influx.url, &db, &extra)
+        Analyzer::cmd(&bin(), dir, m, &influx.url, &db)
+            .id(id)
+            .log_name(&log)
+            .args(&extra)
+            .start()
     };
     let mut a = start("a0");
     wait_until(Duration::from_secs(120), || (a.owned() == 6).then_some(()))

@@ -182,16 +182,17 @@ impl Stack {
         let extra: Vec<String> = partitions
             .map(|p| vec!["--partitions".into(), p.into()])
             .unwrap_or_default();
-        Analyzer::start_with(
+        Analyzer::cmd(
             Path::new(BIN),
             self.dir.path(),
-            id,
-            &format!("{id}-{incarnation}"),
             &self.membership,
             &self.influx.url,
             &self.db,
-            &extra,
         )
+        .id(id)
+        .log_name(&format!("{id}-{incarnation}"))
+        .args(&extra)
+        .start()
     }
 
     fn logs(&self) -> String {

@@ -11,7 +11,7 @@ use logpipe_traffic::Generator;
 use std::process::{Command, Stdio};
 
 use logpipe_testkit::{
-    produce_all, unique, wait_until, Analyzer, Child, GroupProtocol, Influx, Kafka, Membership,
+    produce_all, unique, wait_until, Analyzer, Child, Influx, Kafka, Membership,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -112,13 +112,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn membership(kafka: &Kafka, topic: &str) -> Membership {
-    Membership {
-        brokers: kafka.bootstrap.clone(),
-        topic: topic.into(),
-        group: unique("group"),
-        session_ms: 6_000,
-        protocol: GroupProtocol::Classic,
-    }
+    Membership::new(&kafka.bootstrap, topic)
 }
 
 /// The analyzers are stopped while the topic grows past its retention, so
@@ -152,15 +146,9 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
 
     // 1. Read 2 000 lines, then stop.
     append(&log, &mut g, 2_000);
-    let mut a = Analyzer::start(
-        Path::new(BIN),
-        dir.path(),
-        "a0",
-        "a0-1",
-        &m,
-        &influx.url,
-        &db,
-    );
+    let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .log_name("a0-1")
+        .start();
     produce_all(Path::new(BIN), &kafka.bootstrap, &topic, &cps, &paths);
     wait_until(Duration::from_secs(60), || {
         (counted(&influx, &db) == 2_000).then_some(())
@@ -206,15 +194,9 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
     let lost = (lo - restore) as u64;
 
     // 3. Started again: the loss is named, counted, and nothing else is lost.
-    let a = Analyzer::start(
-        Path::new(BIN),
-        dir.path(),
-        "a0",
-        "a0-2",
-        &m,
-        &influx.url,
-        &db,
-    );
+    let a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .log_name("a0-2")
+        .start();
     let total = 42_000u64 + (2_000 - restore) as u64;
     wait_until(Duration::from_secs(120), || {
         (counted(&influx, &db) + last_metric(&influx, &db, "offsets_skipped") == total)
@@ -349,16 +331,9 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     let db = influx.create_db(&unique("tools"));
     let m = membership(&kafka, &topic);
     let commit = ["--commit-interval".to_string(), "1s".to_string()];
-    let a = Analyzer::start_with(
-        Path::new(BIN),
-        dir.path(),
-        "a0",
-        "a0",
-        &m,
-        &influx.url,
-        &db,
-        &commit,
-    );
+    let a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .args(&commit)
+        .start();
     produce_all(
         Path::new(BIN),
         &kafka.bootstrap,

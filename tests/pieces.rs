@@ -61,13 +61,7 @@ fn a_line_written_in_two_pieces_is_counted_once_whole_across_a_kill() {
     let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 2);
     let influx = Influx::start();
     let db = influx.create_db(&unique("pieces"));
-    let m = Membership {
-        brokers: broker.bootstrap.clone(),
-        topic: topic.clone(),
-        group: unique("group"),
-        session_ms: 6000,
-        protocol: Default::default(),
-    };
+    let m = Membership::new(&broker.bootstrap, &topic);
     let fetch = ["--kafka".to_string(), "fetch.wait.max.ms=10".to_string()];
     const SOURCE: &str = "web";
 
@@ -99,16 +93,9 @@ fn a_line_written_in_two_pieces_is_counted_once_whole_across_a_kill() {
     );
     paths.push(later.clone());
 
-    let mut analyzer = Analyzer::start_with(
-        Path::new(BIN),
-        dir.path(),
-        "a0",
-        "a0",
-        &m,
-        &influx.url,
-        &db,
-        &fetch,
-    );
+    let mut analyzer = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .args(&fetch)
+        .start();
     let producer_log = std::fs::File::create(dir.path().join("producer.log")).unwrap();
     let mut producer = Child::spawn(
         "logpipe produce",
@@ -150,16 +137,10 @@ fn a_line_written_in_two_pieces_is_counted_once_whole_across_a_kill() {
         !first_log.contains("partial:") && !first_log.contains("joined from pieces"),
         "a piece was dead-lettered:\n{first_log}"
     );
-    let mut analyzer = Analyzer::start_with(
-        Path::new(BIN),
-        dir.path(),
-        "a1",
-        "a1",
-        &m,
-        &influx.url,
-        &db,
-        &fetch,
-    );
+    let mut analyzer = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .id("a1")
+        .args(&fetch)
+        .start();
     for (p, line, at) in &splits {
         append(p, &[&line.as_bytes()[*at..], b"\n"].concat());
     }

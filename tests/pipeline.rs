@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipe_testkit::{
-    diff, dlq_topic, produce_all, read_topic, unique, wait_until, Analyzer, Expected,
-    GroupProtocol, Influx, Kafka, LogpipeBroker, Membership, Tansu,
+    diff, dlq_topic, produce_all, read_topic, unique, wait_for_group, wait_until, Analyzer,
+    Expected, GroupProtocol, Influx, Kafka, LogpipeBroker, Membership, Tansu,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -70,21 +70,13 @@ fn run_pipeline(
     let mut analyzers: Vec<Analyzer> = (0..2)
         .map(|n| {
             let id = format!("a{n}");
-            Analyzer::start(Path::new(BIN), dir.path(), &id, &id, &m, &influx.url, &db)
+            Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+                .id(&id)
+                .start()
         })
         .collect();
     // Both members own partitions before the first line arrives (no rebalance mid-stream here).
-    wait_until(Duration::from_secs(60), || {
-        let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
-        (owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == partitions).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "consumer group did not settle:\n{}\n---\n{}",
-            analyzers[0].log(),
-            analyzers[1].log()
-        )
-    });
+    wait_for_group(&analyzers, partitions);
 
     produce_all(
         Path::new(BIN),
@@ -507,24 +499,11 @@ format = '''log_format timed '$remote_addr - $remote_user [$time_local] "$reques
         std::fs::write(&path, text).unwrap();
         paths.push(path);
     }
-    let m = Membership {
-        brokers: broker.bootstrap.clone(),
-        topic: topic.clone(),
-        group: unique("group"),
-        session_ms: 6_000,
-        protocol: Default::default(),
-    };
+    let m = Membership::new(&broker.bootstrap, &topic);
     let args = vec!["--formats".to_string(), formats.display().to_string()];
-    let mut a = Analyzer::start_with(
-        Path::new(BIN),
-        dir.path(),
-        "a0",
-        "a0",
-        &m,
-        &influx.url,
-        &db,
-        &args,
-    );
+    let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .args(&args)
+        .start();
     produce_all(
         Path::new(BIN),
         &broker.bootstrap,

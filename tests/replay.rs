@@ -101,14 +101,8 @@ fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
     let (paths, expected) = write_logs(dir.path(), 10_000);
     let influx = Influx::start();
     let db = influx.create_db(&unique("live"));
-    let m = Membership {
-        brokers: broker.bootstrap.clone(),
-        topic: topic.clone(),
-        group: unique("group"),
-        session_ms: 6_000,
-        protocol: Default::default(),
-    };
-    let mut live = Analyzer::start(Path::new(BIN), dir.path(), "a0", "a0", &m, &influx.url, &db);
+    let m = Membership::new(&broker.bootstrap, &topic);
+    let mut live = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db).start();
     produce_all(
         Path::new(BIN),
         &broker.bootstrap,

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipe_testkit::{
-    in_ci, produce_all, unique, wait_until, Analyzer, Expected, Influx, LogpipeBroker, Membership,
+    in_ci, produce_all, unique, wait_for_group, wait_until, Analyzer, Expected, Influx,
+    LogpipeBroker, Membership,
 };
 use logpipe_traffic::Generator;
 use serde_json::Value;
@@ -147,32 +148,18 @@ fn run_pipeline(
     }
     let topic = unique("stack");
     let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 4);
-    let m = Membership {
-        brokers: broker.bootstrap.clone(),
-        topic: topic.clone(),
-        group: unique("group"),
-        session_ms: 6000,
-        protocol: Default::default(),
-    };
+    let m = Membership::new(&broker.bootstrap, &topic);
     let analyzers: Vec<Analyzer> = (0..2)
         .map(|n| {
             let id = format!("a{n}");
             // The harness runs them with --flush-interval 300ms: idle
             // analyzers write their counters every 5 flush intervals, 1.5 s.
-            Analyzer::start(Path::new(BIN), dir.path(), &id, &id, &m, &influx.url, db)
+            Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, db)
+                .id(&id)
+                .start()
         })
         .collect();
-    wait_until(Duration::from_secs(60), || {
-        let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
-        (owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == 4).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "consumer group did not settle:\n{}\n---\n{}",
-            analyzers[0].log(),
-            analyzers[1].log()
-        )
-    });
+    wait_for_group(&analyzers, 4);
     produce_all(
         Path::new(BIN),
         &broker.bootstrap,

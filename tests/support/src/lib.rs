@@ -20,7 +20,9 @@ pub mod truth;
 pub use apache_kafka::Kafka;
 pub use influx::Influx;
 pub use kafka::{read_topic, LogpipeBroker, Record, Tansu, Tap};
-pub use logpipe::{produce_all, produce_cmd, Analyzer, GroupProtocol, Membership};
+pub use logpipe::{
+    produce_all, produce_cmd, wait_for_group, AnalyzeCmd, Analyzer, GroupProtocol, Membership,
+};
 pub use process::{append_to, free_port, wait_until, Child};
 pub use truth::{
     diff, diff_points, points_from_influx, reference_points, Expected, Point, WindowTruth,

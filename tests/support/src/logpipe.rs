@@ -37,6 +37,17 @@ pub struct Analyzer {
 }
 
 impl Membership {
+    /// A new group (a unique name) on `topic`, classic protocol, 6 s sessions.
+    pub fn new(brokers: &str, topic: &str) -> Membership {
+        Membership {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            group: crate::unique("group"),
+            session_ms: 6_000,
+            protocol: GroupProtocol::Classic,
+        }
+    }
+
     /// The `--kafka` arguments that select the group protocol and, for
     /// `classic`, the session: KIP-848's protocol refuses client-side
     /// session and heartbeat settings (the broker's apply).
@@ -53,48 +64,83 @@ impl Membership {
     }
 }
 
-impl Analyzer {
-    /// Starts `logpipe analyze` as analyzer id `id`, logging to `dir/<log_name>.log`.
-    pub fn start(
-        bin: &Path,
-        dir: &Path,
-        id: &str,
-        log_name: &str,
-        m: &Membership,
-        influx_url: &str,
-        db: &str,
-    ) -> Analyzer {
-        Self::start_with(bin, dir, id, log_name, m, influx_url, db, &[])
+/// `logpipe analyze` as the tests run it, to be [`AnalyzeCmd::start`]ed:
+/// a member of a [`Membership`] writing to one InfluxDB database, flushing
+/// every 300 ms, its stderr in `<dir>/<log name>.log`.
+pub struct AnalyzeCmd<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    m: &'a Membership,
+    influx_url: &'a str,
+    db: &'a str,
+    id: String,
+    log_name: Option<String>,
+    extra: Vec<String>,
+}
+
+impl AnalyzeCmd<'_> {
+    /// The analyzer id (default `a0`), also its log's name unless
+    /// [`AnalyzeCmd::log_name`] says otherwise.
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = id.into();
+        self
     }
 
-    /// [`Analyzer::start`] with more arguments for `logpipe analyze`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with(
-        bin: &Path,
-        dir: &Path,
-        id: &str,
-        log_name: &str,
-        m: &Membership,
-        influx_url: &str,
-        db: &str,
-        extra: &[String],
-    ) -> Analyzer {
-        let log = dir.join(format!("{log_name}.log"));
+    /// The log's name, for an analyzer restarted under the same id.
+    pub fn log_name(mut self, name: &str) -> Self {
+        self.log_name = Some(name.into());
+        self
+    }
+
+    /// More arguments for `logpipe analyze`.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.extra
+            .extend(args.iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    pub fn start(self) -> Analyzer {
+        let name = self.log_name.as_deref().unwrap_or(&self.id);
+        let log = self.dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
+        let m = self.m;
         let child = Child::spawn(
             "logpipe analyze",
-            Command::new(bin)
+            Command::new(self.bin)
                 .args(["analyze", "--brokers", &m.brokers, "--topic", &m.topic])
-                .args(["--group", &m.group, "--analyzer-id", id])
+                .args(["--group", &m.group, "--analyzer-id", &self.id])
                 .args(["--dlq-topic", &crate::dlq_topic(&m.topic)])
-                .args(["--influx-url", influx_url, "--influx-db", db])
+                .args(["--influx-url", self.influx_url, "--influx-db", self.db])
                 .args(["--flush-interval", "300ms"])
                 .args(m.group_args())
-                .args(extra)
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(f),
         );
         Analyzer { child, log }
+    }
+}
+
+impl Analyzer {
+    /// `logpipe analyze` (the binary `bin`) in `m`, writing to `db` at
+    /// `influx_url`, its log in `dir`.
+    pub fn cmd<'a>(
+        bin: &'a Path,
+        dir: &'a Path,
+        m: &'a Membership,
+        influx_url: &'a str,
+        db: &'a str,
+    ) -> AnalyzeCmd<'a> {
+        AnalyzeCmd {
+            bin,
+            dir,
+            m,
+            influx_url,
+            db,
+            id: "a0".into(),
+            log_name: None,
+            extra: Vec::new(),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -156,4 +202,18 @@ pub fn produce_all(bin: &Path, brokers: &str, topic: &str, checkpoints: &Path, p
         "logpipe produce failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until every analyzer owns partitions and together they own all
+/// `partitions`, so no rebalance happens mid-stream; panics with their logs
+/// after 60 s.
+pub fn wait_for_group(analyzers: &[Analyzer], partitions: usize) {
+    crate::wait_until(std::time::Duration::from_secs(60), || {
+        let owned: Vec<usize> = analyzers.iter().map(Analyzer::owned).collect();
+        (owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == partitions).then_some(())
+    })
+    .unwrap_or_else(|| {
+        let logs: Vec<String> = analyzers.iter().map(Analyzer::log).collect();
+        panic!("consumer group did not settle:\n{}", logs.join("\n---\n"))
+    });
 }
