@@ -23,6 +23,8 @@ use signal_hook::iterator::Signals;
 use anyhow::{Context, Result};
 
 static SHUTDOWN: OnceLock<Shutdown> = OnceLock::new();
+/// Set once the signal thread runs.
+static SIGNALS: OnceLock<()> = OnceLock::new();
 static STOP_WHEN_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 static STDERR_GONE: AtomicBool = AtomicBool::new(false);
@@ -31,22 +33,29 @@ static STDERR_GONE: AtomicBool = AtomicBool::new(false);
 /// [`stop_when_closed`]) by stdout or stderr going away. The signals are
 /// read on a thread that sleeps until one arrives.
 pub fn shutdown() -> Result<Shutdown> {
-    if let Some(s) = SHUTDOWN.get() {
-        return Ok(s.clone());
+    let s = process_shutdown();
+    if SIGNALS.get().is_none() {
+        let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+        let on_signal = s.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    tracing::info!(signal = sig, "stopping");
+                    on_signal.stop();
+                }
+            })
+            .context("starting the signal thread")?;
+        let _ = SIGNALS.set(());
     }
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let s = SHUTDOWN.get_or_init(Shutdown::new).clone();
-    let on_signal = s.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                tracing::info!(signal = sig, "stopping");
-                on_signal.stop();
-            }
-        })
-        .context("starting the signal thread")?;
     Ok(s)
+}
+
+/// The one [`Shutdown`] of the process, created by whichever asks first: a
+/// reader that goes before the command took it (a `head -1` that closes
+/// between two writes of the first lines) still stops the command.
+fn process_shutdown() -> Shutdown {
+    SHUTDOWN.get_or_init(Shutdown::new).clone()
 }
 
 /// From now on, stdout or stderr going away stops the process as SIGTERM does.
@@ -68,9 +77,7 @@ pub fn closed() -> bool {
 fn gone(stream: &AtomicBool) {
     stream.store(true, Ordering::Relaxed);
     if STOP_WHEN_CLOSED.load(Ordering::SeqCst) {
-        if let Some(s) = SHUTDOWN.get() {
-            s.stop();
-        }
+        process_shutdown().stop();
     }
 }
 
