@@ -149,6 +149,7 @@ pub enum ErrorKind {
 
 impl ParseError {
     /// `expected` was not found at byte `at`.
+    #[inline]
     pub const fn expected(at: usize, expected: &'static str) -> Self {
         ParseError {
             at,
@@ -158,6 +159,7 @@ impl ParseError {
     }
 
     /// The line ends at byte `at`, `where_` (`inside the user-agent field`).
+    #[inline]
     pub const fn ends(at: usize, where_: &'static str) -> Self {
         ParseError {
             at,
@@ -167,6 +169,7 @@ impl ParseError {
     }
 
     /// A NUL byte at `at`, or `None` for a line without one.
+    #[inline]
     pub fn nul_byte(line: &[u8]) -> Option<Self> {
         memchr::memchr(0, line).map(|at| ParseError {
             at,

@@ -26,11 +26,13 @@ pub(crate) fn starts_with(hay: &[u8], lit: &[u8]) -> bool {
 }
 
 /// A field's value: `-` (and an empty field) mean absent.
+#[inline]
 pub(crate) fn opt_dash(f: &[u8]) -> Option<&[u8]> {
     (f != b"-" && !f.is_empty()).then_some(f)
 }
 
 /// `0.123`, `12`, `1.5` → seconds; anything else (`-`, names) → `None`.
+#[inline]
 pub(crate) fn parse_seconds(b: &[u8]) -> Option<f64> {
     let ok = !b.is_empty()
         && b[0].is_ascii_digit()
@@ -43,6 +45,7 @@ pub(crate) fn parse_seconds(b: &[u8]) -> Option<f64> {
 }
 
 /// `GET /path HTTP/1.1` → method and path; `None` for `-` or garbage.
+#[inline]
 pub(crate) fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let Some(sp) = memchr::memchr(b' ', req) else {
         return (None, None);
@@ -61,6 +64,7 @@ pub(crate) fn split_request(req: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 
 /// `0.002, 0.010 : 0.5` → 0.512; `-` entries count as 0; `None` if nothing
 /// is a number.
+#[inline]
 pub(crate) fn upstream_sum(f: &[u8]) -> Option<f64> {
     let mut sum = 0.0;
     let mut any = false;

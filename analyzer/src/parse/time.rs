@@ -4,6 +4,7 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
+#[inline]
 fn digits(b: &[u8]) -> Option<i64> {
     if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
         return None;
@@ -12,6 +13,7 @@ fn digits(b: &[u8]) -> Option<i64> {
 }
 
 /// Parses `$time_local`: `10/Oct/2000:13:55:36 -0700` → ms since the epoch (UTC).
+#[inline]
 pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
     if t.len() != 26 || t[2] != b'/' || t[6] != b'/' || t[11] != b':' || t[20] != b' ' {
         return None;
@@ -37,6 +39,7 @@ pub fn parse_clf_time(t: &[u8]) -> Option<i64> {
 
 /// Days since the epoch of `10/Oct/2000`. Lines come in time order, so the
 /// last date is remembered (per thread) and most lines skip the arithmetic.
+#[inline]
 fn clf_days(date: &[u8]) -> Option<i64> {
     use std::cell::Cell;
     thread_local! {
@@ -59,6 +62,7 @@ fn clf_days(date: &[u8]) -> Option<i64> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+#[inline]
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
