@@ -1,12 +1,17 @@
 //! The record format on the `logs` topic — the contract between producers and
 //! analyzers (see `docs/design.md`, "Wire contract").
 //!
-//! One Kafka record per log line:
+//! v1, one Kafka record per log line:
 //! - key `<host>:<source>`, so every line of one source lands in one partition;
 //! - value: the raw line bytes without the trailing `\n` / `\r\n`;
 //! - timestamp: when the producer read the line (CreateTime, ms);
 //! - headers [`HOST`], [`SOURCE`], [`FILE`], [`OFFSET`]; on exceptional
 //!   lines also [`CUT`] and [`PARTIAL`].
+//!
+//! v2 ([`lines`]), one record per run of consecutive lines of one file: the
+//! same key, timestamp and first four headers, the lines joined by `\n`, a
+//! [`LINES`] count, and the exceptional lines in [`MARKS`]. Readers take
+//! both through [`RecordMeta::lines`].
 //!
 //! This crate holds those names and what every side needs of them: the key
 //! encoders, one reader of the headers ([`RecordMeta`]), the re-send filter
@@ -14,11 +19,15 @@
 //! role keeps, and the [`Shutdown`] every role is ended by.
 
 mod dedup;
+pub mod lines;
 mod meta;
 pub mod shutdown;
 pub mod state_file;
 
 pub use dedup::Dedup;
+pub use lines::{
+    Lines, RunEncoder, RunError, WireLine, EOL, EOL_C, LINES, LINES_C, MARKS, MARKS_C, RUN_HEADERS,
+};
 pub use meta::{parse_decimal, HeaderLookup, RecordMeta};
 pub use shutdown::{Request, Shutdown};
 
@@ -91,6 +100,9 @@ mod tests {
         assert_eq!(OFFSET_C.to_str(), Ok(OFFSET));
         assert_eq!(CUT_C.to_str(), Ok(CUT));
         assert_eq!(PARTIAL_C.to_str(), Ok(PARTIAL));
+        assert_eq!(LINES_C.to_str(), Ok(LINES));
+        assert_eq!(EOL_C.to_str(), Ok(EOL));
+        assert_eq!(MARKS_C.to_str(), Ok(MARKS));
     }
 
     #[test]

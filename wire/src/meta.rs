@@ -30,32 +30,51 @@ pub struct RecordMeta<'a> {
     /// The [`CUT`](crate::CUT) header, when it is a decimal number: the full
     /// length of a line cut short.
     pub cut: Option<u64>,
+    /// The [`LINES`](crate::LINES) header of a v2 record (a run of lines):
+    /// its line count; `Some(0)` when it is not a positive decimal. `None`:
+    /// a v1 record, one line.
+    pub lines: Option<u64>,
+    /// A v2 record whose lines ended in `\r\n` ([`EOL`](crate::EOL) `crlf`).
+    pub crlf: bool,
+    /// The [`MARKS`](crate::MARKS) header of a v2 record.
+    pub marks: Option<&'a [u8]>,
 }
 
 impl<'a> RecordMeta<'a> {
     /// Reads the headers of a record (`None`: a record without headers).
-    /// `partial` and `cut` are only searched on records with more than the
-    /// [`LINE_HEADERS`](crate::LINE_HEADERS) every line has.
+    /// The exceptional headers are only searched on records with more than
+    /// the headers every record of their version has
+    /// ([`LINE_HEADERS`](crate::LINE_HEADERS) for v1,
+    /// [`RUN_HEADERS`](crate::RUN_HEADERS) for v2).
     pub fn from_headers<H: HeaderLookup + ?Sized>(h: Option<&'a H>) -> Self {
         let Some(h) = h else {
             return RecordMeta::default();
         };
-        let (partial, cut) = if h.count() > crate::LINE_HEADERS {
-            (
-                h.last(crate::PARTIAL, crate::PARTIAL_C),
-                h.last(crate::CUT, crate::CUT_C).and_then(parse_decimal),
-            )
+        let count = h.count();
+        let lines = if count >= crate::RUN_HEADERS {
+            h.last(crate::LINES, crate::LINES_C)
+                .map(|n| parse_decimal(n).unwrap_or(0))
         } else {
-            (None, None)
+            None
         };
-        RecordMeta {
+        let mut meta = RecordMeta {
             file: h.last(crate::FILE, crate::FILE_C),
             offset: h
                 .last(crate::OFFSET, crate::OFFSET_C)
                 .and_then(parse_decimal),
-            partial,
-            cut,
+            lines,
+            ..RecordMeta::default()
+        };
+        if lines.is_some() {
+            if count > crate::RUN_HEADERS {
+                meta.crlf = h.last(crate::EOL, crate::EOL_C) == Some(b"crlf");
+                meta.marks = h.last(crate::MARKS, crate::MARKS_C);
+            }
+        } else if count > crate::LINE_HEADERS {
+            meta.partial = h.last(crate::PARTIAL, crate::PARTIAL_C);
+            meta.cut = h.last(crate::CUT, crate::CUT_C).and_then(parse_decimal);
         }
+        meta
     }
 
     /// (`file`, `offset`) when the record has both: what [`Dedup`](crate::Dedup) keys on.
