@@ -230,6 +230,17 @@ pub struct ProduceArgs {
     /// Kafka is slow or down, reading pauses here (the files are the buffer).
     #[arg(long, env = "LOGPIPE_MAX_IN_FLIGHT", default_value = show_bytes(defaults::max_in_flight_bytes()), value_parser = bytes)]
     pub max_in_flight: usize,
+    /// Most lines in one Kafka record. Consecutive lines of one file (what
+    /// one read returned) travel as one record (wire v2), closed at the end
+    /// of the read, so no line waits for more. 1 sends wire v1, one record
+    /// per line, for consumers outside logpipe that expect that (kcat,
+    /// Kafka Connect sinks, a Logstash or Vector reading the topic).
+    #[arg(long, env = "LOGPIPE_LINES_PER_RECORD", default_value_t = defaults::lines_per_record(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub lines_per_record: usize,
+    /// A record is closed before its value passes this size (a longer line
+    /// goes alone); keep it well below the brokers' `max.message.bytes`.
+    #[arg(long, env = "LOGPIPE_RECORD_MAX_BYTES", default_value = show_bytes(defaults::record_max_bytes()), value_parser = bytes)]
+    pub record_max_bytes: usize,
     /// A file no longer at a followed path (rotated away, deleted) is closed
     /// once nothing was written to it for this long.
     #[arg(long, env = "LOGPIPE_ROTATE_WAIT", default_value = show_duration(defaults::rotate_wait()), value_parser = duration)]
@@ -669,6 +680,8 @@ mod tests {
         let lib = logpipe_producer::ProducerConfig::new("b", "t", "h", Vec::new());
         assert_eq!(a.max_line_bytes, lib.max_line_bytes);
         assert_eq!(a.max_in_flight, lib.max_in_flight_bytes);
+        assert_eq!(a.lines_per_record, lib.packing.lines_per_record);
+        assert_eq!(a.record_max_bytes, lib.packing.record_max_bytes);
         assert_eq!(a.rotate_wait, lib.rotate_wait);
         assert_eq!(a.poll_interval, lib.poll_interval);
         assert_eq!(a.scan_interval, lib.scan_interval);

@@ -33,7 +33,7 @@ const RECORD_OVERHEAD_BYTES: u64 = 200;
 /// Holds the producer while the records the broker holds beyond what the
 /// analyzers fetched (sent by the producer, minus consumed or queued in
 /// the analyzers' fetch queues — an upper bound) would be more than
-/// [`MAX_UNFETCHED_BYTES`] at the average line length so far; returns the
+/// [`MAX_UNFETCHED_BYTES`] at the average record size so far; returns the
 /// switch that ends the watch.
 fn hold_producer_while_behind(
     pctl: logpipe_producer::Control,
@@ -43,11 +43,10 @@ fn hold_producer_while_behind(
     let d = done.clone();
     std::thread::spawn(move || {
         while !d.load(Ordering::Relaxed) {
-            // Sent is counted per line; read (for the average) per 1 MiB.
-            let sent = pctl.stats.lines_sent.load(Ordering::Relaxed);
-            let read = pctl.stats.lines_read.load(Ordering::Relaxed);
-            let bytes = pctl.stats.bytes_read.load(Ordering::Relaxed);
-            let record = bytes / read.max(1) + RECORD_OVERHEAD_BYTES;
+            // Records and their bytes, counted as each record is sent.
+            let sent = pctl.stats.records_sent.load(Ordering::Relaxed);
+            let bytes = pctl.stats.record_bytes_sent.load(Ordering::Relaxed);
+            let record = bytes / sent.max(1) + RECORD_OVERHEAD_BYTES;
             let unfetched = sent.saturating_sub(control.fetched());
             pctl.hold
                 .store(unfetched * record > MAX_UNFETCHED_BYTES, Ordering::Relaxed);

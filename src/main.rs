@@ -188,6 +188,10 @@ fn produce(a: ProduceArgs) -> Result<()> {
     cfg.max_line_bytes = a.max_line_bytes;
     cfg.partial_line_timeout = a.partial_line_timeout;
     cfg.max_in_flight_bytes = a.max_in_flight;
+    cfg.packing = logpipe_producer::Packing {
+        lines_per_record: a.lines_per_record,
+        record_max_bytes: a.record_max_bytes,
+    };
     cfg.rotate_wait = a.rotate_wait;
     cfg.poll_interval = a.poll_interval;
     cfg.scan_interval = a.scan_interval;

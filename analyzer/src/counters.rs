@@ -10,9 +10,13 @@ use crate::line_protocol::{encode_counters, SELF_METRICS};
 /// Cumulative counts since this analyzer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Records consumed from `logs` (of owned partitions).
+    /// Lines consumed from `logs` (of owned partitions): one per v1
+    /// record, a run's lines of a v2 record (a damaged v2 record counts
+    /// once, as its one dead letter).
     pub consumed: u64,
-    /// Records dropped as producer re-sends (same `file` and `offset`).
+    /// Records consumed from `logs` (not part of the `logpipe` measurement).
+    pub records: u64,
+    /// Lines dropped as producer re-sends (same `file` and `offset`).
     pub duplicates: u64,
     /// Lines parsed into a request.
     pub parsed: u64,

@@ -306,10 +306,11 @@ impl Archive {
     fn record<M: Message<Headers: logpipe_wire::HeaderLookup>>(&mut self, m: &M) -> Result<()> {
         let p = m.partition();
         let cap = self.dedup_capacity;
-        let (next, dedup) = self
+        let next = &mut self
             .parts
             .entry(p)
-            .or_insert_with(|| (m.offset(), Dedup::new(cap)));
+            .or_insert_with(|| (m.offset(), Dedup::new(cap)))
+            .0;
         if m.offset() > *next {
             let lost = (m.offset() - *next) as u64;
             self.offsets_skipped += lost;
@@ -324,12 +325,17 @@ impl Archive {
             );
         }
         *next = m.offset() + 1;
-        if let Some((f, o)) = RecordMeta::from_headers(m.headers()).position() {
-            if dedup.is_duplicate(f, o) {
-                self.duplicates += 1;
-                return Ok(());
+        let meta = RecordMeta::from_headers(m.headers());
+        let value = m.payload().unwrap_or(b"");
+        let lines = match meta.lines(value) {
+            Ok(lines) => lines,
+            Err(e) => {
+                // A run that does not read: archived as it is, one line per
+                // `\n` (the bytes are what was sent), and named.
+                tracing::warn!(partition = p, offset = m.offset(), error = %e, "archiving a damaged v2 record as it is");
+                RecordMeta::default().lines(value).expect("a v1 reading never fails")
             }
-        }
+        };
         let source = m
             .headers()
             .and_then(|h| h.iter().filter(|h| h.key == logpipe_wire::SOURCE).last())
@@ -354,20 +360,26 @@ impl Archive {
                 rel
             }
         };
-        let value = m.payload().unwrap_or(b"");
-        let open = match self.files.get_mut(&rel) {
-            Some(o) => o,
-            None => {
-                let o = self.open_file(&rel)?;
-                self.files.entry(rel.clone()).or_insert(o)
+        if !self.files.contains_key(&rel) {
+            let o = self.open_file(&rel)?;
+            self.files.insert(rel.clone(), o);
+        }
+        let open = self.files.get_mut(&rel).expect("opened above");
+        let dedup = &mut self.parts.get_mut(&p).expect("entered above").1;
+        for line in lines {
+            if let Some((f, o)) = line.position() {
+                if dedup.is_duplicate(f, o) {
+                    self.duplicates += 1;
+                    continue;
+                }
             }
-        };
-        open.pending.extend_from_slice(value);
-        open.pending.push(b'\n');
-        open.len += value.len() as u64 + 1;
+            open.pending.extend_from_slice(line.value);
+            open.pending.push(b'\n');
+            open.len += line.value.len() as u64 + 1;
+            self.pending += line.value.len() + 1;
+            self.archived += 1;
+        }
         open.dirty = true;
-        self.pending += value.len() + 1;
-        self.archived += 1;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use crate::checkpoint::{CheckpointError, FileState};
 use crate::discover::Found;
 use crate::error::read_err;
 use crate::identity::{file_id, Fingerprint, FINGERPRINT_MAX};
-use crate::publish::{Origin, PublishError, Publisher};
+use crate::publish::{Origin, PublishError, Publisher, Run};
 use crate::stats::Stats;
 use crate::tail::{LineOut, ReadError, Tail};
 use crate::{now_ms, Control, ProduceError, ProduceSummary, ProducerConfig};
@@ -126,6 +126,7 @@ pub(crate) struct Backfill<'a> {
     /// producer followed continues it.
     pub(crate) checkpointed: &'a [FileState],
     pub(crate) buf: &'a mut [u8],
+    pub(crate) run: &'a mut Run,
     pub(crate) summary: &'a mut ProduceSummary,
 }
 
@@ -263,6 +264,7 @@ impl Backfill<'_> {
                 publisher,
                 cfg,
                 buf,
+                run,
                 summary,
                 stats,
                 ..
@@ -281,21 +283,44 @@ impl Backfill<'_> {
                 if l.marks.cut.is_some() {
                     Stats::add(&stats.lines_cut, 1);
                 }
-                publisher.send(&origin.line(l.value, l.offset, l.end, l.marks, ts))
+                publisher.add(run, &origin.line(l.value, l.offset, l.end, l.marks, ts))
             };
-            let n = match tail.read_lines(buf, &mut send) {
+            let read = tail.read_lines(buf, &mut send);
+            let n = match read {
                 Ok(0) => {
                     // Complete input: an unterminated last line is whole.
-                    match tail.take_partial("eof", &mut send) {
-                        Ok(_) | Err(PublishError::Stopping) => {}
+                    match tail
+                        .take_partial("eof", &mut send)
+                        .and_then(|_| publisher.close(run))
+                    {
+                        Ok(()) => {}
+                        Err(PublishError::Stopping) => run.discard(),
                         Err(e) => return Err(e.into()),
                     }
                     0
                 }
-                Ok(n) => n,
-                Err(ReadError::Sink(PublishError::Stopping)) => 1,
+                // The read's lines go out now: none waits for more.
+                Ok(n) => match publisher.close(run) {
+                    Ok(()) => n,
+                    Err(PublishError::Stopping) => {
+                        run.discard();
+                        1
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Err(ReadError::Sink(PublishError::Stopping)) => {
+                    run.discard();
+                    1
+                }
                 Err(ReadError::Sink(e)) => return Err(e.into()),
                 Err(ReadError::Io(e)) => {
+                    // What was read before the damage goes out first.
+                    if let Err(e) = publisher.close(run) {
+                        run.discard();
+                        if !matches!(e, PublishError::Stopping) {
+                            return Err(e.into());
+                        }
+                    }
                     failed = Some(ProduceError::Damaged {
                         path: path.to_path_buf(),
                         offset: tail.read_pos(),

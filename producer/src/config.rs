@@ -23,6 +23,12 @@ pub mod defaults {
     pub const fn rotate_wait() -> Duration {
         Duration::from_secs(5)
     }
+    pub const fn lines_per_record() -> usize {
+        100_000
+    }
+    pub const fn record_max_bytes() -> usize {
+        64 << 10
+    }
     pub const fn max_in_flight_bytes() -> usize {
         4 << 20
     }
@@ -67,6 +73,8 @@ pub struct ProducerConfig {
     pub rotate_wait: Duration,
     /// Bytes of lines handed to Kafka and not yet acknowledged, at most.
     pub max_in_flight_bytes: usize,
+    /// How lines are packed into records (wire v2; 1 line: v1).
+    pub packing: crate::publish::Packing,
     pub checkpoint_interval: Duration,
     /// How long a shutdown waits for outstanding acknowledgements.
     pub shutdown_timeout: Duration,
@@ -96,6 +104,10 @@ impl ProducerConfig {
             partial_line_timeout: None,
             rotate_wait: defaults::rotate_wait(),
             max_in_flight_bytes: defaults::max_in_flight_bytes(),
+            packing: crate::publish::Packing {
+                lines_per_record: defaults::lines_per_record(),
+                record_max_bytes: defaults::record_max_bytes(),
+            },
             checkpoint_interval: defaults::checkpoint_interval(),
             shutdown_timeout: defaults::shutdown_timeout(),
             stats_interval: defaults::stats_interval(),

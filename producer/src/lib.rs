@@ -38,6 +38,7 @@ use stats::Stats;
 
 pub use config::ProducerConfig;
 pub use error::ProduceError;
+pub use publish::Packing;
 
 /// What a run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,7 @@ pub fn run_with(cfg: ProducerConfig, ctl: Control) -> Result<ProduceSummary, Pro
         stats: &p.stats,
         checkpointed: &p.checkpointed,
         buf: &mut p.buf,
+        run: &mut p.run,
         summary: &mut p.summary,
     }
     .run(&ctl, compressed);

@@ -1,9 +1,16 @@
 //! Publishing lines to Kafka with delivery tracking per file.
 //!
-//! Every file generation has a slot. Lines of one file go to one partition in
+//! Lines go out as wire v2 records by default: a [`Run`] gathers the
+//! consecutive lines of one stream (what one read returned) and is sent
+//! when the next line does not continue it, when it reaches
+//! `--record-max-bytes` or `--lines-per-record`, or when the reader closes
+//! it at the end of the read — so no line waits for more lines to come.
+//! `--lines-per-record 1` sends v1, one record per line.
+//!
+//! Every file generation has a slot. Records of one file go to one partition in
 //! order (same key, idempotent producer), so their acknowledgements arrive in
 //! order too: each ack carries (in its opaque) the slot and the end offset of
-//! its line, and that end is the delivered position a checkpoint may record.
+//! its last line, and that end is the delivered position a checkpoint may record.
 
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -16,11 +23,11 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message};
 
 use crate::stats::Stats;
 use crate::tail::Marks;
-use logpipe_wire::Shutdown;
+use logpipe_wire::{RunEncoder, Shutdown};
 
 /// One file generation's delivery state, shared by the reader (sends) and
 /// librdkafka's thread (acks) without a lock.
@@ -73,9 +80,12 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let t = &self.0;
         let (slot, end) = (opaque >> END_BITS, (opaque & END_MASK) as u64);
-        let bytes = match result {
-            Ok(m) => m.payload_len() as u64,
-            Err(_) => 0,
+        let (bytes, lines) = match result {
+            Ok(m) => {
+                let lines = logpipe_wire::RecordMeta::from_headers(m.headers()).lines;
+                (m.payload_len() as u64, lines.unwrap_or(1))
+            }
+            Err(_) => (0, 0),
         };
         match result {
             Ok(_) => {
@@ -85,8 +95,9 @@ impl ProducerContext for AckContext {
                     s.delivered.fetch_max(end, Relaxed);
                 }
                 s.in_flight.fetch_sub(1, Release);
-                Stats::add(&t.stats.acked.lines, 1);
-                Stats::add(&t.stats.acked.bytes, bytes);
+                Stats::add(&t.stats.acked.lines, lines);
+                // The newlines joining a run's lines are not the lines' bytes.
+                Stats::add(&t.stats.acked.bytes, bytes + 1 - lines.max(1));
             }
             Err((e, _)) => {
                 t.failed.store(true, Relaxed);
@@ -94,7 +105,7 @@ impl ProducerContext for AckContext {
                 t.failure
                     .lock()
                     .unwrap()
-                    .get_or_insert_with(|| format!("Kafka did not accept a line: {e}"));
+                    .get_or_insert_with(|| format!("Kafka did not accept a record: {e}"));
             }
         }
     }
@@ -152,6 +163,141 @@ impl<'a> Origin<'a> {
     }
 }
 
+/// Consecutive lines of one stream gathered into one v2 record (see
+/// `logpipe_wire::lines`); the reader keeps one and reuses its buffers.
+#[derive(Debug, Default)]
+pub struct Run {
+    enc: RunEncoder,
+    slot: usize,
+    key: Vec<u8>,
+    host: String,
+    source: String,
+    file_id: String,
+    timestamp_ms: i64,
+}
+
+impl Run {
+    pub fn new() -> Self {
+        Run::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.enc.is_empty()
+    }
+
+    /// Drops what was gathered, unsent (a read that failed: its lines are
+    /// after the delivered position, so they are read again).
+    pub fn discard(&mut self) {
+        self.enc.clear();
+    }
+
+    /// Adds `line` when it continues the run (same stream, next byte, same
+    /// line ending); false and nothing added otherwise.
+    fn push(&mut self, line: &Line<'_>) -> bool {
+        let empty = self.enc.is_empty();
+        if !empty
+            && (line.slot != self.slot || line.key != self.key || line.source != self.source)
+        {
+            return false;
+        }
+        let m = line.marks;
+        if !self
+            .enc
+            .push(line.value, line.offset, line.end, m.cut, m.partial)
+        {
+            return false;
+        }
+        if empty {
+            self.slot = line.slot;
+            self.timestamp_ms = line.timestamp_ms;
+            for (to, from) in [
+                (&mut self.host, line.host),
+                (&mut self.source, line.source),
+                (&mut self.file_id, line.file_id),
+            ] {
+                to.clear();
+                to.push_str(from);
+            }
+            self.key.clear();
+            self.key.extend_from_slice(line.key);
+        }
+        true
+    }
+
+    /// The run as the record to send.
+    fn record(&self) -> Rec<'_> {
+        Rec {
+            slot: self.slot,
+            key: &self.key,
+            value: self.enc.value(),
+            host: &self.host,
+            source: &self.source,
+            file_id: &self.file_id,
+            offset: self.enc.first_offset(),
+            end: self.enc.end(),
+            timestamp_ms: self.timestamp_ms,
+            lines: self.enc.lines(),
+            marks: RecMarks::V2 {
+                eol: self.enc.eol(),
+                marks: self.enc.marks(),
+            },
+        }
+    }
+}
+
+/// One record to send: a v1 line or a v2 run.
+struct Rec<'a> {
+    slot: usize,
+    key: &'a [u8],
+    value: &'a [u8],
+    host: &'a str,
+    source: &'a str,
+    file_id: &'a str,
+    /// Byte offset of the first line.
+    offset: u64,
+    /// Byte offset after the last line.
+    end: u64,
+    timestamp_ms: i64,
+    lines: u64,
+    marks: RecMarks<'a>,
+}
+
+enum RecMarks<'a> {
+    V1(Marks),
+    V2 {
+        eol: Option<&'static str>,
+        marks: Option<&'a str>,
+    },
+}
+
+impl<'a> Rec<'a> {
+    fn line(l: &Line<'a>) -> Self {
+        Rec {
+            slot: l.slot,
+            key: l.key,
+            value: l.value,
+            host: l.host,
+            source: l.source,
+            file_id: l.file_id,
+            offset: l.offset,
+            end: l.end,
+            timestamp_ms: l.timestamp_ms,
+            lines: 1,
+            marks: RecMarks::V1(l.marks),
+        }
+    }
+}
+
+/// How lines are packed into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packing {
+    /// Most lines in one record; 1: wire v1, one record per line.
+    pub lines_per_record: usize,
+    /// A run is closed before its value would pass this many bytes (a
+    /// longer line goes alone).
+    pub record_max_bytes: usize,
+}
+
 /// A failure of the Kafka side of the producer.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -182,6 +328,7 @@ pub struct Publisher {
     /// that grows while running keeps its sources where they were until the
     /// producer restarts (librdkafka would move them at once).
     partitions: Option<u32>,
+    packing: Packing,
 }
 
 impl Publisher {
@@ -193,6 +340,7 @@ impl Publisher {
         topic: &str,
         max_in_flight_bytes: usize,
         max_line_bytes: usize,
+        packing: Packing,
         extra: &[(String, String)],
         stats: Arc<Stats>,
         stop: Shutdown,
@@ -210,7 +358,9 @@ impl Publisher {
             .set("message.timeout.ms", "0")
             .set(
                 "message.max.bytes",
-                (max_line_bytes + 65536).max(1_000_000).to_string(),
+                (max_line_bytes.max(packing.record_max_bytes) + 65536)
+                    .max(1_000_000)
+                    .to_string(),
             )
             .set("queue.buffering.max.messages", messages.to_string())
             .set("queue.buffering.max.kbytes", kbytes.to_string());
@@ -263,6 +413,7 @@ impl Publisher {
             stop,
             hold: None,
             partitions,
+            packing,
         })
     }
 
@@ -315,24 +466,79 @@ impl Publisher {
         self.tracker.slots[slot].in_flight.load(Acquire)
     }
 
-    /// Queues a line, waiting (without dropping) while the queue is full.
+    /// Queues a line as a v1 record of its own, waiting (without dropping)
+    /// while the queue is full.
     pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
-        self.send_or_wait(line, true).map(|_| ())
+        self.send_or_wait(&Rec::line(line), true).map(|_| ())
     }
 
-    /// Queues a line unless librdkafka's queue is full (`Ok(false)`: nothing
-    /// was queued; call [`Publisher::send`] from where waiting is allowed).
-    pub fn try_send(&self, line: &Line<'_>) -> Result<bool, PublishError> {
-        self.send_or_wait(line, false)
+    /// Adds a line to `run`, sending the run first when the line does not
+    /// continue it or it is full; waits while librdkafka's queue is full.
+    /// Call [`Publisher::close`] when the read that gave the lines is done.
+    pub fn add(&self, run: &mut Run, line: &Line<'_>) -> Result<(), PublishError> {
+        self.add_or_wait(run, line, true).map(|_| ())
     }
 
-    fn send_or_wait(&self, line: &Line<'_>, wait: bool) -> Result<bool, PublishError> {
+    /// [`Publisher::add`] unless librdkafka's queue is full (`Ok(false)`:
+    /// the line was not added; call [`Publisher::add`] from where waiting
+    /// is allowed).
+    pub fn try_add(&self, run: &mut Run, line: &Line<'_>) -> Result<bool, PublishError> {
+        self.add_or_wait(run, line, false)
+    }
+
+    /// Sends what `run` gathered (nothing when it is empty).
+    pub fn close(&self, run: &mut Run) -> Result<(), PublishError> {
+        self.close_or_wait(run, true).map(|_| ())
+    }
+
+    /// [`Publisher::close`] unless librdkafka's queue is full (`Ok(false)`).
+    pub fn try_close(&self, run: &mut Run) -> Result<bool, PublishError> {
+        self.close_or_wait(run, false)
+    }
+
+    fn add_or_wait(&self, run: &mut Run, line: &Line<'_>, wait: bool) -> Result<bool, PublishError> {
+        let Packing {
+            lines_per_record,
+            record_max_bytes,
+        } = self.packing;
+        if lines_per_record <= 1 {
+            return self.send_or_wait(&Rec::line(line), wait);
+        }
+        if !run.is_empty() {
+            let full = run.enc.lines() as usize >= lines_per_record
+                || run.enc.value().len() + 1 + line.value.len() > record_max_bytes;
+            if !full && run.push(line) {
+                return Ok(true);
+            }
+            if !self.close_or_wait(run, wait)? {
+                return Ok(false);
+            }
+        }
+        if run.push(line) {
+            return Ok(true);
+        }
+        // A line no run can hold (its span follows no rule of the contract).
+        self.send_or_wait(&Rec::line(line), wait)
+    }
+
+    fn close_or_wait(&self, run: &mut Run, wait: bool) -> Result<bool, PublishError> {
+        if run.is_empty() {
+            return Ok(true);
+        }
+        let sent = self.send_or_wait(&run.record(), wait)?;
+        if sent {
+            run.enc.clear();
+        }
+        Ok(sent)
+    }
+
+    fn send_or_wait(&self, line: &Rec<'_>, wait: bool) -> Result<bool, PublishError> {
         if self.tracker.failed.load(Relaxed) {
             self.check()?;
         }
         if let Some(hold) = &self.hold {
-            // Checked per line, not per read: a read is up to 1 MiB of lines,
-            // which overshot the embedded broker's room by megabytes.
+            // Checked per record, not per read: a read is up to 1 MiB of
+            // lines, which overshot the embedded broker's room by megabytes.
             while hold.load(Relaxed) {
                 if self.stop.is_requested() {
                     return Err(PublishError::Stopping);
@@ -342,7 +548,7 @@ impl Publisher {
         }
         let mut offset = itoa::Buffer::new();
         let offset = offset.format(line.offset);
-        let mut headers = OwnedHeaders::new_with_capacity(4)
+        let mut headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: logpipe_wire::HOST,
                 value: Some(line.host),
@@ -359,17 +565,39 @@ impl Publisher {
                 key: logpipe_wire::OFFSET,
                 value: Some(offset),
             });
-        if let Some(len) = line.marks.cut {
-            headers = headers.insert(Header {
-                key: logpipe_wire::CUT,
-                value: Some(itoa::Buffer::new().format(len)),
-            });
-        }
-        if let Some(why) = line.marks.partial {
-            headers = headers.insert(Header {
-                key: logpipe_wire::PARTIAL,
-                value: Some(why),
-            });
+        match line.marks {
+            RecMarks::V1(marks) => {
+                if let Some(len) = marks.cut {
+                    headers = headers.insert(Header {
+                        key: logpipe_wire::CUT,
+                        value: Some(itoa::Buffer::new().format(len)),
+                    });
+                }
+                if let Some(why) = marks.partial {
+                    headers = headers.insert(Header {
+                        key: logpipe_wire::PARTIAL,
+                        value: Some(why),
+                    });
+                }
+            }
+            RecMarks::V2 { eol, marks } => {
+                headers = headers.insert(Header {
+                    key: logpipe_wire::LINES,
+                    value: Some(itoa::Buffer::new().format(line.lines)),
+                });
+                if let Some(eol) = eol {
+                    headers = headers.insert(Header {
+                        key: logpipe_wire::EOL,
+                        value: Some(eol),
+                    });
+                }
+                if let Some(marks) = marks {
+                    headers = headers.insert(Header {
+                        key: logpipe_wire::MARKS,
+                        value: Some(marks),
+                    });
+                }
+            }
         }
         if line.end > END_MASK as u64 || line.slot >= 1 << (usize::BITS - END_BITS) {
             return Err(PublishError::Delivery(format!(
@@ -398,7 +626,10 @@ impl Publisher {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    Stats::add(&self.tracker.stats.lines_sent, 1);
+                    let stats = &self.tracker.stats;
+                    Stats::add(&stats.lines_sent, line.lines);
+                    Stats::add(&stats.records_sent, 1);
+                    Stats::add(&stats.record_bytes_sent, line.value.len() as u64);
                     if let Some(since) = waiting_since {
                         Stats::add(
                             &self.tracker.stats.paused_ms,

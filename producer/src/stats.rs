@@ -8,9 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     pub lines_read: AtomicU64,
     pub bytes_read: AtomicU64,
-    /// Lines handed to librdkafka, counted per line (`lines_read` is added
-    /// per read of up to 1 MiB): what `logpipe demo`'s hold watches.
+    /// Lines handed to librdkafka, counted per record sent (`lines_read` is
+    /// added per read of up to 1 MiB).
     pub lines_sent: AtomicU64,
+    /// Records handed to librdkafka and their values' bytes: what `logpipe
+    /// demo`'s hold watches.
+    pub records_sent: AtomicU64,
+    pub record_bytes_sent: AtomicU64,
     /// Counted by the delivery callback on librdkafka's thread: kept on a
     /// cache line of their own, away from the reader's counters.
     pub acked: Acked,

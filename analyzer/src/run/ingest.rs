@@ -1,7 +1,7 @@
 //! One record's way in: gap check, de-duplication, pieces joined, parsed,
 //! counted in its partition's windows, or a dead letter.
 
-use logpipe_wire::{Dedup, HeaderLookup, RecordMeta};
+use logpipe_wire::{Dedup, HeaderLookup, RecordMeta, WireLine};
 use rdkafka::message::{Headers, Message};
 
 use crate::counters::Counters;
@@ -68,16 +68,12 @@ pub(super) struct Ingest {
 }
 
 impl Ingest {
-    /// One record of `part`: de-duplicate, join pieces, parse, aggregate.
+    /// One record of `part`: its lines (one for v1, a run for v2), each
+    /// de-duplicated, joined from pieces, parsed, aggregated.
     pub(super) fn record<M: WireRecord>(&mut self, part: &mut Part, msg: &M) {
-        let Ingest {
-            sources,
-            counters,
-            dlq,
-        } = self;
         let partition = msg.partition();
         let offset = msg.offset();
-        counters.consumed += 1;
+        self.counters.records += 1;
         if let Some(expected) = part.next {
             if offset > expected {
                 // Records vanished before we read them: the broker deleted them
@@ -85,7 +81,7 @@ impl Ingest {
                 // between two records or before the first (librdkafka's
                 // `auto.offset.reset` then moved the start past them).
                 let lost = (offset - expected) as u64;
-                counters.offsets_skipped += lost;
+                self.counters.offsets_skipped += lost;
                 tracing::error!(
                 partition,
                 from = expected,
@@ -97,17 +93,63 @@ impl Ingest {
             }
         }
         part.next = Some(offset + 1);
-        let RecordMeta {
+        let meta = RecordMeta::from_headers(msg.headers());
+        let source = self.sources.id(msg.key().unwrap_or(b""), msg.headers());
+        let value = msg.payload().unwrap_or(b"");
+        let rec = Rec {
+            msg,
+            v2: meta.lines.is_some(),
+            source,
+            offset,
+            timestamp: msg.timestamp().to_millis(),
+        };
+        match meta.lines(value) {
+            Ok(lines) => {
+                for line in lines {
+                    self.line(part, &rec, &line);
+                }
+            }
+            Err(e) => {
+                // A run that does not hold what its headers say: one dead
+                // letter, the record as it is.
+                let Ingest {
+                    sources,
+                    counters,
+                    dlq,
+                } = self;
+                counters.consumed += 1;
+                let e = LineError::Run(e);
+                dead_letter(sources, counters, source, offset, &e, value);
+                part.windows.skip(offset);
+                if offset >= part.dead_lettered_below {
+                    dlq.send(msg, &e);
+                }
+            }
+        }
+    }
+
+    /// One line of a record.
+    fn line<M: WireRecord>(&mut self, part: &mut Part, rec: &Rec<'_, M>, wire: &WireLine<'_>) {
+        let Ingest {
+            sources,
+            counters,
+            dlq,
+        } = self;
+        let Rec {
+            source,
+            offset,
+            timestamp: ts,
+            ..
+        } = *rec;
+        counters.consumed += 1;
+        let WireLine {
+            value: line,
             file,
             offset: at,
             partial,
             cut,
-        } = RecordMeta::from_headers(msg.headers());
+        } = *wire;
         let mark = Mark::from_header(partial);
-        let key = msg.key().unwrap_or(b"");
-        let source = sources.id(key, msg.headers());
-        let line = msg.payload().unwrap_or(b"");
-        let ts = msg.timestamp().to_millis();
         let mut gave_up = Vec::new();
         let step = match (file, at) {
             (Some(file), Some(at)) => {
@@ -134,7 +176,7 @@ impl Ingest {
                     Step::Line
                 } else {
                     part.pieces
-                        .offer(file, &piece, || first_piece(msg), &mut gave_up)
+                        .offer(file, &piece, || rec.first_piece(wire), &mut gave_up)
                 }
             }
             // Without a file and offset, pieces cannot be matched: as they are.
@@ -151,7 +193,7 @@ impl Ingest {
                     dead_letter(sources, counters, source, offset, &e, line);
                     part.windows.skip(offset);
                     if offset >= part.dead_lettered_below {
-                        dlq.send(msg, &e);
+                        rec.send_dead_letter(dlq, wire, &e);
                     }
                 }
             },
@@ -190,7 +232,7 @@ impl Ingest {
                 dead_letter(sources, counters, source, offset, &LineError::Orphan, line);
                 part.windows.skip(offset);
                 if offset >= part.dead_lettered_below {
-                    dlq.send(msg, &LineError::Orphan);
+                    rec.send_dead_letter(dlq, wire, &LineError::Orphan);
                 }
             }
         }
@@ -224,6 +266,8 @@ enum LineError {
     /// A `partial: rest` whose first piece was not read.
     Orphan,
     GaveUp(GaveUp),
+    /// A v2 record whose run does not read.
+    Run(logpipe_wire::RunError),
 }
 
 impl std::fmt::Display for LineError {
@@ -245,6 +289,7 @@ impl std::fmt::Display for LineError {
                 g.describe()
             ),
             LineError::GaveUp(g) => f.write_str(g.describe()),
+            LineError::Run(e) => e.fmt(f),
         }
     }
 }
@@ -305,6 +350,7 @@ fn dead_letter(
             ErrorKind::Damaged => kinds.damaged += 1,
         },
         LineError::Orphan | LineError::GaveUp(_) => kinds.unjoined += 1,
+        LineError::Run(_) => kinds.damaged += 1,
     }
     if counters.dead_lettered <= 20 || counters.dead_lettered.is_multiple_of(1000) {
         let n = sources.name(source);
@@ -335,21 +381,74 @@ fn give_up(
     part.windows.hold_from(part.pieces.floor());
 }
 
-/// What a dead letter of a held line needs of its first piece's record.
-fn first_piece<M: Message>(msg: &M) -> FirstPiece {
-    FirstPiece {
-        topic: msg.topic().to_string(),
-        partition: msg.partition(),
-        key: msg.key().map(<[u8]>::to_vec),
-        headers: msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timestamp: msg.timestamp().to_millis(),
+/// The record a line came in, as its lines need it.
+struct Rec<'m, M> {
+    msg: &'m M,
+    /// A v2 record: its lines get headers of their own in dead letters.
+    v2: bool,
+    source: SourceId,
+    /// Kafka offset.
+    offset: i64,
+    timestamp: Option<i64>,
+}
+
+impl<M: WireRecord> Rec<'_, M> {
+    /// The headers a record holding `line` alone would have (v1): the
+    /// record's own for a v1 record; for a line of a v2 run, the run's
+    /// `host`, `source`, `file` (and any other), the line's own `offset`
+    /// and its `cut` and `partial` marks.
+    fn line_headers(&self, line: &WireLine<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+        let all = self.msg.headers().into_iter().flat_map(|h| h.iter());
+        if !self.v2 {
+            return all
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect();
+        }
+        let run_only = [
+            logpipe_wire::OFFSET,
+            logpipe_wire::LINES,
+            logpipe_wire::EOL,
+            logpipe_wire::MARKS,
+        ];
+        let mut hs: Vec<(String, Option<Vec<u8>>)> = all
+            .filter(|h| !run_only.contains(&h.key))
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        let mut num = |k: &str, n: Option<u64>| {
+            if let Some(n) = n {
+                hs.push((k.to_string(), Some(n.to_string().into_bytes())));
+            }
+        };
+        num(logpipe_wire::OFFSET, line.offset);
+        num(logpipe_wire::CUT, line.cut);
+        if let Some(p) = line.partial {
+            hs.push((logpipe_wire::PARTIAL.to_string(), Some(p.to_vec())));
+        }
+        hs
+    }
+
+    /// What a dead letter of a held line needs of its first piece's record.
+    fn first_piece(&self, line: &WireLine<'_>) -> FirstPiece {
+        FirstPiece {
+            topic: self.msg.topic().to_string(),
+            partition: self.msg.partition(),
+            key: self.msg.key().map(<[u8]>::to_vec),
+            headers: self.line_headers(line),
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// `line` as a dead letter: the record itself (v1), or the line with
+    /// its own headers and the record's key, timestamp and origin (v2).
+    fn send_dead_letter(&self, dlq: &mut DeadLetters, line: &WireLine<'_>, e: &LineError) {
+        if !self.v2 {
+            return dlq.send(self.msg, e);
+        }
+        let hs = self.line_headers(line);
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let origin = format!("{}/{}/{}", self.msg.topic(), self.msg.partition(), self.offset);
+        dlq.send_parts(self.msg.key(), line.value, &headers, self.timestamp, &origin, e);
     }
 }
 

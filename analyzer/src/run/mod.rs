@@ -199,8 +199,8 @@ impl Analyzer {
             records.clear();
             self.control
                 .consumed
-                .fetch_add(self.ingest.counters.consumed - reported, Ordering::Relaxed);
-            reported = self.ingest.counters.consumed;
+                .fetch_add(self.ingest.counters.records - reported, Ordering::Relaxed);
+            reported = self.ingest.counters.records;
             let queued = consumer.queued() as u64;
             // Deltas, so that several analyzers add up in one counter.
             self.control

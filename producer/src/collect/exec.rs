@@ -164,7 +164,7 @@ async fn run_once(
                         let ts = now_ms();
                         split.feed(&mut buf, &mut |v, o, e, m| stream.send(&p.name, v, o, e, m, ts))
                     };
-                    stream.account();
+                    let sent = stream.end_read(sent);
                     if let Err(e) = sent {
                         tracing::error!(plugin = %p.name, error = %e, "plugin lines could not be sent");
                         signal_group(&child, libc::SIGKILL);
@@ -207,7 +207,7 @@ async fn run_once(
             stream.send(&p.name, v, o, e, m, ts)
         })
     };
-    if let Err(e) = r {
+    if let Err(e) = stream.end_read(r) {
         tracing::error!(plugin = %p.name, error = %e, "plugin lines could not be sent");
     }
     Ok(ended.expect("set before the loop ends"))

@@ -248,7 +248,7 @@ async fn post_lines(
             stream.send(&source, v, o, e, m, ts)
         })
     };
-    stream.account();
+    let sent = stream.end_read(sent);
     if let Err(e) = sent {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publish::{Origin, PublishError, Publisher};
+use crate::publish::{Origin, PublishError, Publisher, Run};
 use crate::stats::Stats;
 use crate::tail::Marks;
 
@@ -137,6 +137,7 @@ impl Shared {
             slot: self.publisher.add_slot(0)?,
             file_id: format!("{kind}:{}:{n}", self.run),
             shared: self.clone(),
+            run: Run::new(),
             source: String::new(),
             key: Vec::new(),
             counted: (0, 0),
@@ -153,6 +154,8 @@ pub(crate) struct Stream {
     pub shared: Arc<Shared>,
     pub slot: usize,
     pub file_id: String,
+    /// The record being gathered from the current read or request.
+    run: Run,
     /// The previous line's source and key (most streams have one source).
     source: String,
     key: Vec<u8>,
@@ -161,9 +164,11 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// Queues one line; while librdkafka's queue is full it waits (in
-    /// `block_in_place`: call it on the collectors' runtime). `offset`: where it starts in the stream; `end`:
-    /// where the next starts.
+    /// Adds one line to the stream's record, sending the record when the
+    /// line does not continue it or it is full; while librdkafka's queue is
+    /// full it waits (in `block_in_place`: call it on the collectors'
+    /// runtime). `offset`: where it starts in the stream; `end`: where the
+    /// next starts. [`Stream::end_read`] sends the rest.
     pub fn send(
         &mut self,
         source: &str,
@@ -200,13 +205,29 @@ impl Stream {
             file_id: &self.file_id,
         }
         .line(value, offset, end, marks, timestamp_ms);
-        let publisher = &self.shared.publisher;
-        if publisher.try_send(&line)? {
+        let (publisher, run) = (&self.shared.publisher, &mut self.run);
+        if publisher.try_add(run, &line)? {
             return Ok(());
         }
         // The in-flight limit: wait for room off the runtime's scheduling
         // (the connection stops reading meanwhile: back-pressure to its client).
-        tokio::task::block_in_place(|| publisher.send(&line))
+        tokio::task::block_in_place(|| publisher.add(run, &line))
+    }
+
+    /// The end of a read or request whose lines were `sent`: the record
+    /// gathered goes out (waiting for room as [`Stream::send`] does; after
+    /// a failure it is dropped) and the counters are brought up to date.
+    pub fn end_read(&mut self, sent: Result<(), PublishError>) -> Result<(), PublishError> {
+        let (publisher, run) = (&self.shared.publisher, &mut self.run);
+        let r = sent.and_then(|()| match publisher.try_close(run)? {
+            true => Ok(()),
+            false => tokio::task::block_in_place(|| publisher.close(run)),
+        });
+        if r.is_err() {
+            run.discard();
+        }
+        self.account();
+        r
     }
 
     /// Adds the lines counted since the last call to the shared counters
@@ -230,6 +251,7 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        debug_assert!(self.run.is_empty(), "a stream's last read was not ended");
         self.account();
         // The slot is freed once its last line is acknowledged.
         let (publisher, slot) = (self.shared.publisher.clone(), self.slot);

@@ -174,7 +174,7 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
                         stream.send(&source, v, o, e, m, ts)
                     })
                 };
-                stream.account();
+                result = stream.end_read(result);
                 if result.is_err() {
                     break;
                 }
@@ -192,6 +192,7 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
                 stream.send(&source, v, o, e, m, ts)
             })
         };
+        result = stream.end_read(result);
     }
     if let Err(e) = result {
         if !matches!(e, PublishError::Stopping) {

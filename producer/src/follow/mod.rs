@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{Checkpoint, FileState};
 use crate::discover::{self, Discovery, Found};
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{PublishError, Publisher, Run};
 use crate::stats::Stats;
 use crate::tail::{LineOut, ReadError};
 use crate::{now_ms, Control, ProduceError, ProduceSummary, ProducerConfig};
@@ -68,6 +68,8 @@ pub(crate) struct Follower {
     rescan: Arc<AtomicBool>,
     _watcher: Option<notify::RecommendedWatcher>,
     pub(crate) buf: Vec<u8>,
+    /// The record being gathered from the current read.
+    pub(crate) run: Run,
     /// Compressed rotations to backfill before following (see `compressed.rs`).
     pub(crate) compressed: Vec<Found>,
     /// The checkpoint's entries as loaded, for recognising a compressed copy
@@ -85,6 +87,7 @@ impl Follower {
             &cfg.topic,
             cfg.max_in_flight_bytes,
             cfg.max_line_bytes,
+            cfg.packing,
             &cfg.extra,
             ctl.stats.clone(),
             ctl.shutdown.clone(),
@@ -164,6 +167,7 @@ impl Follower {
             rescan,
             _watcher: watcher,
             buf: vec![0u8; 1 << 20],
+            run: Run::new(),
             compressed: Vec::new(),
             checkpointed: Vec::new(),
             hold: ctl.hold.clone(),
@@ -220,6 +224,7 @@ impl Follower {
             publisher,
             cfg,
             buf,
+            run,
             summary,
             stats,
             retired,
@@ -246,12 +251,14 @@ impl Follower {
                     .read_lines(buf, |l: LineOut<'_>| {
                         lines += 1;
                         bytes += l.value.len() as u64;
-                        publisher.send(&origin.line(l.value, l.offset, l.end, l.marks, ts))?;
+                        publisher.add(run, &origin.line(l.value, l.offset, l.end, l.marks, ts))?;
                         if l.marks.cut.is_some() {
                             Stats::add(&stats.lines_cut, 1);
                         }
                         Ok(())
                     })
+                    // The read's lines go out now: none waits for more.
+                    .and_then(|n| publisher.close(run).map(|_| n).map_err(ReadError::Sink))
                     .map_err(|e| match e {
                         ReadError::Io(source) => ProduceError::Read {
                             path: f.path.clone(),
@@ -262,6 +269,7 @@ impl Follower {
                 let n = match n {
                     Ok(n) => n,
                     Err(e) => {
+                        run.discard();
                         Stats::add(&stats.lines_read, lines);
                         Stats::add(&stats.bytes_read, bytes);
                         return Err(e);
@@ -294,11 +302,14 @@ impl Follower {
     fn send_partial(&mut self, i: usize, why: &'static str) -> Result<(), ProduceError> {
         let (tail, origin) = self.files[i].tail_and_origin(&self.cfg.host);
         let mut len = 0;
-        let sent = tail.take_partial(why, |l| {
-            len = l.value.len() as u64;
-            self.publisher
-                .send(&origin.line(l.value, l.offset, l.end, l.marks, now_ms()))
-        })?;
+        let (publisher, run) = (&self.publisher, &mut self.run);
+        let sent = tail
+            .take_partial(why, |l| {
+                len = l.value.len() as u64;
+                publisher.add(run, &origin.line(l.value, l.offset, l.end, l.marks, now_ms()))?;
+                publisher.close(run)
+            })
+            .inspect_err(|_| run.discard())?;
         if sent {
             self.summary.lines += 1;
             self.summary.bytes += len;

@@ -238,9 +238,21 @@ impl Record {
     }
 }
 
-/// Every record of `topic` (all partitions, from the start to the high
-/// watermark at the time of the call), by partition and offset.
+/// Every line of `topic` (all partitions, from the start to the high
+/// watermark at the time of the call), by partition and offset: a v2
+/// record's lines each as a record of its own with the v1 headers it would
+/// have had (the line's own `offset`, its `cut` and `partial`), at the
+/// run's Kafka offset — the wire contract read independently of the
+/// analyzers' code path.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_records(bootstrap, topic)
+        .iter()
+        .flat_map(Record::lines)
+        .collect()
+}
+
+/// Every record of `topic` as it is on the broker (v2 runs not split).
+pub fn read_records(bootstrap: &str, topic: &str) -> Vec<Record> {
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
     let c: BaseConsumer = ClientConfig::new()
@@ -288,6 +300,45 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
 }
 
 impl Record {
+    /// The lines of a record: itself when it is v1; a v2 run's lines, each
+    /// with the headers a v1 record of it alone would carry.
+    pub fn lines(&self) -> Vec<Record> {
+        let meta = self.meta();
+        if meta.lines.is_none() {
+            return vec![self.clone()];
+        }
+        let lines = meta
+            .lines(&self.value)
+            .unwrap_or_else(|e| panic!("record {}/{}: {e}", self.partition, self.offset));
+        let run_only = ["offset", "lines", "eol", "marks"];
+        lines
+            .map(|l| {
+                let mut headers: Vec<(String, Vec<u8>)> = self
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !run_only.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                if let Some(o) = l.offset {
+                    headers.push(("offset".into(), o.to_string().into_bytes()));
+                }
+                if let Some(c) = l.cut {
+                    headers.push(("cut".into(), c.to_string().into_bytes()));
+                }
+                if let Some(p) = l.partial {
+                    headers.push(("partial".into(), p.to_vec()));
+                }
+                Record {
+                    partition: self.partition,
+                    offset: self.offset,
+                    key: self.key.clone(),
+                    value: l.value.to_vec(),
+                    headers,
+                }
+            })
+            .collect()
+    }
+
     fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         use rdkafka::message::{Headers, Message};
         Record {
@@ -309,7 +360,8 @@ impl Record {
 
 /// Reads a topic from its beginning while it is written, for topics that
 /// outgrow what the mock broker keeps (about 5 MiB per partition): start it
-/// before the records are produced.
+/// before the records are produced. It holds lines, as [`read_topic`]
+/// returns them.
 pub struct Tap {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     records: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
@@ -343,7 +395,7 @@ impl Tap {
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                        records.lock().unwrap().push(Record::of(&m));
+                        records.lock().unwrap().extend(Record::of(&m).lines());
                     }
                 }
             })

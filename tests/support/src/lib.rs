@@ -19,7 +19,7 @@ pub mod truth;
 
 pub use apache_kafka::Kafka;
 pub use influx::Influx;
-pub use kafka::{read_topic, LogpipeBroker, Record, Tansu, Tap};
+pub use kafka::{read_records, read_topic, LogpipeBroker, Record, Tansu, Tap};
 pub use logpipe::{
     produce_all, produce_cmd, wait_for_group, AnalyzeCmd, Analyzer, GroupProtocol, Membership,
 };

@@ -226,7 +226,7 @@ async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
             }
             Ok::<_, crate::publish::PublishError>(())
         })();
-        stream.account();
+        let result = stream.end_read(result);
         if let Err(e) = result {
             if !matches!(e, crate::publish::PublishError::Stopping) {
                 tracing::error!(peer = %peer_s, error = %e, "python-logging input: records could not be sent");
@@ -387,7 +387,7 @@ pub(crate) async fn serve_udp(
             }
             Ok::<_, crate::publish::PublishError>(())
         })();
-        stream.account();
+        let r = stream.end_read(r);
         if let Err(e) = r {
             receiver.abort();
             if matches!(e, crate::publish::PublishError::Stopping) {
