@@ -333,7 +333,9 @@ impl Archive {
                 // A run that does not read: archived as it is, one line per
                 // `\n` (the bytes are what was sent), and named.
                 tracing::warn!(partition = p, offset = m.offset(), error = %e, "archiving a damaged v2 record as it is");
-                RecordMeta::default().lines(value).expect("a v1 reading never fails")
+                RecordMeta::default()
+                    .lines(value)
+                    .expect("a v1 reading never fails")
             }
         };
         let source = m

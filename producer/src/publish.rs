@@ -195,8 +195,7 @@ impl Run {
     /// line ending); false and nothing added otherwise.
     fn push(&mut self, line: &Line<'_>) -> bool {
         let empty = self.enc.is_empty();
-        if !empty
-            && (line.slot != self.slot || line.key != self.key || line.source != self.source)
+        if !empty && (line.slot != self.slot || line.key != self.key || line.source != self.source)
         {
             return false;
         }
@@ -335,16 +334,16 @@ impl Publisher {
     /// Idempotent, `acks=all`, lz4, no delivery timeout (a Kafka outage blocks,
     /// it does not drop), and a queue bounded to `max_in_flight_bytes` so
     /// memory stays bounded while Kafka is away.
+    /// With the brokers, topic, limits, packing and librdkafka properties
+    /// of `cfg`.
     pub fn new(
-        brokers: &str,
-        topic: &str,
-        max_in_flight_bytes: usize,
-        max_line_bytes: usize,
-        packing: Packing,
-        extra: &[(String, String)],
+        cfg: &crate::ProducerConfig,
         stats: Arc<Stats>,
         stop: Shutdown,
     ) -> Result<Self, PublishError> {
+        let (brokers, topic, extra) = (&cfg.brokers, cfg.topic.as_str(), &cfg.extra);
+        let (max_in_flight_bytes, max_line_bytes, packing) =
+            (cfg.max_in_flight_bytes, cfg.max_line_bytes, cfg.packing);
         let kbytes = (max_in_flight_bytes / 1024).max(1);
         // A queued line costs its bytes plus ~200 bytes of librdkafka's own.
         let messages = (max_in_flight_bytes / 256).clamp(1000, 2_000_000);
@@ -496,7 +495,12 @@ impl Publisher {
         self.close_or_wait(run, false)
     }
 
-    fn add_or_wait(&self, run: &mut Run, line: &Line<'_>, wait: bool) -> Result<bool, PublishError> {
+    fn add_or_wait(
+        &self,
+        run: &mut Run,
+        line: &Line<'_>,
+        wait: bool,
+    ) -> Result<bool, PublishError> {
         let Packing {
             lines_per_record,
             record_max_bytes,

@@ -22,6 +22,48 @@ struct Rec {
     headers: Vec<(String, String)>,
 }
 
+/// The lines of a record (v1: itself; v2: each line of the run), each with
+/// the headers a v1 record of it alone would carry.
+fn lines_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<Rec> {
+    let meta = logpipe_wire::RecordMeta::from_headers(m.headers());
+    let run_only = ["offset", "lines", "eol", "marks", "cut", "partial"];
+    let common: Vec<(String, String)> = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter(|h| !run_only.contains(&h.key))
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or(b"")).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    meta.lines(m.payload().unwrap_or(b""))
+        .expect("the producer's records read")
+        .map(|l| {
+            let mut headers = common.clone();
+            let mut add = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    headers.push((k.to_string(), v));
+                }
+            };
+            add("offset", l.offset.map(|o| o.to_string()));
+            add("cut", l.cut.map(|c| c.to_string()));
+            add(
+                "partial",
+                l.partial.map(|p| String::from_utf8_lossy(p).into_owned()),
+            );
+            Rec {
+                value: l.value.to_vec(),
+                headers,
+            }
+        })
+        .collect()
+}
+
 impl Rec {
     fn header(&self, k: &str) -> Option<&str> {
         self.headers
@@ -77,30 +119,14 @@ impl Setup {
         cfg
     }
 
-    /// Waits until `n` records arrived in all.
+    /// Waits until `n` lines arrived in all.
     fn wait_for(&mut self, n: usize) -> &[Rec] {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.got.len() < n && Instant::now() < deadline {
             if let Some(m) = self.reader.poll(Duration::from_millis(100)) {
                 // Transport errors while the broker is down are not records.
                 let Ok(m) = m else { continue };
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or(b"")).into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.got.push(Rec {
-                    value: m.payload().unwrap_or(b"").to_vec(),
-                    headers,
-                });
+                self.got.extend(lines_of(&m));
             }
         }
         assert_eq!(self.got.len(), n, "records: {:?}", self.got);
@@ -113,10 +139,7 @@ impl Setup {
         while self.got.len() < n && Instant::now() < deadline {
             if let Some(m) = self.reader.poll(Duration::from_millis(100)) {
                 let Ok(m) = m else { continue };
-                self.got.push(Rec {
-                    value: m.payload().unwrap_or(b"").to_vec(),
-                    headers: Vec::new(),
-                });
+                self.got.extend(lines_of(&m));
             }
         }
         self.got.len()

@@ -83,19 +83,19 @@ impl Collector {
             .poll(deadline.saturating_duration_since(Instant::now()))
         {
             let m = m.expect("consume");
-            use rdkafka::message::Headers;
-            let h = m.headers().expect("headers");
-            let get = |name: &str| {
-                h.iter()
-                    .find(|x| x.key == name)
-                    .map(|x| String::from_utf8(x.value.unwrap().to_vec()).unwrap())
-                    .unwrap()
-            };
-            self.records.push((
-                get("file"),
-                get("offset").parse().unwrap(),
-                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
-            ));
+            // Every line of the record (a v2 run holds several), each with
+            // its own offset.
+            let meta = logpipe_wire::RecordMeta::from_headers(m.headers());
+            for l in meta
+                .lines(m.payload().unwrap_or(b""))
+                .expect("a record that reads")
+            {
+                self.records.push((
+                    String::from_utf8(l.file.expect("file").to_vec()).unwrap(),
+                    l.offset.expect("offset"),
+                    String::from_utf8(l.value.to_vec()).unwrap(),
+                ));
+            }
             if Instant::now() >= deadline {
                 break;
             }

@@ -380,16 +380,17 @@ mod tests {
         out
     }
 
-    /// Lines packed into records as the producer packs them: (meta, value).
-    fn pack(
-        sent: &[Sent],
-    ) -> Vec<(
+    /// A record: (lines, eol, marks, first offset, value).
+    type Packed = (
         Option<u64>,
         Option<&'static str>,
         Option<String>,
         u64,
         Vec<u8>,
-    )> {
+    );
+
+    /// Lines packed into records as the producer packs them.
+    fn pack(sent: &[Sent]) -> Vec<Packed> {
         let mut out = vec![];
         let mut run = RunEncoder::new();
         let close = |run: &mut RunEncoder, out: &mut Vec<_>| {
@@ -420,15 +421,7 @@ mod tests {
         out
     }
 
-    fn unpack(
-        records: &[(
-            Option<u64>,
-            Option<&'static str>,
-            Option<String>,
-            u64,
-            Vec<u8>,
-        )],
-    ) -> Vec<Sent> {
+    fn unpack(records: &[Packed]) -> Vec<Sent> {
         let mut out = vec![];
         for (lines, eol, marks, offset, value) in records {
             let meta = RecordMeta {

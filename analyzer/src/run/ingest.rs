@@ -447,8 +447,20 @@ impl<M: WireRecord> Rec<'_, M> {
         let hs = self.line_headers(line);
         let headers: Vec<(&str, Option<&[u8]>)> =
             hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-        let origin = format!("{}/{}/{}", self.msg.topic(), self.msg.partition(), self.offset);
-        dlq.send_parts(self.msg.key(), line.value, &headers, self.timestamp, &origin, e);
+        let origin = format!(
+            "{}/{}/{}",
+            self.msg.topic(),
+            self.msg.partition(),
+            self.offset
+        );
+        dlq.send_parts(
+            self.msg.key(),
+            line.value,
+            &headers,
+            self.timestamp,
+            &origin,
+            e,
+        );
     }
 }
 

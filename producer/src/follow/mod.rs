@@ -82,16 +82,7 @@ pub(crate) struct Follower {
 impl Follower {
     pub(crate) fn start(cfg: ProducerConfig, ctl: &Control) -> Result<Self, ProduceError> {
         let discovery = Discovery::new(cfg.inputs.clone())?;
-        let mut publisher = Publisher::new(
-            &cfg.brokers,
-            &cfg.topic,
-            cfg.max_in_flight_bytes,
-            cfg.max_line_bytes,
-            cfg.packing,
-            &cfg.extra,
-            ctl.stats.clone(),
-            ctl.shutdown.clone(),
-        )?;
+        let mut publisher = Publisher::new(&cfg, ctl.stats.clone(), ctl.shutdown.clone())?;
         publisher.hold_with(ctl.hold.clone());
         let cp_path = cfg
             .checkpoint_dir
@@ -306,7 +297,10 @@ impl Follower {
         let sent = tail
             .take_partial(why, |l| {
                 len = l.value.len() as u64;
-                publisher.add(run, &origin.line(l.value, l.offset, l.end, l.marks, now_ms()))?;
+                publisher.add(
+                    run,
+                    &origin.line(l.value, l.offset, l.end, l.marks, now_ms()),
+                )?;
                 publisher.close(run)
             })
             .inspect_err(|_| run.discard())?;
