@@ -1,11 +1,17 @@
 //! End to end, side by side: the same generated 1 M-line nginx log through
 //! - `logpipe demo --input F --from-beginning --exit-on-eof` (embedded broker,
-//!   2 analyzers) into a real InfluxDB;
-//! - separate processes: a `logpipe broker`, 2 × `logpipe analyze`, then
-//!   `logpipe produce --exit-on-eof`, timed from the producer's start until
-//!   InfluxDB holds every window with its final count;
+//!   2 analyzers) into a real InfluxDB, with wire v2 (the default) and with
+//!   wire v1 (`--lines-per-record 1`);
+//! - separate processes: a `logpipe broker` (or Apache Kafka 4.4), 2 ×
+//!   `logpipe analyze`, then `logpipe produce --exit-on-eof`, timed from the
+//!   producer's start until InfluxDB holds every window with its final count;
+//! - `logpipe replay --from-offsets earliest` of the Apache Kafka row's
+//!   topic, right after each of its runs, into a fresh database;
+//! - publishing alone into a `logpipe broker`: `logpipe produce` (v2 and
+//!   v1) and `kcat -P -l` (librdkafka, a record per line);
 //! - GoAccess 1.7 (`goaccess F --log-format=COMBINED -o report.json`);
-//! - the Python approach logpipe replaces (`bench/baseline/original.py`).
+//! - the Python approach logpipe replaces (`bench/baseline/original.py`);
+//! - mtail 3.0 (`mtail --one_shot` with `bench/baseline/nginx_combined.mtail`).
 //!
 //! - Tansu as the broker of the multi-process path, with `LOGPIPE_BENCH_TANSU=1`;
 //! - then latency: `logpipe produce` following a file that this bench appends
@@ -99,11 +105,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn demo(log: &Path, influx: &Influx, truth: &Windows) -> (Run, String) {
+fn demo(log: &Path, influx: &Influx, truth: &Windows, lines_per_record: &str) -> (Run, String) {
     let db = unique("demo");
     let started = Instant::now();
     let mut child = Command::new(bin())
-        .args(["demo", "--input"])
+        .args(["demo", "--lines-per-record", lines_per_record, "--input"])
         .arg(log)
         .args([
             "--from-beginning",
@@ -213,6 +219,18 @@ const ANALYZER_APACHE_KAFKA: &str = "session.timeout.ms=6000,heartbeat.interval.
 
 /// Broker, two analyzers, then the producer; until every window is final.
 fn processes(log: &Path, influx: &Influx, truth: &Windows, via: Via) -> (Run, String) {
+    processes_then(log, influx, truth, via, |_, _| {})
+}
+
+/// [`processes`], then `after(bootstrap, topic)` while the broker still
+/// holds the topic.
+fn processes_then(
+    log: &Path,
+    influx: &Influx,
+    truth: &Windows,
+    via: Via,
+    after: impl FnOnce(&str, &str),
+) -> (Run, String) {
     let topic = unique("logs");
     let (bootstrap, broker_pid, _mock, _tansu, _kafka) = match via {
         Via::Tansu => {
@@ -306,7 +324,128 @@ fn processes(log: &Path, influx: &Influx, truth: &Windows, via: Via) -> (Run, St
         let _ = a.kill();
         let _ = a.wait();
     }
+    after(&bootstrap, &topic);
     (Run { wall, cpu, rss }, verdict(truth, &got))
+}
+
+/// `logpipe replay --from-offsets earliest` of a topic holding the whole
+/// log, into a fresh database: the whole process, checked against the truth.
+fn replay(bootstrap: &str, topic: &str, influx: &Influx, truth: &Windows) -> (Run, String) {
+    let db = influx.create_db(&unique("replay"));
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args(["replay", "--brokers", bootstrap, "--topic", topic])
+        .args(["--from-offsets", "earliest", "--influx-url", &influx.url])
+        .args(["--influx-db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (wall, cpu, rss) = wait_measured(&mut child, started);
+    (Run { wall, cpu, rss }, verdict(truth, &from_influx(influx, &db)))
+}
+
+/// Publishing alone into a `logpipe broker` process: `logpipe produce
+/// --exit-on-eof` (`args` added), or kcat's producer reading lines
+/// (`kcat -P -l`: librdkafka producing one record per line, the floor of
+/// wire v1). The broker keeps ~5 MiB per partition and deletes the rest,
+/// which costs the same for both; checked: the producer's own count of
+/// what the broker acknowledged.
+fn publish_alone(log: &Path, kcat: bool, args: &[&str]) -> Option<(Run, String)> {
+    let broker = Broker::start("logs", 6);
+    let cp = tempfile::tempdir().unwrap();
+    let err = cp.path().join("stderr");
+    let mut cmd = if kcat {
+        let mut c = Command::new("kcat");
+        c.args(["-P", "-b", &broker.bootstrap, "-t", "logs", "-l"])
+            .args(["-X", "enable.idempotence=true", "-X", "linger.ms=10"])
+            .args(["-X", "batch.size=1000000", "-X", "compression.type=lz4"])
+            .arg(log);
+        c
+    } else {
+        let mut c = Command::new(bin());
+        c.args(["produce", "--brokers", &broker.bootstrap, "--host", "bench"])
+            .args(["--from-beginning", "--exit-on-eof", "--checkpoint-dir"])
+            .arg(cp.path())
+            .args(args)
+            .arg(log);
+        c
+    };
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .ok()?;
+    let (wall, cpu, rss) = wait_measured(&mut child, started);
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    let ok = if kcat {
+        // kcat exits 0 only once every message was delivered.
+        if text.contains("ERROR") {
+            format!("no: {}", text.lines().next().unwrap_or(""))
+        } else {
+            "exit 0, every line delivered".into()
+        }
+    } else {
+        let acked = format!("logpipe produce: {LINES} lines");
+        if text.contains(&acked) {
+            format!("{LINES} lines acknowledged")
+        } else {
+            format!("no: {}", text.lines().last().unwrap_or(""))
+        }
+    };
+    Some((Run { wall, cpu, rss }, ok))
+}
+
+/// Debian's mtail 3.0 in one-shot mode with `bench/baseline/nginx_combined.mtail`
+/// (requests and bytes per status): its totals against the truth.
+fn mtail(log: &Path, truth: &Windows) -> Option<(Run, String)> {
+    let progs = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baseline/nginx_combined.mtail"),
+        progs.path().join("nginx_combined.mtail"),
+    )
+    .unwrap();
+    let out = progs.path().join("metrics.json");
+    let started = Instant::now();
+    let mut child = Command::new("mtail")
+        .args(["--one_shot", "--one_shot_format", "json", "--logtostderr"])
+        .arg("--progs")
+        .arg(progs.path())
+        .arg("--logs")
+        .arg(log)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let (wall, cpu, rss) = wait_measured(&mut child, started);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    // {"requests": [{"LabelValues": [...], "Value": {"Value": n}} ...], ...} or a list of metrics.
+    let total = |name: &str| -> u64 {
+        let metrics: Vec<&serde_json::Value> = match &v {
+            serde_json::Value::Object(m) => m.values().flat_map(|x| x.as_array()).flatten().collect(),
+            serde_json::Value::Array(a) => a.iter().collect(),
+            _ => vec![],
+        };
+        metrics
+            .iter()
+            .filter(|m| m["Name"] == name)
+            .flat_map(|m| m["LabelValues"].as_array().into_iter().flatten())
+            .filter_map(|lv| lv["Value"]["Value"].as_u64())
+            .sum()
+    };
+    let (requests, bytes) = (total("requests"), total("bytes"));
+    let want = (
+        truth.values().map(|w| w.0).sum::<u64>(),
+        truth.values().map(|w| w.1).sum::<u64>(),
+    );
+    let ok = if (requests, bytes) == want {
+        "totals yes (no windows)".to_string()
+    } else {
+        format!("no: {requests} requests, {bytes} bytes")
+    };
+    Some((Run { wall, cpu, rss }, ok))
 }
 
 fn goaccess(log: &Path, truth: &Windows) -> Option<(Run, String)> {
@@ -538,12 +677,18 @@ fn main() {
     let log = log_file();
     let truth = truth();
     let influx = Influx::start();
+    // Replays measured right after each Apache Kafka run, shown as their own row.
+    let replays = std::cell::RefCell::new(Vec::new());
     let mut rows: Vec<(&str, Vec<Run>, String)> = vec![];
     type Case<'a> = (&'a str, Box<dyn Fn() -> Option<(Run, String)> + 'a>);
     let cases: Vec<Case<'_>> = vec![
         (
             "logpipe demo (embedded broker, 2 analyzers)",
-            Box::new(|| Some(demo(&log, &influx, &truth))),
+            Box::new(|| Some(demo(&log, &influx, &truth, "100000"))),
+        ),
+        (
+            "logpipe demo, wire v1 (--lines-per-record 1)",
+            Box::new(|| Some(demo(&log, &influx, &truth, "1"))),
         ),
         (
             "logpipe broker + produce + 2 × analyze",
@@ -551,7 +696,28 @@ fn main() {
         ),
         (
             "Apache Kafka 4.4 + produce + 2 × analyze",
-            Box::new(|| Some(processes(&log, &influx, &truth, Via::Kafka))),
+            Box::new(|| {
+                Some(processes_then(&log, &influx, &truth, Via::Kafka, |b, t| {
+                    // The replay row: the same topic, right after.
+                    replays.borrow_mut().push(replay(b, t, &influx, &truth));
+                }))
+            }),
+        ),
+        (
+            "logpipe replay --from-offsets earliest (Apache Kafka 4.4, the topic above)",
+            Box::new(|| replays.borrow_mut().pop()),
+        ),
+        (
+            "logpipe produce alone → logpipe broker",
+            Box::new(|| publish_alone(&log, false, &[])),
+        ),
+        (
+            "logpipe produce --lines-per-record 1 (wire v1) → logpipe broker",
+            Box::new(|| publish_alone(&log, false, &["--lines-per-record", "1"])),
+        ),
+        (
+            "kcat -P -l (a record per line) → logpipe broker",
+            Box::new(|| publish_alone(&log, true, &[])),
         ),
         (
             "Tansu + produce + 2 × analyze",
@@ -567,6 +733,10 @@ fn main() {
         (
             "Python baseline (bench/baseline/original.py)",
             Box::new(|| Some(python(&log, &truth))),
+        ),
+        (
+            "mtail 3.0 --one_shot (bench/baseline/nginx_combined.mtail)",
+            Box::new(|| mtail(&log, &truth)),
         ),
     ];
     // LOGPIPE_BENCH_ONLY=Tansu runs only the rows whose name contains it.

@@ -624,6 +624,10 @@ pub struct DemoArgs {
     /// Generated lines per second (without --input).
     #[arg(long, env = "LOGPIPE_RATE", default_value_t = 1500.0)]
     pub rate: f64,
+    /// Most lines in one Kafka record (1: wire v1, a record per line; see
+    /// `logpipe produce --help`).
+    #[arg(long, env = "LOGPIPE_LINES_PER_RECORD", default_value_t = logpipe_producer::config::defaults::lines_per_record(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub lines_per_record: usize,
     #[command(flatten)]
     pub window: WindowArgs,
     #[command(flatten)]

@@ -215,6 +215,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     pcfg.from_beginning = from_beginning;
     pcfg.exit_on_eof = a.exit_on_eof;
+    pcfg.packing.lines_per_record = a.lines_per_record;
     pcfg.poll_interval = Duration::from_millis(50);
     // The broker is in this process: compressing batches only costs CPU
     // (lz4 was a third of the producer's Kafka thread and a copy on both ends).

@@ -313,8 +313,9 @@ pub fn run(a: ReplayArgs) -> Result<()> {
     let w = written.lock().unwrap();
     let verb = if a.dry_run { "would write" } else { "wrote" };
     crate::errln!(
-        "logpipe replay: read {} records in {:.1} s ({:.0} records/s): {} parsed, {} duplicates dropped, {} do not parse{}, {} late",
+        "logpipe replay: read {} lines in {} records in {:.1} s ({:.0} lines/s): {} parsed, {} duplicates dropped, {} do not parse{}, {} late",
         counters.consumed,
+        counters.records,
         secs,
         counters.consumed as f64 / secs.max(1e-3),
         counters.parsed,

@@ -152,17 +152,25 @@ impl Stack {
     }
 
     fn producer(&self, n: usize) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("producer-{n}.log"))).unwrap();
+        self.producer_of("", &self.paths, &[], n)
+    }
+
+    /// A producer of `paths` with `args` (its checkpoints and log named by
+    /// `name` and incarnation `n`).
+    fn producer_of(&self, name: &str, paths: &[PathBuf], args: &[&str], n: usize) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("producer{name}-{n}.log")))
+            .unwrap();
         Child::spawn(
             "logpipe produce",
             produce_cmd(
                 Path::new(BIN),
                 &self.membership.brokers,
                 &self.membership.topic,
-                &self.dir.path().join("checkpoints"),
-                &self.paths,
+                &self.dir.path().join(format!("checkpoints{name}")),
+                paths,
                 false,
             )
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(log),
         )
@@ -508,6 +516,60 @@ fn producer_killed_and_restarted(kind: Broker) {
     stop_all(&mut a);
 }
 
+/// (g) Wire v1 and v2 in one topic, runs cut at restore points and kills:
+/// one producer publishes `shop` one line per record (v1,
+/// `--lines-per-record 1`), another `api` and `blog` in runs of at most 37
+/// lines (v2, so runs end at lines no window or read boundary chooses).
+/// Both producers are `kill -9`ed twice (their re-sends start inside runs
+/// already stored: de-duplication is per line) and analyzers are
+/// `kill -9`ed and restarted at random moments (their restore offsets
+/// point into runs whose first lines are already in final windows).
+fn v1_and_v2_runs_across_kills(kind: Broker) {
+    let Some(s) = Stack::new(kind) else { return };
+    let mut a: Vec<Analyzer> = (0..2).map(|i| s.analyzer(&format!("a{i}"), 0)).collect();
+    settled(&s, &a);
+    let v1 = ["--lines-per-record", "1"];
+    let v2 = ["--lines-per-record", "37"];
+    let mut p1 = s.producer_of("-v1", &s.paths[..1], &v1, 0);
+    let mut p2 = s.producer_of("-v2", &s.paths[1..], &v2, 0);
+    let writer = s.start_writing();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(std::process::id()) + 7);
+    for round in 1..=6 {
+        sleep_ms(rng.random_range(300..1_500));
+        match round {
+            2 | 5 => {
+                p2.kill();
+                p2 = s.producer_of("-v2", &s.paths[1..], &v2, round);
+                eprintln!("round {round}: killed the v2 producer");
+            }
+            3 | 6 => {
+                p1.kill();
+                p1 = s.producer_of("-v1", &s.paths[..1], &v1, round);
+                eprintln!("round {round}: killed the v1 producer");
+            }
+            _ => {}
+        }
+        let k = rng.random_range(0..2);
+        a[k].child.kill();
+        eprintln!("round {round}: killed a{k}");
+        sleep_ms(rng.random_range(0..1_000));
+        a[k] = s.analyzer(&format!("a{k}"), round);
+    }
+    writer.join().unwrap();
+    s.assert_exact("v1 and v2 runs across kills");
+    // The topic holds both versions.
+    let records = logpipe_testkit::read_records(&s.membership.brokers, &s.membership.topic);
+    let runs = records.iter().filter(|r| r.meta().lines.is_some()).count();
+    assert!(
+        runs > 0 && runs < records.len(),
+        "{runs} v2 records of {}",
+        records.len()
+    );
+    p1.terminate(Duration::from_secs(30));
+    p2.terminate(Duration::from_secs(30));
+    stop_all(&mut a);
+}
+
 /// The partition with the most records and its leader's node id.
 fn busiest_partition(bootstrap: &str, topic: &str) -> (i32, i32) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -630,6 +692,11 @@ fn mock_d_analyzers_added_and_removed() {
 fn mock_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(Broker::Mock);
 }
+/// Scenario (g) on librdkafka's mock cluster.
+#[test]
+fn mock_g_v1_and_v2_runs_across_kills() {
+    v1_and_v2_runs_across_kills(Broker::Mock);
+}
 const CLASSIC: Broker = Broker::Kafka(GroupProtocol::Classic);
 const KIP848: Broker = Broker::Kafka(GroupProtocol::Consumer);
 
@@ -657,6 +724,11 @@ fn kafka_d_analyzers_added_and_removed() {
 #[test]
 fn kafka_e_producer_killed_and_restarted() {
     producer_killed_and_restarted(CLASSIC);
+}
+/// Scenario (g) on Apache Kafka, classic group protocol.
+#[test]
+fn kafka_g_v1_and_v2_runs_across_kills() {
+    v1_and_v2_runs_across_kills(CLASSIC);
 }
 /// Scenario (b) on Apache Kafka, the KIP-848 consumer group protocol.
 #[test]

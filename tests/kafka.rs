@@ -115,6 +115,20 @@ fn membership(kafka: &Kafka, topic: &str) -> Membership {
     Membership::new(&kafka.bootstrap, topic)
 }
 
+/// `logpipe produce --exit-on-eof` publishing wire v1, a record per line
+/// (`--lines-per-record 1`), so the retention test's offsets count lines.
+fn produce_v1(brokers: &str, topic: &str, checkpoints: &Path, paths: &[PathBuf]) {
+    let out = logpipe_testkit::produce_cmd(Path::new(BIN), brokers, topic, checkpoints, paths, true)
+        .args(["--lines-per-record", "1"])
+        .output()
+        .expect("run logpipe produce");
+    assert!(
+        out.status.success(),
+        "logpipe produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The analyzers are stopped while the topic grows past its retention, so
 /// the broker deletes records they never read, the restore point's offset
 /// among them. Started again, the analyzer names the partition, the range and
@@ -123,7 +137,8 @@ fn membership(kafka: &Kafka, topic: &str) -> Membership {
 /// restore point stay in the open windows it wrote (their records are among
 /// the lost), so counted + skipped = written + those lines. The archive
 /// (stopped after its first 2 000 lines) and a replay from offset 0 name and
-/// count their losses the same way.
+/// count their losses the same way. The topic is wire v1, so records are
+/// lines (with v2 runs the same is named and counted in records).
 #[test]
 fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
     let kafka = Kafka::start();
@@ -149,7 +164,7 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
     let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
         .log_name("a0-1")
         .start();
-    produce_all(Path::new(BIN), &kafka.bootstrap, &topic, &cps, &paths);
+    produce_v1(&kafka.bootstrap, &topic, &cps, &paths);
     wait_until(Duration::from_secs(60), || {
         (counted(&influx, &db) == 2_000).then_some(())
     })
@@ -181,7 +196,7 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
     // 2. 40 000 more lines while no analyzer runs: retention deletes the
     // oldest segments, the restore point's offset among them.
     append(&log, &mut g, 40_000);
-    produce_all(Path::new(BIN), &kafka.bootstrap, &topic, &cps, &paths);
+    produce_v1(&kafka.bootstrap, &topic, &cps, &paths);
     let mut lo = 0;
     wait_until(Duration::from_secs(60), || {
         let now = low_watermark(&kafka.bootstrap, &topic, 0);
@@ -312,7 +327,8 @@ fn records_deleted_by_retention_before_they_were_read_are_named_and_counted() {
 /// After the pipeline drained, Kafka's consumer-groups tool shows the
 /// analyzers' group with lag 0 on every partition (and the archive's once it
 /// holds every line; a replay's group has no offsets: it never commits), and
-/// the console consumer reads the records with the wire contract's headers.
+/// the console consumer reads the records (v2 runs) with the wire
+/// contract's headers, each value its count of written lines.
 #[test]
 fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     let kafka = Kafka::start();
@@ -357,8 +373,12 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
     })
     .unwrap_or_else(|| panic!("the group is not shown drained: {rows:?}\n{}", a.log()));
     eprintln!("kafka-consumer-groups --describe: {rows:?}");
+    // Wire v2: the log-end offsets count the runs, which hold the 9 000 lines.
     let ends: u64 = rows.iter().map(|r| r.2.parse::<u64>().unwrap()).sum();
-    assert_eq!(ends, 9_000, "one record per line: {rows:?}");
+    let records = logpipe_testkit::read_records(&kafka.bootstrap, &topic);
+    assert_eq!(ends, records.len() as u64, "{rows:?}");
+    let lines: usize = records.iter().map(|r| r.lines().len()).sum();
+    assert_eq!(lines, 9_000, "{rows:?}");
     assert!(rows.iter().all(|r| r.1 == r.2 || r.2 == "0"), "{rows:?}");
 
     // The archive's group, once it holds every line: lag 0 likewise.
@@ -402,7 +422,7 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
         .unwrap();
     let text = String::from_utf8_lossy(&replayed.stderr);
     assert!(replayed.status.success(), "{text}");
-    assert!(text.contains("read 9000 records"), "{text}");
+    assert!(text.contains("read 9000 lines"), "{text}");
     let rrows = kafka.describe_group("logpipe-replay");
     eprintln!("kafka-consumer-groups --describe (logpipe-replay): {rrows:?}");
     assert!(rrows.is_empty(), "a replay committed offsets: {rrows:?}");
@@ -414,6 +434,9 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
         .find(|r| r.2.parse::<u64>().unwrap() >= 5)
         .map(|r| r.0.to_string())
         .unwrap_or_else(|| panic!("no partition holds 5 records: {rows:?}"));
+    // A v2 value holds its run's lines joined by `\n`: records are told
+    // apart by a separator of their own.
+    const END: &str = "<end of record>";
     let out = kafka.run_tool(
         "org.apache.kafka.tools.consumer.ConsoleConsumer",
         &[
@@ -433,9 +456,14 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
             "print.headers=true",
             "--formatter-property",
             "print.key=true",
+            "--formatter-property",
+            &format!("line.separator={END}\n"),
         ],
     );
-    let records: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    let records: Vec<&str> = out
+        .split(&format!("{END}\n"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(records.len(), 5, "{out}");
     let written: Vec<String> = paths
         .iter()
@@ -451,14 +479,23 @@ fn kafkas_own_tools_see_the_group_drained_and_the_headers() {
         // headers <TAB> key <TAB> value
         let cols: Vec<&str> = r.splitn(3, '\t').collect();
         assert_eq!(cols.len(), 3, "{r}");
-        for h in ["host:testhost", "source:", "file:", "offset:"] {
+        for h in ["host:testhost", "source:", "file:", "offset:", "lines:"] {
             assert!(cols[0].contains(h), "header {h} in {r}");
         }
         assert!(cols[1].starts_with("testhost:"), "key host:source in {r}");
-        assert!(
-            written.iter().any(|l| l == cols[2]),
-            "value is a written line: {r}"
-        );
+        let n: usize = cols[0]
+            .split(',')
+            .find_map(|h| h.strip_prefix("lines:"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a line count in {r}"));
+        let values: Vec<&str> = cols[2].split('\n').collect();
+        assert_eq!(values.len(), n, "the run holds its count of lines: {r}");
+        for v in values {
+            assert!(
+                written.iter().any(|l| l == v),
+                "every line of the value is a written line: {v}"
+            );
+        }
     }
 }
 

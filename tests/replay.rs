@@ -80,8 +80,8 @@ fn is_sentinel(p: &Point) -> bool {
     p.count == 999_999
 }
 
-/// The number in "read N records" of replay's summary.
-fn records_read(stderr: &str) -> u64 {
+/// The number in "read N lines" of replay's summary.
+fn lines_read(stderr: &str) -> u64 {
     let s = stderr
         .split("logpipe replay: read ")
         .nth(1)
@@ -138,7 +138,7 @@ fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
     let args = ["--from", &from];
     let log = replay(&broker.bootstrap, &topic, (&influx.url, &db), &args);
     assert!(log.contains("start by offsets-for-times"), "{log}");
-    assert_eq!(records_read(&log), expected.lines, "{log}");
+    assert_eq!(lines_read(&log), expected.lines, "{log}");
     let replayed = points_from_influx(&influx, &db);
     assert!(
         replayed == live_points,
@@ -207,6 +207,78 @@ fn replay_rebuilds_history_exactly_and_only_inside_its_range() {
     );
     let total: u64 = got30.values().map(|w| w.count).sum();
     assert_eq!(total, expected.lines - expected.malformed);
+}
+
+/// The same logs published twice, as wire v1 (`--lines-per-record 1`) and
+/// as wire v2 runs (the default, and runs of at most 7 lines, so runs end
+/// anywhere), each into its own topic, and replayed from the earliest
+/// offsets: every replay writes the same points field for field, equal to
+/// the truth, reading the same lines in far fewer records.
+#[test]
+fn v1_and_v2_topics_replay_identically() {
+    let topics = [unique("logs-v1"), unique("logs-v2"), unique("logs-v2-7")];
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let broker = LogpipeBroker::start(Path::new(BIN), &names, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, expected) = write_logs(dir.path(), 10_000);
+    let influx = Influx::start();
+    let packings: [&[&str]; 3] = [&["--lines-per-record", "1"], &[], &["--lines-per-record", "7"]];
+    let mut all = vec![];
+    for (i, (topic, packing)) in topics.iter().zip(packings).enumerate() {
+        let out = logpipe_testkit::produce_cmd(
+            Path::new(BIN),
+            &broker.bootstrap,
+            topic,
+            &dir.path().join(format!("checkpoints-{i}")),
+            &paths,
+            true,
+        )
+        .args(packing)
+        .output()
+        .expect("run logpipe produce");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let records = logpipe_testkit::read_records(&broker.bootstrap, topic);
+        let runs = records.iter().filter(|r| r.meta().lines.is_some()).count();
+        let db = influx.create_db(&unique("replayed"));
+        let log = replay(
+            &broker.bootstrap,
+            topic,
+            (&influx.url, &db),
+            &["--from-offsets", "earliest", "--kafka", "fetch.wait.max.ms=10"],
+        );
+        assert_eq!(lines_read(&log), expected.lines, "{log}");
+        let got = Expected::from_influx(&influx, &db);
+        assert!(
+            got == expected.windows,
+            "{topic}: replay differs from the truth:
+{}",
+            diff(&expected.windows, &got)
+        );
+        eprintln!(
+            "{topic}: {} records ({runs} v2), {} lines replayed exactly",
+            records.len(),
+            expected.lines
+        );
+        if i == 0 {
+            assert_eq!((runs, records.len() as u64), (0, expected.lines), "v1: a record per line");
+        } else {
+            assert_eq!(runs, records.len(), "v2: every record a run");
+            assert!(records.len() as u64 * 5 < expected.lines, "{} records", records.len());
+        }
+        all.push(points_from_influx(&influx, &db));
+    }
+    for (topic, points) in topics.iter().zip(&all).skip(1) {
+        assert!(
+            points == &all[0],
+            "{topic} replays differently from v1:
+{}",
+            diff_points(&all[0], points)
+        );
+    }
 }
 
 /// Three hours of history, one source per partition, each record stamped
@@ -325,7 +397,7 @@ fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
         );
         assert_eq!(log.matches(&format!("start by {how})")).count(), 3, "{log}");
         // Only about 32 of 180 minutes are read.
-        let read = records_read(&log);
+        let read = lines_read(&log);
         assert!(
             read > 3 * 900 && read < 3 * 1100,
             "read {read} records:
