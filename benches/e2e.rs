@@ -342,7 +342,10 @@ fn replay(bootstrap: &str, topic: &str, influx: &Influx, truth: &Windows) -> (Ru
         .spawn()
         .unwrap();
     let (wall, cpu, rss) = wait_measured(&mut child, started);
-    (Run { wall, cpu, rss }, verdict(truth, &from_influx(influx, &db)))
+    (
+        Run { wall, cpu, rss },
+        verdict(truth, &from_influx(influx, &db)),
+    )
 }
 
 /// Publishing alone into a `logpipe broker` process: `logpipe produce
@@ -424,7 +427,9 @@ fn mtail(log: &Path, truth: &Windows) -> Option<(Run, String)> {
     // {"requests": [{"LabelValues": [...], "Value": {"Value": n}} ...], ...} or a list of metrics.
     let total = |name: &str| -> u64 {
         let metrics: Vec<&serde_json::Value> = match &v {
-            serde_json::Value::Object(m) => m.values().flat_map(|x| x.as_array()).flatten().collect(),
+            serde_json::Value::Object(m) => {
+                m.values().flat_map(|x| x.as_array()).flatten().collect()
+            }
             serde_json::Value::Array(a) => a.iter().collect(),
             _ => vec![],
         };

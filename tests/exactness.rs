@@ -158,8 +158,8 @@ impl Stack {
     /// A producer of `paths` with `args` (its checkpoints and log named by
     /// `name` and incarnation `n`).
     fn producer_of(&self, name: &str, paths: &[PathBuf], args: &[&str], n: usize) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("producer{name}-{n}.log")))
-            .unwrap();
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("producer{name}-{n}.log"))).unwrap();
         Child::spawn(
             "logpipe produce",
             produce_cmd(

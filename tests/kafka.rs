@@ -118,10 +118,11 @@ fn membership(kafka: &Kafka, topic: &str) -> Membership {
 /// `logpipe produce --exit-on-eof` publishing wire v1, a record per line
 /// (`--lines-per-record 1`), so the retention test's offsets count lines.
 fn produce_v1(brokers: &str, topic: &str, checkpoints: &Path, paths: &[PathBuf]) {
-    let out = logpipe_testkit::produce_cmd(Path::new(BIN), brokers, topic, checkpoints, paths, true)
-        .args(["--lines-per-record", "1"])
-        .output()
-        .expect("run logpipe produce");
+    let out =
+        logpipe_testkit::produce_cmd(Path::new(BIN), brokers, topic, checkpoints, paths, true)
+            .args(["--lines-per-record", "1"])
+            .output()
+            .expect("run logpipe produce");
     assert!(
         out.status.success(),
         "logpipe produce failed: {}",

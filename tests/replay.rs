@@ -222,7 +222,11 @@ fn v1_and_v2_topics_replay_identically() {
     let dir = tempfile::tempdir().unwrap();
     let (paths, expected) = write_logs(dir.path(), 10_000);
     let influx = Influx::start();
-    let packings: [&[&str]; 3] = [&["--lines-per-record", "1"], &[], &["--lines-per-record", "7"]];
+    let packings: [&[&str]; 3] = [
+        &["--lines-per-record", "1"],
+        &[],
+        &["--lines-per-record", "7"],
+    ];
     let mut all = vec![];
     for (i, (topic, packing)) in topics.iter().zip(packings).enumerate() {
         let out = logpipe_testkit::produce_cmd(
@@ -248,7 +252,12 @@ fn v1_and_v2_topics_replay_identically() {
             &broker.bootstrap,
             topic,
             (&influx.url, &db),
-            &["--from-offsets", "earliest", "--kafka", "fetch.wait.max.ms=10"],
+            &[
+                "--from-offsets",
+                "earliest",
+                "--kafka",
+                "fetch.wait.max.ms=10",
+            ],
         );
         assert_eq!(lines_read(&log), expected.lines, "{log}");
         let got = Expected::from_influx(&influx, &db);
@@ -264,10 +273,18 @@ fn v1_and_v2_topics_replay_identically() {
             expected.lines
         );
         if i == 0 {
-            assert_eq!((runs, records.len() as u64), (0, expected.lines), "v1: a record per line");
+            assert_eq!(
+                (runs, records.len() as u64),
+                (0, expected.lines),
+                "v1: a record per line"
+            );
         } else {
             assert_eq!(runs, records.len(), "v2: every record a run");
-            assert!(records.len() as u64 * 5 < expected.lines, "{} records", records.len());
+            assert!(
+                records.len() as u64 * 5 < expected.lines,
+                "{} records",
+                records.len()
+            );
         }
         all.push(points_from_influx(&influx, &db));
     }

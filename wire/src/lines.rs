@@ -553,6 +553,40 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// What `fuzz/fuzz_targets/wire_run.rs` checks, in the suite:
+        /// arbitrary headers and bytes read as their lines or are refused.
+        #[test]
+        fn arbitrary_runs_read_as_the_value_or_are_refused(
+            lines in 0u64..6,
+            crlf in any::<bool>(),
+            marks in proptest::option::of("[0-9:,a-z=]{0,16}"),
+            offset in proptest::option::of(0u64..1000),
+            value in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), any::<u8>()], 0..24),
+        ) {
+            let meta = RecordMeta {
+                file: Some(b"f"),
+                offset,
+                lines: Some(lines),
+                crlf,
+                marks: marks.as_deref().map(str::as_bytes),
+                ..RecordMeta::default()
+            };
+            if let Ok(run) = meta.lines(&value) {
+                let got: Vec<_> = run.collect();
+                prop_assert_eq!(got.len() as u64, lines);
+                let parts: Vec<&[u8]> = got.iter().map(|l| l.value).collect();
+                prop_assert_eq!(parts.join(&b'\n'), value.clone());
+                for w in got.windows(2) {
+                    if let (Some(a), Some(b)) = (w[0].offset, w[1].offset) {
+                        prop_assert!(b >= a);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn any_file_cut_into_runs_reads_back_the_same_lines(
