@@ -559,3 +559,129 @@ format = '''log_format timed '$remote_addr - $remote_user [$time_local] "$reques
     let st = a.child.terminate(Duration::from_secs(20));
     assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
 }
+
+/// Wire v2 records written by hand: a run whose `lines` header does not
+/// match its value is one dead letter that names the mismatch (the whole
+/// value, never a guess at its lines); the runs around it count every line,
+/// and a malformed line inside a run is a dead letter of its own with that
+/// line's own byte offset.
+#[test]
+fn a_damaged_v2_record_is_one_dead_letter_and_the_runs_around_it_count() {
+    use logpipe_wire::RunEncoder;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = unique("logs");
+    let dlq = dlq_topic(&topic);
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 1);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("runs"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = logpipe_traffic::Generator::new(5, START_MS, 20.0).malformed_one_in(0);
+    let lines: Vec<String> = (0..6).map(|_| g.next_line().0).collect();
+    let bad = "this is not an access line";
+    // (lines header, eol, value, first offset)
+    let mut records: Vec<(String, Vec<u8>, u64)> = vec![];
+    let mut run = RunEncoder::new();
+    let mut at = 0u64;
+    for l in &lines[..3] {
+        assert!(run.push(l.as_bytes(), at, at + l.len() as u64 + 1, None, None));
+        at += l.len() as u64 + 1;
+    }
+    records.push((run.lines().to_string(), run.value().to_vec(), 0));
+    // Says 5 lines, holds 2.
+    let damaged = format!("{}\n{}", lines[3], lines[4]);
+    records.push(("5".into(), damaged.clone().into_bytes(), at));
+    at += damaged.len() as u64 + 1;
+    let mut run = RunEncoder::new();
+    let bad_at = at + lines[5].len() as u64 + 1;
+    for l in [&lines[5], bad] {
+        assert!(run.push(l.as_bytes(), at, at + l.len() as u64 + 1, None, None));
+        at += l.len() as u64 + 1;
+    }
+    records.push((
+        run.lines().to_string(),
+        run.value().to_vec(),
+        bad_at - lines[5].len() as u64 - 1,
+    ));
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    for (n, value, offset) in &records {
+        let offset = offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "host",
+                value: Some("h"),
+            })
+            .insert(Header {
+                key: "source",
+                value: Some("runs.log"),
+            })
+            .insert(Header {
+                key: "file",
+                value: Some("1:2:3:0"),
+            })
+            .insert(Header {
+                key: "offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "lines",
+                value: Some(n),
+            });
+        p.send(
+            BaseRecord::to(&topic)
+                .key("h:runs.log")
+                .payload(value)
+                .headers(headers),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let m = Membership::new(&broker.bootstrap, &topic);
+    let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db).start();
+    let counted = || {
+        influx
+            .query(&db, "SELECT sum(count) FROM access_log")
+            .first()
+            .and_then(|s| s["values"][0][1].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), || (counted() == 4).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "counted {} of the 4 lines of the good runs:\n{}",
+            counted(),
+            a.log()
+        )
+    });
+    let mut dead = vec![];
+    wait_until(Duration::from_secs(30), || {
+        // As stored: the damaged run's dead letter keeps its `lines` header.
+        dead = logpipe_testkit::read_records(&broker.bootstrap, &dlq);
+        (dead.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("dead letters: {dead:?}\n{}", a.log()));
+    dead.sort_by_key(|r| r.value.len());
+    let (line, run) = (&dead[0], &dead[1]);
+    assert_eq!(line.value, bad.as_bytes());
+    assert_eq!(
+        line.header("offset"),
+        Some(bad_at.to_string().as_str()),
+        "{line:?}"
+    );
+    assert_eq!(
+        line.header("lines"),
+        None,
+        "a line's dead letter is shaped as v1: {line:?}"
+    );
+    assert_eq!(run.value, damaged.as_bytes());
+    let e = run.header("error").unwrap_or_default();
+    assert!(
+        e.contains("says 5 lines") && e.contains("holds 2"),
+        "the error names the mismatch: {e}"
+    );
+    assert_eq!(run.header("origin"), Some(format!("{topic}/0/1").as_str()));
+    let st = a.child.terminate(Duration::from_secs(20));
+    assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+}
