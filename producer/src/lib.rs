@@ -27,7 +27,7 @@ pub mod publish;
 pub mod stats;
 pub mod tail;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -53,12 +53,34 @@ pub struct Control {
     /// A stop: stop reading, wait for acks, write the checkpoint. An abort:
     /// return at once, no drain, no checkpoint, as `kill -9` (tests).
     pub shutdown: Shutdown,
-    /// While set, reading waits, line by line (nothing is lost: the files
-    /// are the buffer).
-    /// `logpipe demo` holds its producer while the analyzers are further
-    /// behind than the embedded broker keeps records.
-    pub hold: Arc<AtomicBool>,
+    /// How many records may be sent: reading waits, record by record, once
+    /// that many were (nothing is lost: the files are the buffer).
+    /// `logpipe demo` moves it as its analyzers fetch, so the embedded
+    /// broker never holds more unread records than it keeps.
+    pub send_limit: Arc<SendLimit>,
     pub stats: Arc<Stats>,
+}
+
+/// The number of records a producer may have sent ([`Control::send_limit`]);
+/// no limit by default.
+#[derive(Debug)]
+pub struct SendLimit(AtomicU64);
+
+impl Default for SendLimit {
+    fn default() -> Self {
+        SendLimit(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl SendLimit {
+    /// Records may be sent while fewer than `n` were.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    /// A record may be sent after `sent` were.
+    pub fn allows(&self, sent: u64) -> bool {
+        sent < self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs until every file reached its end (`exit_on_eof`) or `shutdown` is

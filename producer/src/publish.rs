@@ -318,8 +318,9 @@ pub struct Publisher {
     topic: String,
     /// Once asked, the producer stops waiting for room in the queue.
     stop: Shutdown,
-    /// While set, lines wait before they are queued (see `Control::hold`).
-    hold: Option<Arc<AtomicBool>>,
+    /// Records wait before they are queued while it does not allow them
+    /// (see `Control::send_limit`).
+    hold: Option<Arc<crate::SendLimit>>,
     /// The topic's partition count at start, when librdkafka's default
     /// partitioner is in use: lines then carry their partition, computed as
     /// that partitioner does (CRC-32 of the key modulo the count) but with a
@@ -416,8 +417,8 @@ impl Publisher {
         })
     }
 
-    /// Lines wait before they are queued while `hold` is set.
-    pub fn hold_with(&mut self, hold: Arc<AtomicBool>) {
+    /// Records wait before they are queued while `hold` does not allow them.
+    pub fn hold_with(&mut self, hold: Arc<crate::SendLimit>) {
         self.hold = Some(hold);
     }
 
@@ -543,7 +544,7 @@ impl Publisher {
         if let Some(hold) = &self.hold {
             // Checked per record, not per read: a read is up to 1 MiB of
             // lines, which overshot the embedded broker's room by megabytes.
-            while hold.load(Relaxed) {
+            while !hold.allows(self.tracker.stats.records_sent.load(Relaxed)) {
                 if self.stop.is_requested() {
                     return Err(PublishError::Stopping);
                 }
@@ -634,6 +635,9 @@ impl Publisher {
                     Stats::add(&stats.lines_sent, line.lines);
                     Stats::add(&stats.records_sent, 1);
                     Stats::add(&stats.record_bytes_sent, line.value.len() as u64);
+                    stats
+                        .record_bytes_max
+                        .fetch_max(line.value.len() as u64, Relaxed);
                     if let Some(since) = waiting_since {
                         Stats::add(
                             &self.tracker.stats.paused_ms,

@@ -15,6 +15,8 @@ pub struct Stats {
     /// demo`'s hold watches.
     pub records_sent: AtomicU64,
     pub record_bytes_sent: AtomicU64,
+    /// The largest record value sent so far.
+    pub record_bytes_max: AtomicU64,
     /// Counted by the delivery callback on librdkafka's thread: kept on a
     /// cache line of their own, away from the reader's counters.
     pub acked: Acked,

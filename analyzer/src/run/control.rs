@@ -21,8 +21,9 @@ pub struct Control {
     /// The largest event time seen, refreshed with `progress` (`i64::MIN`
     /// before the first line).
     pub(super) event_ms: AtomicI64,
-    /// Records consumed by every analyzer of this control, refreshed every
-    /// batch of records (a partition re-read after a rebalance counts again).
+    /// Records consumed by every analyzer of this control, or found deleted
+    /// by the broker before they were read, refreshed every batch of
+    /// records (a partition re-read after a rebalance counts again).
     pub(super) consumed: AtomicU64,
     /// Records fetched from the broker and not yet consumed, over every
     /// analyzer of this control, refreshed with `consumed`.
@@ -66,7 +67,8 @@ impl Control {
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
-    /// Records consumed so far by the analyzers of this control.
+    /// Records consumed so far by the analyzers of this control (with those
+    /// the broker deleted before they were read: passed either way).
     pub fn consumed(&self) -> u64 {
         self.consumed.load(Ordering::Relaxed)
     }

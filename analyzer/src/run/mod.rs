@@ -199,8 +199,8 @@ impl Analyzer {
             records.clear();
             self.control
                 .consumed
-                .fetch_add(self.ingest.counters.records - reported, Ordering::Relaxed);
-            reported = self.ingest.counters.records;
+                .fetch_add(self.passed() - reported, Ordering::Relaxed);
+            reported = self.passed();
             let queued = consumer.queued() as u64;
             // Deltas, so that several analyzers add up in one counter.
             self.control
@@ -251,6 +251,11 @@ impl Analyzer {
                 }
             }
         }
+    }
+
+    /// Records consumed, or deleted by the broker before they were read.
+    fn passed(&self) -> u64 {
+        self.ingest.counters.records + self.ingest.counters.offsets_skipped
     }
 
     /// One record: de-duplicate, parse, aggregate (a replay first checks

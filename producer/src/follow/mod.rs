@@ -75,15 +75,15 @@ pub(crate) struct Follower {
     /// The checkpoint's entries as loaded, for recognising a compressed copy
     /// of a file that was followed (`known` is consumed at start-up).
     pub(crate) checkpointed: Vec<FileState>,
-    /// [`Control::hold`].
-    hold: Arc<AtomicBool>,
+    /// [`Control::send_limit`].
+    hold: Arc<crate::SendLimit>,
 }
 
 impl Follower {
     pub(crate) fn start(cfg: ProducerConfig, ctl: &Control) -> Result<Self, ProduceError> {
         let discovery = Discovery::new(cfg.inputs.clone())?;
         let mut publisher = Publisher::new(&cfg, ctl.stats.clone(), ctl.shutdown.clone())?;
-        publisher.hold_with(ctl.hold.clone());
+        publisher.hold_with(ctl.send_limit.clone());
         let cp_path = cfg
             .checkpoint_dir
             .as_ref()
@@ -161,7 +161,7 @@ impl Follower {
             run: Run::new(),
             compressed: Vec::new(),
             checkpointed: Vec::new(),
-            hold: ctl.hold.clone(),
+            hold: ctl.send_limit.clone(),
             cfg,
         };
         let found = p.discovery.scan();
@@ -372,7 +372,10 @@ impl Follower {
             {
                 return Err(ProduceError::CollectorFailed);
             }
-            if self.hold.load(Ordering::Relaxed) {
+            if !self
+                .hold
+                .allows(self.stats.records_sent.load(Ordering::Relaxed))
+            {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
