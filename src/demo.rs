@@ -156,7 +156,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 // The mock broker holds a fetch this long when there is
                 // nothing new, and does not answer it early when records
                 // arrive (500 ms by default: a held producer then waited).
-                ("fetch.wait.max.ms".into(), "10".into()),
+                // A one-shot run keeps its analyzers right behind a
+                // producer held 3 MiB ahead of them: each fetch that found
+                // nothing new cost the whole wait, 10 ms per 3 MiB (half of
+                // a 1 M-line run's time with wire v2); 1 ms there, 10 ms
+                // for a live run, which is mostly idle.
+                (
+                    "fetch.wait.max.ms".into(),
+                    if a.exit_on_eof { "1" } else { "10" }.into(),
+                ),
+                // Wire v2 records are ~64 KiB: librdkafka's 1 MiB per
+                // partition and fetch made the one partition of a one-source
+                // input wait a round trip per 16 records.
+                ("max.partition.fetch.bytes".into(), (4 << 20).to_string()),
             ],
             // A one-shot run has no members coming and going: fixed
             // partitions spare it the group's join (about a second).

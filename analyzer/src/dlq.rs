@@ -113,6 +113,7 @@ impl DeadLetters {
                         | "enable.partition.eof"
                         | "isolation.level"
                         | "check.crcs"
+                        | "max.partition.fetch.bytes"
                 );
             if !consumer_only {
                 cc.set(k, v);
