@@ -16,7 +16,7 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const fn flush_interval() -> Duration {
-        Duration::from_secs(1)
+        Duration::from_millis(500)
     }
     pub const DEDUP_FILES: usize = 65_536;
     pub const fn partial_wait() -> Duration {
