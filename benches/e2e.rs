@@ -457,17 +457,21 @@ fn mtail(log: &Path, truth: &Windows) -> Option<(Run, String)> {
             .filter_map(|lv| lv["Value"]["Value"].as_u64())
             .sum()
     };
-    let (requests, bytes) = (total("requests"), total("bytes"));
+    let ok = totals_verdict(truth, total("requests"), total("bytes"));
+    Some((Run { wall, cpu, rss }, ok))
+}
+
+/// A tool without 10 s windows: its totals are what can be compared.
+fn totals_verdict(truth: &Windows, requests: u64, bytes: u64) -> String {
     let want = (
         truth.values().map(|w| w.0).sum::<u64>(),
         truth.values().map(|w| w.1).sum::<u64>(),
     );
-    let ok = if (requests, bytes) == want {
+    if (requests, bytes) == want {
         "totals yes (no windows)".to_string()
     } else {
         format!("no: {requests} requests, {bytes} bytes")
-    };
-    Some((Run { wall, cpu, rss }, ok))
+    }
 }
 
 fn goaccess(log: &Path, truth: &Windows) -> Option<(Run, String)> {
@@ -485,20 +489,11 @@ fn goaccess(log: &Path, truth: &Windows) -> Option<(Run, String)> {
     let (wall, cpu, rss) = wait_measured(&mut child, started);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let (requests, bytes) = (
+    let ok = totals_verdict(
+        truth,
         v["general"]["valid_requests"].as_u64().unwrap_or(0),
         v["general"]["bandwidth"].as_u64().unwrap_or(0),
     );
-    let want = (
-        truth.values().map(|w| w.0).sum::<u64>(),
-        truth.values().map(|w| w.1).sum::<u64>(),
-    );
-    // GoAccess has no 10 s windows: its totals are what can be compared.
-    let ok = if (requests, bytes) == want {
-        "totals yes (no windows)".to_string()
-    } else {
-        format!("no: {requests} requests, {bytes} bytes")
-    };
     Some((Run { wall, cpu, rss }, ok))
 }
 

@@ -118,16 +118,8 @@ fn membership(kafka: &Kafka, topic: &str) -> Membership {
 /// `logpipe produce --exit-on-eof` publishing wire v1, a record per line
 /// (`--lines-per-record 1`), so the retention test's offsets count lines.
 fn produce_v1(brokers: &str, topic: &str, checkpoints: &Path, paths: &[PathBuf]) {
-    let out =
-        logpipe_testkit::produce_cmd(Path::new(BIN), brokers, topic, checkpoints, paths, true)
-            .args(["--lines-per-record", "1"])
-            .output()
-            .expect("run logpipe produce");
-    assert!(
-        out.status.success(),
-        "logpipe produce failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let v1 = ["--lines-per-record", "1"];
+    logpipe_testkit::produce_all_with(Path::new(BIN), brokers, topic, checkpoints, paths, &v1);
 }
 
 /// The analyzers are stopped while the topic grows past its retention, so

@@ -229,21 +229,13 @@ fn v1_and_v2_topics_replay_identically() {
     ];
     let mut all = vec![];
     for (i, (topic, packing)) in topics.iter().zip(packings).enumerate() {
-        let out = logpipe_testkit::produce_cmd(
+        logpipe_testkit::produce_all_with(
             Path::new(BIN),
             &broker.bootstrap,
             topic,
             &dir.path().join(format!("checkpoints-{i}")),
             &paths,
-            true,
-        )
-        .args(packing)
-        .output()
-        .expect("run logpipe produce");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            packing,
         );
         let records = logpipe_testkit::read_records(&broker.bootstrap, topic);
         let runs = records.iter().filter(|r| r.meta().lines.is_some()).count();

@@ -194,7 +194,20 @@ pub fn produce_cmd(
 /// Runs [`produce_cmd`] with `--exit-on-eof` to its end (checkpoints in
 /// `checkpoints`) and checks it succeeded.
 pub fn produce_all(bin: &Path, brokers: &str, topic: &str, checkpoints: &Path, paths: &[PathBuf]) {
+    produce_all_with(bin, brokers, topic, checkpoints, paths, &[]);
+}
+
+/// [`produce_all`] with more arguments (`--lines-per-record 1`, …).
+pub fn produce_all_with(
+    bin: &Path,
+    brokers: &str,
+    topic: &str,
+    checkpoints: &Path,
+    paths: &[PathBuf],
+    args: &[&str],
+) {
     let out = produce_cmd(bin, brokers, topic, checkpoints, paths, true)
+        .args(args)
         .output()
         .expect("run logpipe produce");
     assert!(
