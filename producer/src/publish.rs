@@ -82,7 +82,12 @@ impl ProducerContext for AckContext {
         let (slot, end) = (opaque >> END_BITS, (opaque & END_MASK) as u64);
         let (bytes, lines) = match result {
             Ok(m) => {
-                let lines = logpipe_wire::RecordMeta::from_headers(m.headers()).lines;
+                use logpipe_wire::HeaderLookup;
+                // A v2 record says how many lines it holds; a v1 record is one.
+                let lines = m
+                    .headers()
+                    .and_then(|h| h.last(logpipe_wire::LINES, logpipe_wire::LINES_C))
+                    .and_then(logpipe_wire::parse_decimal);
                 (m.payload_len() as u64, lines.unwrap_or(1))
             }
             Err(_) => (0, 0),
@@ -195,8 +200,8 @@ impl Run {
     /// line ending); false and nothing added otherwise.
     fn push(&mut self, line: &Line<'_>) -> bool {
         let empty = self.enc.is_empty();
-        if !empty && (line.slot != self.slot || line.key != self.key || line.source != self.source)
-        {
+        // The key is `host:source`: another source is another record.
+        if !empty && (line.slot != self.slot || line.key != self.key) {
             return false;
         }
         let m = line.marks;
@@ -464,12 +469,6 @@ impl Publisher {
     /// Lines of a slot handed to Kafka and not acknowledged (or refused) yet.
     pub fn slot_in_flight(&self, slot: usize) -> u64 {
         self.tracker.slots[slot].in_flight.load(Acquire)
-    }
-
-    /// Queues a line as a v1 record of its own, waiting (without dropping)
-    /// while the queue is full.
-    pub fn send(&self, line: &Line<'_>) -> Result<(), PublishError> {
-        self.send_or_wait(&Rec::line(line), true).map(|_| ())
     }
 
     /// Adds a line to `run`, sending the run first when the line does not

@@ -26,40 +26,26 @@ struct Rec {
 /// the headers a v1 record of it alone would carry.
 fn lines_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<Rec> {
     let meta = logpipe_wire::RecordMeta::from_headers(m.headers());
-    let run_only = ["offset", "lines", "eol", "marks", "cut", "partial"];
-    let common: Vec<(String, String)> = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .filter(|h| !run_only.contains(&h.key))
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        String::from_utf8_lossy(h.value.unwrap_or(b"")).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = || {
+        m.headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value))
+    };
     meta.lines(m.payload().unwrap_or(b""))
         .expect("the producer's records read")
-        .map(|l| {
-            let mut headers = common.clone();
-            let mut add = |k: &str, v: Option<String>| {
-                if let Some(v) = v {
-                    headers.push((k.to_string(), v));
-                }
-            };
-            add("offset", l.offset.map(|o| o.to_string()));
-            add("cut", l.cut.map(|c| c.to_string()));
-            add(
-                "partial",
-                l.partial.map(|p| String::from_utf8_lossy(p).into_owned()),
-            );
-            Rec {
-                value: l.value.to_vec(),
-                headers,
-            }
+        .map(|l| Rec {
+            value: l.value.to_vec(),
+            headers: meta
+                .line_headers(headers(), &l)
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        String::from_utf8_lossy(&v.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect(),
         })
         .collect()
 }

@@ -81,6 +81,41 @@ pub enum RunError {
     Marks(String),
 }
 
+impl<'a> RecordMeta<'a> {
+    /// The headers a v1 record holding `line` alone would carry, from the
+    /// record's `headers`: a v1 record's own, unchanged; for a line of a v2
+    /// run, the run's headers but `offset`, `lines`, `eol` and `marks`,
+    /// then the line's own `offset`, `cut` and `partial`. What a dead
+    /// letter of the line carries, and how the test kit shows a run's lines.
+    pub fn line_headers<'h>(
+        &self,
+        headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+        line: &WireLine<'_>,
+    ) -> Vec<(String, Option<Vec<u8>>)> {
+        let own = |(k, v): (&str, Option<&[u8]>)| (k.to_string(), v.map(<[u8]>::to_vec));
+        if self.lines.is_none() {
+            return headers.into_iter().map(own).collect();
+        }
+        let run_only = [crate::OFFSET, LINES, EOL, MARKS];
+        let mut hs: Vec<_> = headers
+            .into_iter()
+            .filter(|(k, _)| !run_only.contains(k))
+            .map(own)
+            .collect();
+        let mut number = |k: &str, n: Option<u64>| {
+            if let Some(n) = n {
+                hs.push((k.to_string(), Some(n.to_string().into_bytes())));
+            }
+        };
+        number(crate::OFFSET, line.offset);
+        number(crate::CUT, line.cut);
+        if let Some(p) = line.partial {
+            hs.push((crate::PARTIAL.to_string(), Some(p.to_vec())));
+        }
+        hs
+    }
+}
+
 /// The lines of a record, v1 or v2, in order, without copying.
 #[derive(Debug, Clone)]
 pub struct Lines<'a> {
@@ -498,6 +533,44 @@ mod tests {
                 cut: Some(99)
             }]
         );
+    }
+
+    #[test]
+    fn a_lines_headers_are_those_of_a_v1_record_of_it_alone() {
+        let run: Vec<(&str, Option<&[u8]>)> = vec![
+            ("host", Some(b"h")),
+            ("file", Some(b"f")),
+            ("offset", Some(b"10")),
+            ("lines", Some(b"2")),
+            ("marks", Some(b"1:cut=9,1:idle")),
+        ];
+        let meta = RecordMeta {
+            file: Some(b"f"),
+            offset: Some(10),
+            lines: Some(2),
+            marks: Some(b"1:cut=9,1:idle"),
+            ..RecordMeta::default()
+        };
+        let second = meta.lines(b"abc\nde").unwrap().nth(1).unwrap();
+        let hs = meta.line_headers(run.iter().copied(), &second);
+        let text: Vec<(&str, &[u8])> = hs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                ("host", &b"h"[..]),
+                ("file", b"f"),
+                ("offset", b"14"),
+                ("cut", b"9"),
+                ("partial", b"idle")
+            ]
+        );
+        // A v1 record's headers stay as they are.
+        let v1 = RecordMeta::default();
+        let line = v1.lines(b"x").unwrap().next().unwrap();
+        assert_eq!(v1.line_headers(run.iter().copied(), &line).len(), run.len());
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Ingest {
         let value = msg.payload().unwrap_or(b"");
         let rec = Rec {
             msg,
-            v2: meta.lines.is_some(),
+            meta,
             source,
             offset,
             timestamp: msg.timestamp().to_millis(),
@@ -384,8 +384,9 @@ fn give_up(
 /// The record a line came in, as its lines need it.
 struct Rec<'m, M> {
     msg: &'m M,
-    /// A v2 record: its lines get headers of their own in dead letters.
-    v2: bool,
+    /// Its headers as the wire contract reads them (a v2 record's lines
+    /// get headers of their own in dead letters).
+    meta: RecordMeta<'m>,
     source: SourceId,
     /// Kafka offset.
     offset: i64,
@@ -393,38 +394,11 @@ struct Rec<'m, M> {
 }
 
 impl<M: WireRecord> Rec<'_, M> {
-    /// The headers a record holding `line` alone would have (v1): the
-    /// record's own for a v1 record; for a line of a v2 run, the run's
-    /// `host`, `source`, `file` (and any other), the line's own `offset`
-    /// and its `cut` and `partial` marks.
+    /// The headers a v1 record holding `line` alone would carry.
     fn line_headers(&self, line: &WireLine<'_>) -> Vec<(String, Option<Vec<u8>>)> {
-        let all = self.msg.headers().into_iter().flat_map(|h| h.iter());
-        if !self.v2 {
-            return all
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect();
-        }
-        let run_only = [
-            logpipe_wire::OFFSET,
-            logpipe_wire::LINES,
-            logpipe_wire::EOL,
-            logpipe_wire::MARKS,
-        ];
-        let mut hs: Vec<(String, Option<Vec<u8>>)> = all
-            .filter(|h| !run_only.contains(&h.key))
-            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-            .collect();
-        let mut num = |k: &str, n: Option<u64>| {
-            if let Some(n) = n {
-                hs.push((k.to_string(), Some(n.to_string().into_bytes())));
-            }
-        };
-        num(logpipe_wire::OFFSET, line.offset);
-        num(logpipe_wire::CUT, line.cut);
-        if let Some(p) = line.partial {
-            hs.push((logpipe_wire::PARTIAL.to_string(), Some(p.to_vec())));
-        }
-        hs
+        let headers = self.msg.headers().into_iter().flat_map(|h| h.iter());
+        self.meta
+            .line_headers(headers.map(|h| (h.key, h.value)), line)
     }
 
     /// What a dead letter of a held line needs of its first piece's record.
@@ -441,7 +415,7 @@ impl<M: WireRecord> Rec<'_, M> {
     /// `line` as a dead letter: the record itself (v1), or the line with
     /// its own headers and the record's key, timestamp and origin (v2).
     fn send_dead_letter(&self, dlq: &mut DeadLetters, line: &WireLine<'_>, e: &LineError) {
-        if !self.v2 {
+        if self.meta.lines.is_none() {
             return dlq.send(self.msg, e);
         }
         let hs = self.line_headers(line);

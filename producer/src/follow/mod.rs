@@ -76,7 +76,7 @@ pub(crate) struct Follower {
     /// of a file that was followed (`known` is consumed at start-up).
     pub(crate) checkpointed: Vec<FileState>,
     /// [`Control::send_limit`].
-    hold: Arc<crate::SendLimit>,
+    send_limit: Arc<crate::SendLimit>,
 }
 
 impl Follower {
@@ -161,7 +161,7 @@ impl Follower {
             run: Run::new(),
             compressed: Vec::new(),
             checkpointed: Vec::new(),
-            hold: ctl.send_limit.clone(),
+            send_limit: ctl.send_limit.clone(),
             cfg,
         };
         let found = p.discovery.scan();
@@ -373,7 +373,7 @@ impl Follower {
                 return Err(ProduceError::CollectorFailed);
             }
             if !self
-                .hold
+                .send_limit
                 .allows(self.stats.records_sent.load(Ordering::Relaxed))
             {
                 std::thread::sleep(Duration::from_millis(1));

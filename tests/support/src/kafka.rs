@@ -242,8 +242,7 @@ impl Record {
 /// watermark at the time of the call), by partition and offset: a v2
 /// record's lines each as a record of its own with the v1 headers it would
 /// have had (the line's own `offset`, its `cut` and `partial`), at the
-/// run's Kafka offset — the wire contract read independently of the
-/// analyzers' code path.
+/// run's Kafka offset, as the wire crate's reader gives them.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
     read_records(bootstrap, topic)
         .iter()
@@ -310,31 +309,18 @@ impl Record {
         let lines = meta
             .lines(&self.value)
             .unwrap_or_else(|e| panic!("record {}/{}: {e}", self.partition, self.offset));
-        let run_only = ["offset", "lines", "eol", "marks"];
+        let headers = || self.headers.iter().map(|(k, v)| (k.as_str(), Some(&v[..])));
         lines
-            .map(|l| {
-                let mut headers: Vec<(String, Vec<u8>)> = self
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| !run_only.contains(&k.as_str()))
-                    .cloned()
-                    .collect();
-                if let Some(o) = l.offset {
-                    headers.push(("offset".into(), o.to_string().into_bytes()));
-                }
-                if let Some(c) = l.cut {
-                    headers.push(("cut".into(), c.to_string().into_bytes()));
-                }
-                if let Some(p) = l.partial {
-                    headers.push(("partial".into(), p.to_vec()));
-                }
-                Record {
-                    partition: self.partition,
-                    offset: self.offset,
-                    key: self.key.clone(),
-                    value: l.value.to_vec(),
-                    headers,
-                }
+            .map(|l| Record {
+                partition: self.partition,
+                offset: self.offset,
+                key: self.key.clone(),
+                value: l.value.to_vec(),
+                headers: meta
+                    .line_headers(headers(), &l)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.unwrap_or_default()))
+                    .collect(),
             })
             .collect()
     }
