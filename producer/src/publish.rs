@@ -200,8 +200,11 @@ impl Run {
     /// line ending); false and nothing added otherwise.
     fn push(&mut self, line: &Line<'_>) -> bool {
         let empty = self.enc.is_empty();
-        // The key is `host:source`: another source is another record.
-        if !empty && (line.slot != self.slot || line.key != self.key) {
+        // The key is `host:source`: another source is another record; the
+        // `file` header is the run's, so another identity is another too.
+        if !empty
+            && (line.slot != self.slot || line.key != self.key || line.file_id != self.file_id)
+        {
             return false;
         }
         let m = line.marks;
