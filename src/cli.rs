@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use logpipe_analyzer::defaults as analyzer_defaults;
+use logpipe_analyzer::top::{PathKey, TopSpec};
 use logpipe_producer::config::defaults;
 
 #[derive(Debug, Parser)]
@@ -342,6 +343,22 @@ pub struct WindowArgs {
     /// Status at or above which a request counts as an error (error_rate).
     #[arg(long, env = "LOGPIPE_ERROR_STATUS", default_value_t = 400)]
     pub error_status: u16,
+    /// Keys ranked per window in each top-K dimension (paths, clients, user
+    /// agents, referrers, 4xx paths, 5xx paths), written to `access_top`; 0
+    /// turns top-K off.
+    #[arg(long, env = "LOGPIPE_TOP_K", default_value_t = TopSpec::DEFAULT.k)]
+    pub top_k: u16,
+    /// Keys held per dimension and window. Counts are exact while a window's
+    /// distinct keys fit; beyond, each key's `error` bounds its overcount.
+    /// Memory per open window grows with it (at most 6 × capacity keys of up
+    /// to 256 bytes).
+    #[arg(long, env = "LOGPIPE_TOP_CAPACITY", default_value_t = TopSpec::DEFAULT.capacity)]
+    pub top_capacity: u16,
+    /// How a request path becomes a top-K key: `stripped` (without the query
+    /// string), `full` (as logged), `masked` (stripped, id-like segments such
+    /// as numbers, UUIDs and long hex strings replaced by `{id}`).
+    #[arg(long, env = "LOGPIPE_TOP_PATH", default_value = "stripped")]
+    pub top_path: PathKey,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -17,6 +17,7 @@ use cli::{
     ProduceArgs, WindowArgs,
 };
 use logpipe_analyzer::parse::{Formats, Parser as LogParser};
+use logpipe_analyzer::top::TopSpec;
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
 use logpipe_consumer::{GroupConfig, MockBroker};
 
@@ -86,6 +87,22 @@ pub fn window_spec(w: &WindowArgs) -> Result<WindowSpec> {
         window_ms,
         lateness_ms: w.lateness.as_millis() as i64,
         error_status: w.error_status,
+        top: top_spec(w)?,
+    })
+}
+
+fn top_spec(w: &WindowArgs) -> Result<TopSpec> {
+    if w.top_k > w.top_capacity {
+        bail!(
+            "--top-k {} is above --top-capacity {}: a summary cannot rank more keys than it holds",
+            w.top_k,
+            w.top_capacity
+        );
+    }
+    Ok(TopSpec {
+        k: w.top_k,
+        capacity: w.top_capacity,
+        path: w.top_path,
     })
 }
 

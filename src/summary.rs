@@ -251,6 +251,7 @@ mod tests {
                 unique_clients: 1,
                 latency: None,
             },
+            top: None,
             is_final: true,
         }
     }

@@ -29,6 +29,7 @@ const SPEC: WindowSpec = WindowSpec {
     window_ms: WINDOW_MS,
     lateness_ms: 30_000,
     error_status: 400,
+    top: logpipe_analyzer::top::TopSpec::DEFAULT,
 };
 /// The files grow in this many steps...
 const CHUNKS: usize = 24;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use logpipe_analyzer::top::TopSpec;
 use logpipe_testkit::{
-    diff, dlq_topic, produce_all, read_topic, unique, wait_for_group, wait_until, Analyzer,
-    Expected, GroupProtocol, Influx, Kafka, LogpipeBroker, Membership, Tansu,
+    diff, dlq_topic, produce_all, read_topic, top_from_influx, unique, wait_for_group, wait_until,
+    Analyzer, Expected, GroupProtocol, Influx, Kafka, LogpipeBroker, Membership, Tansu,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -137,6 +138,23 @@ fn run_pipeline(
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(counts, vec![expected.windows.len() as u64; 3]);
+    // Top-K: exact where a window's keys fit the capacity (paths, agents,
+    // referrers), within Space-Saving's bounds where they do not (random
+    // clients, ~200 per window).
+    let top = TopSpec::DEFAULT;
+    let (diff, exact, beyond) = expected.check_top(
+        &top_from_influx(&influx, &db),
+        usize::from(top.k),
+        usize::from(top.capacity),
+    );
+    assert!(
+        diff.is_empty(),
+        "access_top differs from the requests:\n{diff}"
+    );
+    assert!(
+        exact > 0 && beyond > 0,
+        "exact {exact}, beyond capacity {beyond}"
+    );
     for a in &mut analyzers {
         let st = a.child.terminate(Duration::from_secs(20));
         assert!(st.success(), "analyzer exit {st:?}: {}", a.log());

@@ -9,6 +9,7 @@ use std::time::Instant;
 use logpipe_analyzer::parse::parse_combined;
 use logpipe_analyzer::parse::LogFormat;
 use logpipe_analyzer::parse::Parser;
+use logpipe_analyzer::top::TopSpec;
 use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
 use logpipe_traffic::Generator;
 
@@ -16,6 +17,11 @@ const SPEC: WindowSpec = WindowSpec {
     window_ms: 10_000,
     lateness_ms: 30_000,
     error_status: 400,
+    top: TopSpec::DEFAULT,
+};
+const NO_TOP: WindowSpec = WindowSpec {
+    top: TopSpec::OFF,
+    ..SPEC
 };
 
 fn lines(n: usize, request_time: bool) -> Vec<String> {
@@ -29,8 +35,8 @@ fn lines(n: usize, request_time: bool) -> Vec<String> {
 }
 
 /// Parses and aggregates every line; returns lines/s.
-fn run(lines: &[String], sources: u32) -> f64 {
-    let mut w = PartitionWindows::new(SPEC);
+fn run(lines: &[String], sources: u32, spec: WindowSpec) -> f64 {
+    let mut w = PartitionWindows::new(spec);
     let mut out = Vec::new();
     let t = Instant::now();
     for (i, line) in lines.iter().enumerate() {
@@ -154,31 +160,58 @@ fn main() {
 
     for (name, request_time) in [("combined", false), ("combined + $request_time", true)] {
         let ls = lines(n, request_time);
+        // Top-K off and on in alternating runs, so both see the same noise.
+        let (mut off, mut on) = (vec![], vec![]);
+        for _ in 0..5 {
+            off.push(run(&ls, 3, NO_TOP));
+            on.push(run(&ls, 3, SPEC));
+        }
         report(
-            &format!("parse + window core, {name}, 3 sources"),
-            (0..5).map(|_| run(&ls, 3)).collect(),
+            &format!("parse + window core, {name}, 3 sources, top-K off"),
+            off,
+        );
+        report(
+            &format!("parse + window core, {name}, 3 sources, top-K on (k 10 of 64)"),
+            on,
         );
     }
     // Memory with many sources: 10 000 sources (each with a request time,
-    // so every window holds a latency sketch), flushed as in a live run.
+    // so every window holds a latency sketch), flushed as in a live run;
+    // top-K off, then on (the resident memory the windows hold at the end).
     let ls = lines(4 * n, true);
     let before = peak_rss_mb();
-    let mut w = PartitionWindows::new(SPEC);
-    let mut out = Vec::new();
-    let mut most_open = 0;
-    for (i, line) in ls.iter().enumerate() {
-        if let Ok(l) = parse_combined(line.as_bytes()) {
-            w.record(&Hit::from_line(i as u32 % 10_000, &l, i as i64));
+    for (name, spec) in [("top-K off", NO_TOP), ("top-K on", SPEC)] {
+        let base = rss_mb();
+        let mut w = PartitionWindows::new(spec);
+        let mut out = Vec::new();
+        let mut most_open = 0;
+        for (i, line) in ls.iter().enumerate() {
+            if let Ok(l) = parse_combined(line.as_bytes()) {
+                w.record(&Hit::from_line(i as u32 % 10_000, &l, i as i64));
+            }
+            if i % 10_000 == 9_999 {
+                most_open = most_open.max(w.open_windows());
+                out.clear();
+                w.drain(true, false, &mut out);
+            }
         }
-        if i % 10_000 == 9_999 {
-            most_open = most_open.max(w.open_windows());
-            out.clear();
-            w.drain(true, false, &mut out);
-        }
+        let held = rss_mb() - base;
+        println!(
+            "10 000 sources, {name}: at most {most_open} open windows, {} open at the end holding {held:.0} MB ({:.1} KB per window); peak RSS {:.0} MB (of which {before:.0} MB were reached before, holding the test lines in memory)",
+            w.open_windows(),
+            held * 1024.0 / w.open_windows().max(1) as f64,
+            peak_rss_mb(),
+        );
+        drop(out);
+        drop(w);
     }
-    println!(
-        "10 000 sources: at most {most_open} open windows, peak RSS {:.0} MB (of which {:.0} MB were reached before, holding the test lines in memory)",
-        peak_rss_mb(),
-        before
-    );
+}
+
+fn rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }

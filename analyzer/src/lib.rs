@@ -7,6 +7,8 @@
 //! - [`window`]: event-time tumbling windows of one partition (pure core:
 //!   watermark, closing, late lines, restore points, latency and client
 //!   sketches), with `distinct` counts (exact up to 7 168 values).
+//! - [`top`]: top-K per window (paths, clients, user agents, referrers,
+//!   4xx and 5xx paths), deterministic Space-Saving summaries.
 //! - `line_protocol`: InfluxDB line protocol encoding of window points.
 //! - [`store`]: where points go and restore points live — InfluxDB, a
 //!   line-protocol file, a dry run.
@@ -26,6 +28,7 @@ mod pieces;
 mod replay;
 mod run;
 pub mod store;
+pub mod top;
 pub mod window;
 
 pub use config::{defaults, AnalyzerConfig};

@@ -9,6 +9,8 @@ use crate::window::{Metrics, WindowValue};
 
 /// Measurement of the per-window traffic points.
 pub const ACCESS_LOG: &str = "access_log";
+/// Measurement of the per-window top-K keys.
+pub const ACCESS_TOP: &str = "access_top";
 /// Measurement of the analyzers' own health.
 pub const SELF_METRICS: &str = "logpipe";
 
@@ -105,6 +107,56 @@ pub fn encode_window(
     out.push(b'\n');
 }
 
+/// Appends `s` as the inside of a line-protocol string field (`"` and `\`
+/// escaped; line breaks as `\n` / `\r` text, as in tags).
+fn push_string_field(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Encodes a window's `access_top` points: one per dimension and rank
+/// (tags `host`, `source`, `dim`, `rank`; fields `key`, `count`, `error`,
+/// and `total`, the lines the dimension counted in the window), all at the
+/// window start. Within a window the ranks a dimension fills only grow (a
+/// summary never forgets a key without taking another), so each write
+/// replaces every point the previous one wrote.
+pub fn encode_top(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue) {
+    let Some(top) = &v.top else {
+        return;
+    };
+    let ts = i128::from(v.start_ms) * 1_000_000;
+    for (dim, total, entries) in &top.dims {
+        for (rank, e) in entries.iter().enumerate() {
+            out.extend_from_slice(ACCESS_TOP.as_bytes());
+            out.extend_from_slice(b",dim=");
+            out.extend_from_slice(dim.name().as_bytes());
+            out.extend_from_slice(b",host=");
+            push_tag(out, if host.is_empty() { b"-" } else { host });
+            out.extend_from_slice(b",rank=");
+            out.extend_from_slice(itoa::Buffer::new().format(rank + 1).as_bytes());
+            out.extend_from_slice(b",source=");
+            push_tag(out, if source.is_empty() { b"-" } else { source });
+            out.push(b' ');
+            push_int(out, "count", e.count);
+            out.push(b',');
+            push_int(out, "error", e.error);
+            out.extend_from_slice(b",key=\"");
+            push_string_field(out, e.key.as_bytes());
+            out.extend_from_slice(b"\",");
+            push_int(out, "total", *total);
+            out.push(b' ');
+            out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+            out.push(b'\n');
+        }
+    }
+}
+
 /// Encodes one point of integer fields (self-metrics) at `time_ns`.
 pub fn encode_counters(
     out: &mut Vec<u8>,
@@ -152,6 +204,7 @@ mod tests {
                     max: 2.5,
                 }),
             },
+            top: None,
             is_final: true,
         };
         let mut out = vec![];
@@ -174,6 +227,7 @@ mod tests {
                 count: 1,
                 ..Default::default()
             },
+            top: None,
             is_final: false,
         };
         let mut out = vec![];
@@ -198,5 +252,37 @@ mod tests {
             7,
         );
         assert_eq!(out, b"logpipe,analyzer=h-1 lines_read=3i,malformed=1i 7\n");
+    }
+
+    #[test]
+    fn top_points_carry_rank_key_and_counts() {
+        use crate::top::{Dim, TopEntry, TopLists};
+        let entry = |key: &str, count, error| TopEntry {
+            key: key.into(),
+            count,
+            error,
+        };
+        let v = WindowValue {
+            source: 0,
+            start_ms: 1000,
+            metrics: Metrics::default(),
+            top: Some(std::sync::Arc::new(TopLists {
+                dims: vec![(
+                    Dim::Path4xx,
+                    9,
+                    vec![entry("/a \"b\"\\", 5, 0), entry("/x\ny", 4, 1)],
+                )],
+            })),
+            is_final: false,
+        };
+        let mut out = vec![];
+        encode_top(&mut out, b"web 1", b"shop", &v);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "access_top,dim=path_4xx,host=web\\ 1,rank=1,source=shop \
+             count=5i,error=0i,key=\"/a \\\"b\\\"\\\\\",total=9i 1000000000\n\
+             access_top,dim=path_4xx,host=web\\ 1,rank=2,source=shop \
+             count=4i,error=1i,key=\"/x\\ny\",total=9i 1000000000\n"
+        );
     }
 }

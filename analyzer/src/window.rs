@@ -33,7 +33,10 @@ use std::collections::BTreeMap;
 
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
+use std::sync::Arc;
+
 use crate::parse::AccessLine;
+use crate::top::{TopLists, TopSet, TopSpec};
 
 pub use crate::parse::sources::SourceId;
 
@@ -58,6 +61,8 @@ pub struct Agg {
     clients: Clients,
     /// Request times in seconds; allocated on the first line that has one.
     latency: Option<Box<DDSketch>>,
+    /// Top-K summaries; allocated on the first line when top-K is on.
+    top: Option<Box<TopSet>>,
 }
 
 impl std::fmt::Debug for Agg {
@@ -71,10 +76,22 @@ impl std::fmt::Debug for Agg {
 }
 
 impl Agg {
-    fn add(&mut self, hit: &Hit<'_>, error_status: u16) {
+    fn add(&mut self, hit: &Hit<'_>, spec: &WindowSpec) {
         self.count += 1;
         self.traffic += hit.body_bytes;
-        if hit.status >= error_status {
+        if spec.top.enabled() {
+            self.top
+                .get_or_insert_with(|| Box::new(TopSet::new(&spec.top)))
+                .add(
+                    &spec.top,
+                    hit.client,
+                    hit.path,
+                    hit.user_agent,
+                    hit.referer,
+                    hit.status,
+                );
+        }
+        if hit.status >= spec.error_status {
             self.errors += 1;
         }
         if (100..600).contains(&hit.status) {
@@ -106,6 +123,11 @@ impl Agg {
             unique_clients: self.clients.count(self.count),
             latency,
         }
+    }
+
+    /// The window's ranked keys, `None` when top-K is off.
+    pub fn top(&self, k: u16) -> Option<Arc<TopLists>> {
+        self.top.as_ref().map(|t| t.report(usize::from(k)))
     }
 }
 
@@ -171,8 +193,12 @@ pub struct Hit<'a> {
     pub time_ms: i64,
     pub status: u16,
     pub body_bytes: u64,
-    /// Client address bytes, for `unique_clients`.
+    /// Client address bytes, for `unique_clients` and top-K.
     pub client: &'a [u8],
+    /// Request target, user agent and referrer as logged, for top-K.
+    pub path: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    pub referer: Option<&'a [u8]>,
     /// `$request_time` in seconds, when the format has it.
     pub request_time_s: Option<f64>,
     /// Kafka offset of the record, for the restore point (of its first
@@ -193,6 +219,9 @@ impl<'a> Hit<'a> {
             status: l.status,
             body_bytes: l.body_bytes,
             client: l.client,
+            path: l.path,
+            user_agent: l.user_agent,
+            referer: l.referer,
             request_time_s: l.request_time_s,
             offset,
             end_offset: offset,
@@ -201,11 +230,13 @@ impl<'a> Hit<'a> {
 }
 
 /// A window's value as written to the sink.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WindowValue {
     pub source: SourceId,
     pub start_ms: i64,
     pub metrics: Metrics,
+    /// Ranked keys per dimension (`None` when top-K is off).
+    pub top: Option<Arc<TopLists>>,
     /// `true` when the window is closed and this is its final value.
     pub is_final: bool,
 }
@@ -235,6 +266,7 @@ pub struct WindowSpec {
     pub window_ms: i64,
     pub lateness_ms: i64,
     pub error_status: u16,
+    pub top: TopSpec,
 }
 
 /// Where a new owner of a partition resumes; see the module docs.
@@ -384,7 +416,7 @@ impl PartitionWindows {
             min_offset: hit.offset,
             dirty: true,
         });
-        w.agg.add(hit, self.spec.error_status);
+        w.agg.add(hit, &self.spec);
         w.min_offset = w.min_offset.min(hit.offset);
         w.dirty = true;
         Recorded::Added
@@ -413,6 +445,7 @@ impl PartitionWindows {
                 source: key.1,
                 start_ms: key.0,
                 metrics: w.agg.summary(),
+                top: w.agg.top(self.spec.top.k),
                 is_final: true,
             });
         }
@@ -433,6 +466,7 @@ impl PartitionWindows {
                     source,
                     start_ms: start,
                     metrics: w.agg.summary(),
+                    top: w.agg.top(self.spec.top.k),
                     is_final: false,
                 });
             }
@@ -560,6 +594,7 @@ mod tests {
         window_ms: 10_000,
         lateness_ms: 30_000,
         error_status: 400,
+        top: crate::top::TopSpec::DEFAULT,
     };
 
     fn hit(source: SourceId, time_ms: i64, status: u16, offset: i64) -> Hit<'static> {
@@ -569,6 +604,9 @@ mod tests {
             status,
             body_bytes: 100,
             client: b"10.0.0.1",
+            path: None,
+            user_agent: None,
+            referer: None,
             request_time_s: None,
             offset,
             end_offset: offset,

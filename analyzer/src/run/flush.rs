@@ -49,6 +49,7 @@ impl Pending {
                 spec.window_ms,
                 v,
             );
+            line_protocol::encode_top(out, n.host.as_bytes(), n.source.as_bytes(), v);
         }
     }
 }
@@ -77,7 +78,9 @@ pub(super) fn plan(
             part.windows.drain(false, close_all, &mut values);
             for v in &values {
                 if r.range.holds_window(v.start_ms, spec.window_ms) {
-                    batch.windows.insert((partition, v.source, v.start_ms), *v);
+                    batch
+                        .windows
+                        .insert((partition, v.source, v.start_ms), v.clone());
                 } else {
                     outside += 1;
                 }
@@ -87,7 +90,9 @@ pub(super) fn plan(
         part.windows.drain(true, close_all, &mut values);
         part.windows.take_changed_sources(&mut changed);
         for v in &values {
-            batch.windows.insert((partition, v.source, v.start_ms), *v);
+            batch
+                .windows
+                .insert((partition, v.source, v.start_ms), v.clone());
         }
         let Some(point) = part.windows.restore_point() else {
             continue;
@@ -125,6 +130,7 @@ mod tests {
         window_ms: 10_000,
         lateness_ms: 0,
         error_status: 500,
+        top: crate::top::TopSpec::DEFAULT,
     };
 
     fn setup() -> (HashMap<i32, Part>, SourceTable, SourceId) {
@@ -168,7 +174,11 @@ mod tests {
         let mut lp = Vec::new();
         batch.encode(&sources, SPEC, &mut lp);
         let text = String::from_utf8(lp).unwrap();
-        assert_eq!(text.lines().count(), 2, "{text}");
+        let count = |m: &str| text.lines().filter(|l| l.starts_with(m)).count();
+        assert_eq!(count("access_log,"), 2, "{text}");
+        // Per window: path, client and user agent (the referrer is `-`).
+        assert_eq!(count("access_top,"), 6, "{text}");
+        assert_eq!(text.lines().count(), 8, "{text}");
         assert!(text.contains("host=web1"), "{text}");
 
         // Accepted: nothing changed since, so the next flush has nothing.

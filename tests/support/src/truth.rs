@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use logpipe_analyzer::parse::parse_combined;
-use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec};
+use logpipe_analyzer::window::{Hit, PartitionWindows, WindowSpec, WindowValue};
 use logpipe_traffic::Generator;
 
 /// Expected aggregates of one window.
@@ -28,7 +28,13 @@ pub struct Expected {
     /// (source, line) of every malformed line, in the order written.
     pub malformed_lines: Vec<(String, String)>,
     pub lines: u64,
+    /// Exact requests per (source, window) and (top-K dimension, key),
+    /// from the requests (paths without their query string).
+    pub keys: BTreeMap<(String, i64), KeyCounts>,
 }
+
+/// Requests per (top-K dimension, key) of one window.
+pub type KeyCounts = BTreeMap<(&'static str, String), u64>;
 
 impl Expected {
     pub fn new(window_ms: i64) -> Self {
@@ -38,6 +44,7 @@ impl Expected {
             malformed: 0,
             malformed_lines: Vec::new(),
             lines: 0,
+            keys: BTreeMap::new(),
         }
     }
 
@@ -92,11 +99,121 @@ impl Expected {
                     if (100..600).contains(&r.status) {
                         w.status[(r.status / 100 - 1) as usize] += 1;
                     }
+                    let keys = self.keys.entry((source.to_string(), start)).or_default();
+                    let mut count = |dim: &'static str, key: &str| {
+                        *keys.entry((dim, key.to_string())).or_default() += 1;
+                    };
+                    count("client", &r.client);
+                    for (dim, v) in [("user_agent", &r.user_agent), ("referer", &r.referer)] {
+                        if v != "-" {
+                            count(dim, v);
+                        }
+                    }
+                    // `METHOD path HTTP/x`; `-` and binary garbage have no path.
+                    let parts: Vec<&str> = r.request.split(' ').collect();
+                    if parts.len() == 3 && parts[0].bytes().all(|b| b.is_ascii_uppercase()) {
+                        let path = parts[1].split(['?', '#']).next().unwrap_or_default();
+                        count("path", path);
+                        match r.status {
+                            400..=499 => count("path_4xx", path),
+                            500..=599 => count("path_5xx", path),
+                            _ => {}
+                        }
+                    }
                 }
             }
             out.push(line);
         }
         out
+    }
+
+    /// Compares the `access_top` rows of every window with the exact counts:
+    /// a dimension whose distinct keys fit `capacity` must be the exact top
+    /// `k` (count descending, then key) with error 0; one beyond it must
+    /// hold only keys with `count − error ≤ true ≤ count` and every key
+    /// whose true count exceeds total/capacity. Returns the differences and
+    /// how many dimensions were exact and how many were beyond capacity.
+    pub fn check_top(
+        &self,
+        rows: &[((String, i64), TopRow)],
+        k: usize,
+        capacity: usize,
+    ) -> (String, usize, usize) {
+        let mut got: BTreeMap<(String, i64, String), Vec<&TopRow>> = BTreeMap::new();
+        for ((source, t), row) in rows {
+            got.entry((source.clone(), *t, row.0.clone()))
+                .or_default()
+                .push(row);
+        }
+        let (mut out, mut exact, mut beyond) = (String::new(), 0, 0);
+        for ((source, t), keys) in &self.keys {
+            for dim in [
+                "path",
+                "client",
+                "user_agent",
+                "referer",
+                "path_4xx",
+                "path_5xx",
+            ] {
+                let truth: Vec<(&String, u64)> = keys
+                    .iter()
+                    .filter(|((d, _), _)| *d == dim)
+                    .map(|((_, key), c)| (key, *c))
+                    .collect();
+                let total: u64 = truth.iter().map(|x| x.1).sum();
+                let mut rows = got
+                    .remove(&(source.clone(), *t, dim.to_string()))
+                    .unwrap_or_default();
+                rows.sort_by_key(|r| r.1);
+                let at = format!("{source} {t} {dim}");
+                if rows.iter().any(|r| r.5 != total) {
+                    out += &format!("{at}: total is not {total}: {rows:?}\n");
+                }
+                if truth.len() <= capacity {
+                    exact += 1;
+                    let mut want = truth.clone();
+                    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                    want.truncate(k);
+                    let have: Vec<(&String, u64, u64)> =
+                        rows.iter().map(|r| (&r.2, r.3, r.4)).collect();
+                    let want: Vec<(&String, u64, u64)> =
+                        want.into_iter().map(|(key, c)| (key, c, 0)).collect();
+                    if have != want {
+                        out += &format!("{at}:\n  expected {want:?}\n  got      {have:?}\n");
+                    }
+                } else {
+                    beyond += 1;
+                    if rows.len() != k {
+                        out += &format!("{at}: {} ranks, expected {k}\n", rows.len());
+                    }
+                    for r in &rows {
+                        let t = keys.get(&(dim, r.2.clone())).copied().unwrap_or(0);
+                        if !(r.3 >= t && r.3 - r.4 <= t) {
+                            out += &format!("{at}: {r:?} but the true count is {t}\n");
+                        }
+                    }
+                    // A key held (true count above total/capacity) whose
+                    // true count beats the lowest reported upper bound
+                    // must be reported.
+                    let lowest = rows.last().map_or(0, |r| r.3);
+                    for (key, c) in &truth {
+                        if *c * capacity as u64 > total
+                            && *c > lowest
+                            && !rows.iter().any(|r| &&r.2 == key)
+                        {
+                            out += &format!("{at}: heavy hitter {key} ({c} of {total}) missing\n");
+                        }
+                    }
+                }
+                if out.len() > 4000 {
+                    return (out, exact, beyond);
+                }
+            }
+        }
+        for k in got.keys() {
+            out += &format!("unexpected top-K rows {k:?}\n");
+        }
+        (out, exact, beyond)
     }
 
     /// (source, line) of every malformed line, sorted.
@@ -167,7 +284,7 @@ fn diff_maps<V: PartialEq + std::fmt::Debug>(
 /// Every field of one `access_log` point. Floats compare equal within one
 /// part in 10^12: InfluxDB 1.6's float parser is not correctly rounded, so a
 /// value can come back one unit in the last place off what was written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Point {
     pub count: u64,
     pub traffic: u64,
@@ -177,6 +294,30 @@ pub struct Point {
     pub unique_clients: u64,
     /// p50, p90, p99, max.
     pub latency: Option<[f64; 4]>,
+    /// The window's `access_top` points, sorted.
+    pub top: Vec<TopRow>,
+}
+
+/// One `access_top` point: dim, rank, key, count, error, total.
+pub type TopRow = (String, u32, String, u64, u64, u64);
+
+/// The `access_top` rows of a window value, as the analyzer writes them.
+pub fn top_rows(v: &WindowValue) -> Vec<TopRow> {
+    let mut rows = Vec::new();
+    for (dim, total, entries) in v.top.iter().flat_map(|t| t.dims.iter()) {
+        for (i, e) in entries.iter().enumerate() {
+            rows.push((
+                dim.name().to_string(),
+                i as u32 + 1,
+                e.key.clone(),
+                e.count,
+                e.error,
+                *total,
+            ));
+        }
+    }
+    rows.sort();
+    rows
 }
 
 impl PartialEq for Point {
@@ -194,6 +335,7 @@ impl PartialEq for Point {
             && close(self.error_rate, o.error_rate)
             && close(self.qps, o.qps)
             && lat
+            && self.top == o.top
     }
 }
 
@@ -217,6 +359,7 @@ pub fn reference_points(
         w.drain(true, true, &mut values);
         for v in values {
             let m = v.metrics;
+            let top = top_rows(&v);
             out.insert(
                 (name.clone(), v.start_ms),
                 Point {
@@ -231,6 +374,7 @@ pub fn reference_points(
                     qps: m.count as f64 * 1000.0 / spec.window_ms as f64,
                     unique_clients: m.unique_clients,
                     latency: m.latency.map(|l| [l.p50, l.p90, l.p99, l.max]),
+                    top,
                 },
             );
         }
@@ -266,8 +410,43 @@ pub fn points_from_influx(influx: &crate::Influx, db: &str) -> BTreeMap<(String,
                     qps: f(9).unwrap_or(f64::NAN),
                     unique_clients: n(10),
                     latency,
+                    top: Vec::new(),
                 },
             );
+        }
+    }
+    for ((source, t), row) in top_from_influx(influx, db) {
+        if let Some(p) = out.get_mut(&(source, t)) {
+            p.top.push(row);
+        }
+    }
+    for p in out.values_mut() {
+        p.top.sort();
+    }
+    out
+}
+
+/// Every `access_top` point in `db`, by (source, window start).
+pub fn top_from_influx(influx: &crate::Influx, db: &str) -> Vec<((String, i64), TopRow)> {
+    let mut out = Vec::new();
+    let q = "SELECT \"key\", \"count\", \"error\", \"total\" FROM access_top GROUP BY source, dim, rank";
+    for series in influx.query(db, q) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap_or_default().to_string();
+        let (source, dim) = (tag("source"), tag("dim"));
+        let rank: u32 = tag("rank").parse().unwrap_or(0);
+        for row in series["values"].as_array().into_iter().flatten() {
+            let n = |i: usize| row[i].as_u64().unwrap_or(u64::MAX);
+            out.push((
+                (source.clone(), row[0].as_i64().expect("time")),
+                (
+                    dim.clone(),
+                    rank,
+                    row[1].as_str().unwrap_or_default().to_string(),
+                    n(2),
+                    n(3),
+                    n(4),
+                ),
+            ));
         }
     }
     out
