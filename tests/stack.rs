@@ -2,13 +2,15 @@
 //! offline, the provisioning parsed, and every dashboard panel's InfluxQL run
 //! against a real InfluxDB that a real pipeline filled (generated log →
 //! `logpipe produce` → `logpipe broker` → two `logpipe analyze`). Every
-//! query must return data; the overview's totals must equal the truth.
+//! query must return data; the overview's totals and top-K tables must
+//! equal the truth.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use logpipe_analyzer::top::TopSpec;
 use logpipe_testkit::{
     in_ci, produce_all, unique, wait_for_group, wait_until, Analyzer, Expected, Influx,
     LogpipeBroker, Membership,
@@ -261,8 +263,15 @@ fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
             assert_eq!(p["datasource"]["uid"].as_str(), Some(uid), "{title}");
             for t in p["targets"].as_array().unwrap() {
                 let q = substitute(t["query"].as_str().unwrap(), from, to, interval);
-                let (n, first) = rows(&influx.query(&db, &q));
+                let result = influx.query(&db, &q);
+                let (n, first) = rows(&result);
                 assert!(n > 0, "{file}: panel {title:?} returned no rows: {q}");
+                if let Some(dim) = top_panel_dim(title) {
+                    let got = top_panel_sums(p, &result);
+                    let want = top_truth_sums(&expected, dim);
+                    assert_eq!(got, want, "{title}: the table differs from the requests");
+                    report.push(format!("{file}: {title}: {} keys as the truth", got.len()));
+                }
                 report.push(format!("{file}: {title}: {n} rows"));
                 let want = match title {
                     "Requests (range)" => Some(total as f64),
@@ -317,6 +326,80 @@ fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
     for a in &mut analyzers {
         a.child.terminate(Duration::from_secs(20));
     }
+}
+
+/// The `dim` of a top-K table panel whose keys fit the capacity in every
+/// window of the test traffic (its clients are random, so `Top clients` is
+/// checked by the pipeline test's bounds instead).
+fn top_panel_dim(title: &str) -> Option<&'static str> {
+    Some(match title {
+        "Top paths" => "path",
+        "Top user agents" => "user_agent",
+        "Top referrers" => "referer",
+        "Top 4xx paths" => "path_4xx",
+        "Top 5xx paths" => "path_5xx",
+        _ => return None,
+    })
+}
+
+/// What Grafana shows for a top-K table: its query's rows summed by key
+/// (the panel's `groupBy` transformation), the first `limit` by sum.
+fn top_panel_sums(panel: &Value, result: &[Value]) -> BTreeMap<String, u64> {
+    let ids: Vec<&str> = panel["transformations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["groupBy", "organize", "sortBy", "limit"]);
+    let limit = panel["transformations"][3]["options"]["limitField"]
+        .as_u64()
+        .unwrap() as usize;
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for s in result {
+        let cols: Vec<&str> = s["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let (k, c) = (
+            cols.iter().position(|c| *c == "key").unwrap(),
+            cols.iter().position(|c| *c == "count").unwrap(),
+        );
+        for row in s["values"].as_array().unwrap() {
+            *sums.entry(row[k].as_str().unwrap().to_string()).or_default() +=
+                row[c].as_u64().unwrap();
+        }
+    }
+    first_by_sum(sums, limit)
+}
+
+/// The same table from the requests: each window's exact top 10, summed.
+fn top_truth_sums(expected: &Expected, dim: &str) -> BTreeMap<String, u64> {
+    let k = usize::from(TopSpec::DEFAULT.k);
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for keys in expected.keys.values() {
+        let mut w: Vec<(&String, u64)> = keys
+            .iter()
+            .filter(|((d, _), _)| *d == dim)
+            .map(|((_, key), c)| (key, *c))
+            .collect();
+        w.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        for (key, c) in w.into_iter().take(k) {
+            *sums.entry(key.clone()).or_default() += c;
+        }
+    }
+    first_by_sum(sums, 10)
+}
+
+/// The `n` keys with the highest sums (ties: all kept, so the comparison does
+/// not depend on how Grafana orders equal sums).
+fn first_by_sum(sums: BTreeMap<String, u64>, n: usize) -> BTreeMap<String, u64> {
+    let mut v: Vec<u64> = sums.values().copied().collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    let cut = v.get(n.saturating_sub(1)).copied().unwrap_or(0);
+    sums.into_iter().filter(|(_, s)| *s >= cut).collect()
 }
 
 /// One panel's series: name and (time ms, value) points.
