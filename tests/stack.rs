@@ -368,8 +368,9 @@ fn top_panel_sums(panel: &Value, result: &[Value]) -> BTreeMap<String, u64> {
             cols.iter().position(|c| *c == "count").unwrap(),
         );
         for row in s["values"].as_array().unwrap() {
-            *sums.entry(row[k].as_str().unwrap().to_string()).or_default() +=
-                row[c].as_u64().unwrap();
+            *sums
+                .entry(row[k].as_str().unwrap().to_string())
+                .or_default() += row[c].as_u64().unwrap();
         }
     }
     first_by_sum(sums, limit)

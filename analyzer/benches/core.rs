@@ -120,6 +120,7 @@ fn report(what: &str, runs: Vec<f64>) {
 fn main() {
     let n = 1_000_000;
     // Parsers alone on the same lines (combined + $request_time).
+    let only = std::env::var("LOGPIPE_BENCH_ONLY").unwrap_or_default();
     let ls = lines(n, true);
     let pasted = LogFormat::new(
         r#"log_format timed '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time';"#,
@@ -129,32 +130,34 @@ fn main() {
     let built_in = |b: &[u8]| parse_combined(b).ok().map(|l| l.status);
     let by_pasted = |b: &[u8]| pasted.parse(b).ok().map(|l| l.status);
     let by_compiled = |b: &[u8]| compiled_combined.parse(b).ok().map(|l| l.status);
-    for (name, f) in [
-        (
-            "built-in combined parser",
-            &built_in as &dyn Fn(&[u8]) -> Option<u16>,
-        ),
-        ("compiled `combined` format", &by_compiled),
-        ("pasted nginx format with $request_time", &by_pasted),
-    ] {
-        report(
-            &format!("parse only, {name}"),
-            (0..5).map(|_| parse_only(&ls, f)).collect(),
-        );
-    }
+    if only != "window" {
+        for (name, f) in [
+            (
+                "built-in combined parser",
+                &built_in as &dyn Fn(&[u8]) -> Option<u16>,
+            ),
+            ("compiled `combined` format", &by_compiled),
+            ("pasted nginx format with $request_time", &by_pasted),
+        ] {
+            report(
+                &format!("parse only, {name}"),
+                (0..5).map(|_| parse_only(&ls, f)).collect(),
+            );
+        }
 
-    let js = as_json(&ls);
-    let json = Parser::new("json").unwrap();
-    let by_json = |b: &[u8]| json.parse(b).ok().map(|l| l.status);
-    report(
-        &format!(
-            "parse only, JSON lines ({} of them, nginx escape=json template)",
-            js.len()
-        ),
-        (0..5).map(|_| parse_only(&js, &by_json)).collect(),
-    );
-    drop(js);
-    if std::env::var("LOGPIPE_BENCH_ONLY").is_ok_and(|v| v == "parse") {
+        let js = as_json(&ls);
+        let json = Parser::new("json").unwrap();
+        let by_json = |b: &[u8]| json.parse(b).ok().map(|l| l.status);
+        report(
+            &format!(
+                "parse only, JSON lines ({} of them, nginx escape=json template)",
+                js.len()
+            ),
+            (0..5).map(|_| parse_only(&js, &by_json)).collect(),
+        );
+        drop(js);
+    }
+    if only == "parse" {
         return;
     }
 
@@ -175,36 +178,51 @@ fn main() {
             on,
         );
     }
+    if only == "window" {
+        return;
+    }
     // Memory with many sources: 10 000 sources (each with a request time,
-    // so every window holds a latency sketch), flushed as in a live run;
-    // top-K off, then on (the resident memory the windows hold at the end).
+    // so every window holds a latency sketch), flushed as in a live run.
     let ls = lines(4 * n, true);
     let before = peak_rss_mb();
+    let (most_open, _) = fill(&ls, 10_000, SPEC);
+    println!(
+        "10 000 sources, top-K on: at most {most_open} open windows, peak RSS {:.0} MB (of which {before:.0} MB were reached before, holding the test lines in memory)",
+        peak_rss_mb(),
+    );
+    // Memory per open window with full top-K summaries: 200 sources, ~100
+    // requests per source and window (random clients: that summary is full),
+    // resident memory of the windows open at the end, top-K off and on.
+    let ls = lines(n, true);
     for (name, spec) in [("top-K off", NO_TOP), ("top-K on", SPEC)] {
         let base = rss_mb();
-        let mut w = PartitionWindows::new(spec);
-        let mut out = Vec::new();
-        let mut most_open = 0;
-        for (i, line) in ls.iter().enumerate() {
-            if let Ok(l) = parse_combined(line.as_bytes()) {
-                w.record(&Hit::from_line(i as u32 % 10_000, &l, i as i64));
-            }
-            if i % 10_000 == 9_999 {
-                most_open = most_open.max(w.open_windows());
-                out.clear();
-                w.drain(true, false, &mut out);
-            }
-        }
+        let (_, w) = fill(&ls, 200, spec);
         let held = rss_mb() - base;
         println!(
-            "10 000 sources, {name}: at most {most_open} open windows, {} open at the end holding {held:.0} MB ({:.1} KB per window); peak RSS {:.0} MB (of which {before:.0} MB were reached before, holding the test lines in memory)",
+            "200 sources, {name}: {} windows open at the end hold {held:.1} MB, {:.1} KB per window",
             w.open_windows(),
             held * 1024.0 / w.open_windows().max(1) as f64,
-            peak_rss_mb(),
         );
-        drop(out);
-        drop(w);
     }
+}
+
+/// Aggregates `lines` over `sources` sources, draining every 10 000 lines as
+/// a live run flushes; returns the most windows open at once and the state.
+fn fill(lines: &[String], sources: u32, spec: WindowSpec) -> (usize, PartitionWindows) {
+    let mut w = PartitionWindows::new(spec);
+    let mut out = Vec::new();
+    let mut most_open = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if let Ok(l) = parse_combined(line.as_bytes()) {
+            w.record(&Hit::from_line(i as u32 % sources, &l, i as i64));
+        }
+        if i % 10_000 == 9_999 {
+            most_open = most_open.max(w.open_windows());
+            out.clear();
+            w.drain(true, false, &mut out);
+        }
+    }
+    (most_open, w)
 }
 
 fn rss_mb() -> f64 {
