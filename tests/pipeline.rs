@@ -703,3 +703,73 @@ fn a_damaged_v2_record_is_one_dead_letter_and_the_runs_around_it_count() {
     let st = a.child.terminate(Duration::from_secs(20));
     assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
 }
+
+/// Injected incidents are what a window's top-K names first: a burst of 5xx
+/// on one path leads `path_5xx` in every window of the burst, a scanner
+/// leads `client` in every window of its scan, and neither appears in any
+/// other window; every ranking equals the requests' (exact where keys fit,
+/// within the bounds where they do not).
+#[test]
+fn top_k_names_the_injected_incidents_first() {
+    use logpipe_traffic::{Generator, Incident, IncidentKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.log");
+    let (burst, scan) = (
+        (START_MS + 60_000, START_MS + 90_000),
+        (START_MS + 150_000, START_MS + 170_000),
+    );
+    let (bad_path, scanner) = ("/api/v1/checkout", "203.0.113.66");
+    let g = Generator::new(7, START_MS, 50.0)
+        .with_incident(Incident {
+            from_ms: burst.0,
+            to_ms: burst.1,
+            share: 0.3,
+            kind: IncidentKind::ErrorBurst {
+                path: bad_path.into(),
+            },
+        })
+        .with_incident(Incident {
+            from_ms: scan.0,
+            to_ms: scan.1,
+            share: 0.4,
+            kind: IncidentKind::Scanner {
+                client: scanner.into(),
+            },
+        });
+    let mut expected = Expected::new(WINDOW_MS);
+    expected.generate_file_with(&path, &path.display().to_string(), g, 12_000);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("incidents"));
+    one_shot_demo(&path, &influx, &db, &["--window", "10s"]);
+
+    let rows = top_from_influx(&influx, &db);
+    let top = TopSpec::DEFAULT;
+    let (diff, exact, beyond) =
+        expected.check_top(&rows, usize::from(top.k), usize::from(top.capacity));
+    assert!(
+        diff.is_empty(),
+        "access_top differs from the requests:\n{diff}"
+    );
+    assert!(exact > 0 && beyond > 0, "exact {exact}, beyond {beyond}");
+
+    let inside = |(from, to): (i64, i64), t: i64| t >= from && t + WINDOW_MS <= to;
+    let touches = |(from, to): (i64, i64), t: i64| t < to && t + WINDOW_MS > from;
+    let (mut burst_windows, mut scan_windows) = (0, 0);
+    for ((_, t), (dim, rank, key, ..)) in &rows {
+        if dim == "path_5xx" && *rank == 1 && inside(burst, *t) {
+            assert_eq!(key, bad_path, "window {t}: 5xx burst not first");
+            burst_windows += 1;
+        }
+        if dim == "client" && *rank == 1 && inside(scan, *t) {
+            assert_eq!(key, scanner, "window {t}: scanner not first");
+            scan_windows += 1;
+        }
+        if key == bad_path {
+            assert!(touches(burst, *t), "{dim} {key} outside the burst at {t}");
+        }
+        if key == scanner || key.contains("zgrab") {
+            assert!(touches(scan, *t), "{dim} {key} outside the scan at {t}");
+        }
+    }
+    assert_eq!((burst_windows, scan_windows), (3, 2));
+}

@@ -84,6 +84,35 @@ const MALFORMED: &[&str] = &[
     "10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] \"GET /unterminated HTTP/1.1 200 12",
 ];
 
+/// Something that happens to the traffic during `[from_ms, to_ms)` of event
+/// time: the truth the analysis tests look for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Share of the requests in the interval that the incident takes over.
+    pub share: f64,
+    pub kind: IncidentKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncidentKind {
+    /// `GET <path>` answered 500 or 503.
+    ErrorBurst { path: String },
+    /// One client probing for well-known admin paths, answered 404.
+    Scanner { client: String },
+}
+
+/// Paths a scanner probes.
+const PROBES: &[&str] = &[
+    "/wp-login.php",
+    "/.env",
+    "/phpmyadmin/index.php",
+    "/admin/config.php",
+    "/.git/config",
+    "/cgi-bin/luci",
+];
+
 /// A deterministic stream of lines starting at `start_ms`, `lines_per_sec` on average.
 pub struct Generator {
     rng: Pcg64,
@@ -92,6 +121,10 @@ pub struct Generator {
     /// One line in this many is malformed (0: never).
     malformed_one_in: u32,
     request_time: bool,
+    incidents: Vec<Incident>,
+    /// Draws for the incidents alone, so the requests they leave alone are
+    /// those of the same seed without incidents.
+    incident_rng: Pcg64,
 }
 
 impl Generator {
@@ -102,7 +135,15 @@ impl Generator {
             step_ms: 1000.0 / lines_per_sec,
             malformed_one_in: 200,
             request_time: false,
+            incidents: Vec::new(),
+            incident_rng: Pcg64::seed_from_u64(seed ^ 0x1bad_5eed),
         }
+    }
+
+    /// Adds an incident (see [`Incident`]).
+    pub fn with_incident(mut self, incident: Incident) -> Self {
+        self.incidents.push(incident);
+        self
     }
 
     /// Appends `$request_time` (1 ms … ~3 s, log-uniform) to every line.
@@ -236,7 +277,7 @@ impl Generator {
         let request_time_ms = self
             .request_time
             .then(|| r.random_range(0.0f64..8.0).exp() as u32);
-        let req = Request {
+        let mut req = Request {
             client,
             user,
             time_ms,
@@ -247,6 +288,31 @@ impl Generator {
             user_agent,
             request_time_ms,
         };
+        for inc in &self.incidents {
+            if !(inc.from_ms..inc.to_ms).contains(&time_ms) {
+                continue;
+            }
+            let r = &mut self.incident_rng;
+            if !r.random_bool(inc.share) {
+                continue;
+            }
+            match &inc.kind {
+                IncidentKind::ErrorBurst { path } => {
+                    req.request = format!("GET {path} HTTP/1.1");
+                    req.status = if r.random_bool(0.5) { 500 } else { 503 };
+                }
+                IncidentKind::Scanner { client } => {
+                    req.client = client.clone();
+                    req.request =
+                        format!("GET {} HTTP/1.1", PROBES[r.random_range(0..PROBES.len())]);
+                    req.status = 404;
+                    req.user = None;
+                    req.referer = "-".to_string();
+                    req.user_agent = "Mozilla/5.0 zgrab/0.x".to_string();
+                }
+            }
+            break;
+        }
         (req.render(), req)
     }
 }
@@ -254,6 +320,36 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_incident_changes_only_its_interval() {
+        let plain: Vec<_> = {
+            let mut g = Generator::new(3, 0, 100.0).malformed_one_in(0);
+            (0..3000).map(|_| g.next_line().1.unwrap()).collect()
+        };
+        let mut g = Generator::new(3, 0, 100.0)
+            .malformed_one_in(0)
+            .with_incident(Incident {
+                from_ms: 10_000,
+                to_ms: 20_000,
+                share: 0.5,
+                kind: IncidentKind::Scanner {
+                    client: "203.0.113.9".into(),
+                },
+            });
+        let mut taken = 0;
+        for p in &plain {
+            let r = g.next_line().1.unwrap();
+            if (10_000..20_000).contains(&p.time_ms) && r != *p {
+                assert_eq!((r.client.as_str(), r.status), ("203.0.113.9", 404));
+                taken += 1;
+            } else {
+                assert_eq!(&r, p);
+            }
+        }
+        // About half of the ~1 000 requests in the interval.
+        assert!((400..600).contains(&taken), "{taken}");
+    }
 
     #[test]
     fn same_seed_same_lines() {
