@@ -58,8 +58,20 @@ pub struct Busiest {
     pub host: String,
     pub source: String,
     pub requests: u64,
+    /// The window's first key in each top-K dimension (empty with top-K off).
+    pub top: Vec<TopKey>,
     #[serde(skip)]
     start_ms: i64,
+}
+
+/// The first-ranked key of one top-K dimension of a window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopKey {
+    pub dim: &'static str,
+    pub key: String,
+    pub requests: u64,
+    /// `requests − error` is a lower bound (0: exact).
+    pub error: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -118,6 +130,21 @@ impl Summary {
                 host: r.host.to_string(),
                 source: r.source.to_string(),
                 requests: m.count,
+                top: r
+                    .value
+                    .top
+                    .iter()
+                    .flat_map(|t| t.dims.iter())
+                    .filter_map(|(dim, _, entries)| {
+                        let e = entries.first()?;
+                        Some(TopKey {
+                            dim: dim.name(),
+                            key: e.key.clone(),
+                            requests: e.count,
+                            error: e.error,
+                        })
+                    })
+                    .collect(),
                 start_ms: start,
             });
         }
@@ -205,6 +232,17 @@ impl Summary {
                     b.requests as f64 / self.window_s.max(1) as f64
                 ),
             );
+            for t in &b.top {
+                let bound = if t.error == 0 {
+                    String::new()
+                } else {
+                    format!(" (at least {})", t.requests - t.error)
+                };
+                row(
+                    &format!("  {}", t.dim.replace('_', " ")),
+                    format!("{}: {}{bound}", t.key, t.requests),
+                );
+            }
         }
         row("late", format!("{} (in no window)", self.late));
         row(
@@ -237,6 +275,7 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logpipe_analyzer::top::{Dim, TopEntry, TopLists};
     use logpipe_analyzer::{Metrics, WindowValue};
 
     fn window(start_ms: i64, count: u64, status: [u64; 5]) -> WindowValue {
@@ -265,7 +304,20 @@ mod tests {
             ("a", 10_000, 7, [0, 7, 0, 0, 0]),
         ];
         for (src, start, count, status) in ws {
-            let v = window(start, count, status);
+            let mut v = window(start, count, status);
+            if src == "b" {
+                let e = |key: &str, count, error| TopEntry {
+                    key: key.into(),
+                    count,
+                    error,
+                };
+                v.top = Some(std::sync::Arc::new(TopLists {
+                    dims: vec![
+                        (Dim::Path, 7, vec![e("/cart", 4, 0), e("/", 3, 0)]),
+                        (Dim::Client, 7, vec![e("203.0.113.7", 5, 2)]),
+                    ],
+                }));
+            }
             s.add(&WindowReport {
                 host: "h",
                 source: src,
@@ -300,6 +352,11 @@ mod tests {
         let text = s.render("x.log");
         assert!(text.contains("requests     19\n"), "{text}");
         assert!(text.contains("3: 1 malformed, 2 cut short"), "{text}");
+        assert!(text.contains("    path       /cart: 4\n"), "{text}");
+        assert!(
+            text.contains("    client     203.0.113.7: 5 (at least 3)\n"),
+            "{text}"
+        );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["status"]["2xx"], 16);
         assert_eq!(json["dead_letters"]["cut"], 2);
