@@ -357,12 +357,7 @@ fn top_panel_sums(panel: &Value, result: &[Value]) -> BTreeMap<String, u64> {
         .unwrap() as usize;
     let mut sums: BTreeMap<String, u64> = BTreeMap::new();
     for s in result {
-        let cols: Vec<&str> = s["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
+        let cols = columns(s);
         let (k, c) = (
             cols.iter().position(|c| *c == "key").unwrap(),
             cols.iter().position(|c| *c == "count").unwrap(),
@@ -403,18 +398,23 @@ fn first_by_sum(sums: BTreeMap<String, u64>, n: usize) -> BTreeMap<String, u64> 
     sums.into_iter().filter(|(_, s)| *s >= cut).collect()
 }
 
+/// The column names of a query result's series.
+fn columns(series: &Value) -> Vec<&str> {
+    series["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect()
+}
+
 /// One panel's series: name and (time ms, value) points.
 type Series = Vec<(String, Vec<(i64, f64)>)>;
 
 fn panel_series(influx: &Influx, db: &str, q: &str) -> Series {
     let mut out = vec![];
     for s in influx.query(db, q) {
-        let cols: Vec<&str> = s["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
+        let cols = columns(&s);
         let tag = s["tags"]["source"]
             .as_str()
             .map(|t| t.rsplit('/').next().unwrap_or(t).to_string());
