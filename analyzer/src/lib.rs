@@ -1,5 +1,7 @@
 //! Everything an analyzer does between a Kafka record and an InfluxDB point.
 //!
+//! - [`anomaly`]: robust baselines of a source's window series and the
+//!   windows they flag (pure; not yet called by the window core).
 //! - `config`: [`AnalyzerConfig`] and its [`defaults`].
 //! - [`parse`]: every parser (the built-in `combined`, compiled nginx/Apache
 //!   `log_format` strings, JSON lines) and which one reads which source.
@@ -18,6 +20,7 @@
 //!   commit only what the sink accepted.
 //! - `replay`: what makes a run a replay (fixed offsets, event-time range).
 
+pub mod anomaly;
 mod config;
 mod counters;
 mod distinct;

@@ -101,6 +101,10 @@ pub enum IncidentKind {
     ErrorBurst { path: String },
     /// One client probing for well-known admin paths, answered 404.
     Scanner { client: String },
+    /// The request takes `factor` times as long (with `with_request_time`).
+    LatencySpike { factor: u32 },
+    /// The request never comes: the stream is thinner by `share`.
+    TrafficDrop,
 }
 
 /// Paths a scanner probes.
@@ -165,16 +169,25 @@ impl Generator {
 
     /// The next line and the request it encodes (`None`: malformed on purpose).
     pub fn next_line(&mut self) -> (String, Option<Request>) {
+        loop {
+            if let Some(next) = self.next_line_or_dropped() {
+                return next;
+            }
+        }
+    }
+
+    /// [`Generator::next_line`], `None` when a traffic drop took it.
+    fn next_line_or_dropped(&mut self) -> Option<(String, Option<Request>)> {
         self.t_ms += self.step_ms;
         let r = &mut self.rng;
         let damaged = self.malformed_one_in > 0 && r.random_range(0..self.malformed_one_in) == 0;
         if damaged && r.random_bool(0.5) {
             let m = MALFORMED[r.random_range(0..MALFORMED.len())];
-            return (m.to_string(), None);
+            return Some((m.to_string(), None));
         }
-        let (line, req) = self.request();
+        let (line, req) = self.request()?;
         if !damaged {
-            return (line, Some(req));
+            return Some((line, Some(req)));
         }
         // A line cut short in the file (a crash mid-write, a full disk): it
         // keeps its status and ends in the size, the referer or the agent —
@@ -191,11 +204,11 @@ impl Generator {
         if r.random_bool(0.2) {
             cut.push_str(&"\0".repeat(r.random_range(1..64)));
         }
-        (cut, None)
+        Some((cut, None))
     }
 
-    /// A valid request and its line.
-    fn request(&mut self) -> (String, Request) {
+    /// A valid request and its line (`None`: dropped by an incident).
+    fn request(&mut self) -> Option<(String, Request)> {
         let r = &mut self.rng;
         // A few seconds out of order now and then, as with buffered writers.
         let jitter = if r.random_bool(0.05) {
@@ -310,10 +323,14 @@ impl Generator {
                     req.referer = "-".to_string();
                     req.user_agent = "Mozilla/5.0 zgrab/0.x".to_string();
                 }
+                IncidentKind::LatencySpike { factor } => {
+                    req.request_time_ms = req.request_time_ms.map(|t| t.saturating_mul(*factor));
+                }
+                IncidentKind::TrafficDrop => return None,
             }
             break;
         }
-        (req.render(), req)
+        Some((req.render(), req))
     }
 }
 

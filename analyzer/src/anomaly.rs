@@ -1,0 +1,538 @@
+//! Anomalies of a source's window series — pure, deterministic.
+//!
+//! For each source a [`Baseline`] keeps the values of its last `history`
+//! final windows: requests, error rate and latency p99. Each new final window
+//! is scored against them before it joins them:
+//!
+//! `score = (value − median) / scale`, `scale = max(1.4826 · MAD, floor)`
+//!
+//! — a robust z-score (median and median absolute deviation, so past
+//! incidents in the history do not hide the next one), with a floor per
+//! metric so a flat history does not turn noise into alarms — the noise of
+//! the metric itself: requests √median (Poisson) and at least 1, error rate
+//! √(p(1−p)/n) for the median rate p (at least 0.001) over the window's n
+//! requests (binomial), p99 10 % of the median and at least 1 ms. A window is
+//! flagged when |score| ≥ the threshold in a direction that matters:
+//! requests up and down, error rate and p99 up only. An error rate is scored
+//! only with at least [`MIN_ERRORS`] errors in the window, a p99 only with at
+//! least [`MIN_REQUESTS_FOR_P99`] requests.
+//!
+//! Windows of the source that never came between two final windows had no
+//! requests: they join the requests history as 0 (a source that stops is a
+//! drop), not the other two (a rate or a percentile of nothing).
+//!
+//! Final windows reach a source's baseline in window order, the order the
+//! window core closes them in; a live run, a restarted one and a replay that
+//! reads the same history feed it the same values, so they flag the same
+//! windows.
+//!
+//! **Not yet wired into the analyzers**: the window core does not call it
+//! and no point is written. What is here is the scoring, its state and its
+//! encoding (for a restore point), with the false-positive and detection
+//! rates measured on generated traffic (`tests` below, docs/analysis.md).
+
+use std::collections::VecDeque;
+
+use crate::window::Metrics;
+
+/// Anomaly settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnomalySpec {
+    /// Final windows a baseline remembers.
+    pub history: usize,
+    /// Windows needed before a metric is scored.
+    pub min_history: usize,
+    /// |score| at or above which a window is flagged.
+    pub threshold: f64,
+}
+
+impl AnomalySpec {
+    /// 30 windows (5 min of 10 s windows), scored from the 10th, flagged at 5
+    /// (no flag in 12 969 metric-windows of steady generated traffic, every
+    /// window of the large test incidents; see the tests).
+    pub const DEFAULT: AnomalySpec = AnomalySpec {
+        history: 30,
+        min_history: 10,
+        threshold: 5.0,
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    Requests,
+    ErrorRate,
+    LatencyP99,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Requests => "requests",
+            Metric::ErrorRate => "error_rate",
+            Metric::LatencyP99 => "latency_p99",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+}
+
+/// One flagged metric of one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    pub metric: Metric,
+    pub value: f64,
+    /// The median of the history.
+    pub baseline: f64,
+    pub score: f64,
+    pub direction: Direction,
+}
+
+/// The recent final windows of one source; see the module docs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Baseline {
+    /// Start of the window after the last one seen.
+    next_start: Option<i64>,
+    requests: VecDeque<f64>,
+    error_rate: VecDeque<f64>,
+    p99: VecDeque<f64>,
+}
+
+/// An error rate is scored only in a window with at least this many errors
+/// (one error in a window of two requests is no incident).
+pub const MIN_ERRORS: u64 = 5;
+/// A p99 is scored only in a window with at least this many requests (below,
+/// it is one of the slowest few requests).
+pub const MIN_REQUESTS_FOR_P99: u64 = 20;
+
+fn push(h: &mut VecDeque<f64>, v: f64, cap: usize) {
+    if h.len() == cap {
+        h.pop_front();
+    }
+    h.push_back(v);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// (median, score) of `x` against `h`, `None` with too little history.
+fn score(h: &VecDeque<f64>, x: f64, min: usize, floor: impl Fn(f64) -> f64) -> Option<(f64, f64)> {
+    if h.len() < min.max(1) {
+        return None;
+    }
+    let mut v: Vec<f64> = h.iter().copied().collect();
+    let med = median(&mut v);
+    let mut dev: Vec<f64> = v.iter().map(|y| (y - med).abs()).collect();
+    let mad = median(&mut dev);
+    let scale = (1.4826 * mad).max(floor(med));
+    Some((med, (x - med) / scale))
+}
+
+impl Baseline {
+    /// Scores the final window at `start_ms` with values `m`, appends what
+    /// it flags to `out`, then remembers it.
+    pub fn observe(
+        &mut self,
+        spec: &AnomalySpec,
+        window_ms: i64,
+        start_ms: i64,
+        m: &Metrics,
+        out: &mut Vec<Anomaly>,
+    ) {
+        let cap = spec.history.max(1);
+        if let Some(next) = self.next_start {
+            // Windows that never came had no requests (at most `cap` of them matter).
+            let missing = ((start_ms - next) / window_ms).clamp(0, cap as i64);
+            for _ in 0..missing {
+                push(&mut self.requests, 0.0, cap);
+            }
+        }
+        self.next_start = Some(self.next_start.map_or(start_ms, |n| n.max(start_ms)) + window_ms);
+        let requests = m.count as f64;
+        let mut check =
+            |metric, h: &VecDeque<f64>, x: f64, floor: &dyn Fn(f64) -> f64, down: bool| {
+                if let Some((baseline, s)) = score(h, x, spec.min_history, floor) {
+                    let direction = if s >= spec.threshold {
+                        Some(Direction::Up)
+                    } else if down && s <= -spec.threshold {
+                        Some(Direction::Down)
+                    } else {
+                        None
+                    };
+                    if let Some(direction) = direction {
+                        out.push(Anomaly {
+                            metric,
+                            value: x,
+                            baseline,
+                            score: s,
+                            direction,
+                        });
+                    }
+                }
+            };
+        check(
+            Metric::Requests,
+            &self.requests,
+            requests,
+            &|med: f64| med.sqrt().max(1.0),
+            true,
+        );
+        let error_rate = (m.count > 0).then(|| m.errors as f64 / m.count as f64);
+        if let Some(e) = error_rate.filter(|_| m.errors >= MIN_ERRORS) {
+            let n = m.count as f64;
+            let binomial = |med: f64| {
+                let p = med.max(0.001);
+                (p * (1.0 - p) / n).sqrt()
+            };
+            check(Metric::ErrorRate, &self.error_rate, e, &binomial, false);
+        }
+        let p99 = m.latency.map(|l| l.p99);
+        if let Some(p) = p99.filter(|_| m.count >= MIN_REQUESTS_FOR_P99) {
+            check(
+                Metric::LatencyP99,
+                &self.p99,
+                p,
+                &|med: f64| (0.1 * med).max(0.001),
+                false,
+            );
+        }
+        push(&mut self.requests, requests, cap);
+        if let Some(e) = error_rate {
+            push(&mut self.error_rate, e, cap);
+        }
+        if let Some(p) = p99 {
+            push(&mut self.p99, p, cap);
+        }
+    }
+
+    /// The state as text, for a restore point: `1;<next start>;<requests>;
+    /// <error rates>;<p99s>`, values comma-separated, shortest round-trip
+    /// decimal form.
+    pub fn encode(&self) -> String {
+        let list = |h: &VecDeque<f64>| {
+            h.iter()
+                .map(|v| format!("{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            "1;{};{};{};{}",
+            self.next_start.map_or(String::new(), |n| n.to_string()),
+            list(&self.requests),
+            list(&self.error_rate),
+            list(&self.p99)
+        )
+    }
+
+    /// Reads [`Baseline::encode`]'s text back.
+    pub fn decode(s: &str) -> Result<Baseline, String> {
+        let parts: Vec<&str> = s.split(';').collect();
+        let [version, next, requests, error_rate, p99] = parts[..] else {
+            return Err(format!(
+                "a baseline has 5 parts separated by ';', not {}: {s:?}",
+                parts.len()
+            ));
+        };
+        if version != "1" {
+            return Err(format!("unknown baseline version {version:?}"));
+        }
+        let list = |t: &str| -> Result<VecDeque<f64>, String> {
+            t.split(',')
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| format!("not a number in a baseline: {v:?}"))
+                })
+                .collect()
+        };
+        Ok(Baseline {
+            next_start: if next.is_empty() {
+                None
+            } else {
+                Some(
+                    next.parse()
+                        .map_err(|_| format!("bad window start in a baseline: {next:?}"))?,
+                )
+            },
+            requests: list(requests)?,
+            error_rate: list(error_rate)?,
+            p99: list(p99)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use logpipe_traffic::{Generator, Incident, IncidentKind};
+
+    use super::*;
+    use crate::parse::parse_combined;
+    use crate::top::TopSpec;
+    use crate::window::{Hit, Latency, PartitionWindows, WindowSpec};
+
+    fn metrics(count: u64, errors: u64, p99: Option<f64>) -> Metrics {
+        Metrics {
+            count,
+            errors,
+            latency: p99.map(|p99| Latency {
+                p99,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_jump_is_flagged_after_enough_history_and_a_gap_is_a_drop() {
+        let spec = AnomalySpec::DEFAULT;
+        let mut b = Baseline::default();
+        let mut out = vec![];
+        for i in 0..20 {
+            b.observe(
+                &spec,
+                10,
+                i * 10,
+                &metrics(100 + (i as u64 % 5), 2, Some(0.2)),
+                &mut out,
+            );
+        }
+        assert!(out.is_empty(), "{out:?}");
+        b.observe(&spec, 10, 200, &metrics(100, 40, Some(2.0)), &mut out);
+        let flagged: Vec<(Metric, Direction)> =
+            out.iter().map(|a| (a.metric, a.direction)).collect();
+        assert_eq!(
+            flagged,
+            [
+                (Metric::ErrorRate, Direction::Up),
+                (Metric::LatencyP99, Direction::Up)
+            ]
+        );
+        out.clear();
+        // 20 windows without a line, then one: the zeros are history now.
+        b.observe(&spec, 10, 410, &metrics(100, 1, None), &mut out);
+        assert_eq!(b.requests.iter().filter(|&&r| r == 0.0).count(), 20);
+        out.clear();
+        let mut fresh = Baseline::default();
+        for i in 0..12 {
+            fresh.observe(&spec, 10, i * 10, &metrics(100, 1, None), &mut out);
+        }
+        // The source stops for a while: the next window that comes is a drop
+        // only through the zeros before it; one with 3 requests is.
+        fresh.observe(&spec, 10, 120, &metrics(3, 0, None), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].metric, out[0].direction),
+            (Metric::Requests, Direction::Down)
+        );
+    }
+
+    #[test]
+    fn the_state_round_trips_as_text() {
+        let spec = AnomalySpec::DEFAULT;
+        let mut b = Baseline::default();
+        let mut out = vec![];
+        for i in 0..40 {
+            b.observe(
+                &spec,
+                10,
+                i * 10,
+                &metrics(90 + i as u64, i as u64, Some(0.1 + i as f64 / 7.0)),
+                &mut out,
+            );
+        }
+        let text = b.encode();
+        assert_eq!(Baseline::decode(&text).unwrap(), b);
+        assert_eq!(
+            Baseline::decode(&Baseline::default().encode()).unwrap(),
+            Baseline::default()
+        );
+        assert!(Baseline::decode("2;;;;").unwrap_err().contains("version"));
+        assert!(Baseline::decode("1;0;1,x;;").unwrap_err().contains("\"x\""));
+        assert!(Baseline::decode("1;0").is_err());
+    }
+
+    /// Window series of generated traffic (20 lines/s, 10 s windows, 4 h)
+    /// through the parser and the window core, with incidents; returns per
+    /// window start its metrics, in order.
+    fn series(seed: u64, incidents: &[Incident]) -> BTreeMap<i64, Metrics> {
+        let start = 1_704_067_200_000;
+        let mut g = Generator::new(seed, start, 20.0)
+            .with_request_time()
+            .malformed_one_in(0);
+        for i in incidents {
+            g = g.with_incident(i.clone());
+        }
+        let spec = WindowSpec {
+            window_ms: 10_000,
+            lateness_ms: 30_000,
+            error_status: 500,
+            top: TopSpec::OFF,
+        };
+        let mut w = PartitionWindows::new(spec);
+        let mut values = vec![];
+        for i in 0..(20 * 4 * 3600) {
+            let (line, _) = g.next_line();
+            if let Ok(l) = parse_combined(line.as_bytes()) {
+                w.record(&Hit::from_line(0, &l, i));
+            }
+        }
+        w.drain(false, true, &mut values);
+        values
+            .into_iter()
+            .map(|v| (v.start_ms, v.metrics))
+            .collect()
+    }
+
+    /// Flagged (window, metric) of a series.
+    fn flags(spec: &AnomalySpec, s: &BTreeMap<i64, Metrics>) -> Vec<(i64, Metric)> {
+        let mut b = Baseline::default();
+        let mut out = vec![];
+        let mut flagged = vec![];
+        let last = *s.keys().last().unwrap();
+        for (&t, m) in s {
+            if t == last {
+                break; // cut short by the end of the input
+            }
+            out.clear();
+            b.observe(spec, 10_000, t, m, &mut out);
+            flagged.extend(out.iter().map(|a| (t, a.metric)));
+        }
+        flagged
+    }
+
+    /// Flags of a run with `incidents` (metric each should raise): how many
+    /// incident windows were flagged for their metric, of how many, and how
+    /// many flags fell outside the incidents.
+    fn detection(
+        spec: &AnomalySpec,
+        incidents: &[(Metric, Incident)],
+        s: &BTreeMap<i64, Metrics>,
+    ) -> (usize, usize, usize) {
+        let got = flags(spec, s);
+        let (mut detected, mut windows) = (0, 0);
+        for (metric, inc) in incidents {
+            for t in (inc.from_ms..inc.to_ms).step_by(10_000) {
+                windows += 1;
+                detected += usize::from(got.contains(&(t, *metric)));
+            }
+        }
+        let outside = got
+            .iter()
+            .filter(|(t, _)| {
+                !incidents
+                    .iter()
+                    .any(|(_, i)| (i.from_ms..i.to_ms).contains(t))
+            })
+            .count();
+        (detected, windows, outside)
+    }
+
+    fn incidents(
+        error_share: f64,
+        slow_share: f64,
+        factor: u32,
+        drop: f64,
+    ) -> Vec<(Metric, Incident)> {
+        let at = |min: i64| 1_704_067_200_000 + min * 60_000;
+        vec![
+            (
+                Metric::ErrorRate,
+                Incident {
+                    from_ms: at(60),
+                    to_ms: at(62),
+                    share: error_share,
+                    kind: IncidentKind::ErrorBurst {
+                        path: "/api/v1/checkout".into(),
+                    },
+                },
+            ),
+            (
+                Metric::LatencyP99,
+                Incident {
+                    from_ms: at(120),
+                    to_ms: at(122),
+                    share: slow_share,
+                    kind: IncidentKind::LatencySpike { factor },
+                },
+            ),
+            (
+                Metric::Requests,
+                Incident {
+                    from_ms: at(180),
+                    to_ms: at(182),
+                    share: drop,
+                    kind: IncidentKind::TrafficDrop,
+                },
+            ),
+        ]
+    }
+
+    /// Steady traffic: how many windows a threshold flags (the
+    /// false-positive rate); traffic with incidents, large (30 % errors,
+    /// 20 % of requests 8× slower, 80 % of traffic gone) and small (8 %
+    /// errors, 5 % 3× slower, 40 % gone): how many incident windows are
+    /// flagged for their metric. Prints the rates per threshold; the default
+    /// must flag nothing on steady traffic and every window of the large
+    /// incidents.
+    #[test]
+    fn steady_traffic_is_quiet_and_incidents_are_flagged() {
+        let steady: Vec<BTreeMap<i64, Metrics>> = (1..=3).map(|seed| series(seed, &[])).collect();
+        let large = incidents(0.3, 0.2, 8, 0.8);
+        let small = incidents(0.08, 0.05, 3, 0.4);
+        let with = |inc: &[(Metric, Incident)], seed| {
+            series(
+                seed,
+                &inc.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            )
+        };
+        let (large_series, small_series) = (with(&large, 1), with(&small, 2));
+        for threshold in [3.0, 4.0, 5.0, 6.0, 8.0] {
+            let spec = AnomalySpec {
+                threshold,
+                ..AnomalySpec::DEFAULT
+            };
+            let windows: usize = steady.iter().map(|s| s.len() - 1).sum();
+            let false_flags: usize = steady.iter().map(|s| flags(&spec, s).len()).sum();
+            let big = detection(&spec, &large, &large_series);
+            let little = detection(&spec, &small, &small_series);
+            println!(
+                "threshold {threshold}: steady traffic {false_flags} flags in {windows} windows × 3 metrics; \
+                 large incidents {} of {} windows flagged ({} flags outside); \
+                 small incidents {} of {} ({} outside)",
+                big.0, big.1, big.2, little.0, little.1, little.2
+            );
+            if threshold == AnomalySpec::DEFAULT.threshold {
+                assert_eq!(false_flags, 0, "the default flags steady traffic");
+                assert_eq!(
+                    (big.0, big.2),
+                    (big.1, 0),
+                    "the default and the large incidents"
+                );
+                assert_eq!(little.2, 0, "the default flags outside the small incidents");
+            }
+        }
+    }
+}
