@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use logpipe_analyzer::anomaly::AnomalySpec;
 use logpipe_analyzer::defaults as analyzer_defaults;
 use logpipe_analyzer::top::{PathKey, TopSpec};
 use logpipe_producer::config::defaults;
@@ -359,6 +360,16 @@ pub struct WindowArgs {
     /// as numbers, UUIDs and long hex strings replaced by `{id}`).
     #[arg(long, env = "LOGPIPE_TOP_PATH", default_value = "stripped")]
     pub top_path: PathKey,
+    /// Robust score (distance from the median of the source's recent final
+    /// windows, in MADs or the metric's own noise) at which a window's
+    /// requests, error rate or p99 is flagged in `access_anomaly`; 0 turns
+    /// anomaly flags off.
+    #[arg(long, env = "LOGPIPE_ANOMALY_THRESHOLD", default_value_t = AnomalySpec::DEFAULT.threshold)]
+    pub anomaly_threshold: f64,
+    /// Final windows per source the anomaly baseline remembers (scored from
+    /// the 10th on).
+    #[arg(long, env = "LOGPIPE_ANOMALY_HISTORY", default_value_t = AnomalySpec::DEFAULT.history)]
+    pub anomaly_history: usize,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -16,6 +16,7 @@ use cli::{
     AnalyzeArgs, BrokerArgs, Cli, Command, DlqArgs, FormatArgs, GenerateArgs, InfluxArgs,
     ProduceArgs, WindowArgs,
 };
+use logpipe_analyzer::anomaly::AnomalySpec;
 use logpipe_analyzer::parse::{Formats, Parser as LogParser};
 use logpipe_analyzer::top::TopSpec;
 use logpipe_analyzer::{AnalyzerConfig, Control, InfluxApi, InfluxConfig, InfluxSink, WindowSpec};
@@ -88,7 +89,32 @@ pub fn window_spec(w: &WindowArgs) -> Result<WindowSpec> {
         lateness_ms: w.lateness.as_millis() as i64,
         error_status: w.error_status,
         top: top_spec(w)?,
+        anomaly: anomaly_spec(w)?,
     })
+}
+
+fn anomaly_spec(w: &WindowArgs) -> Result<Option<AnomalySpec>> {
+    if !(w.anomaly_threshold.is_finite() && w.anomaly_threshold >= 0.0) {
+        bail!(
+            "--anomaly-threshold must be 0 (off) or above (got {})",
+            w.anomaly_threshold
+        );
+    }
+    if w.anomaly_threshold == 0.0 {
+        return Ok(None);
+    }
+    let min_history = AnomalySpec::DEFAULT.min_history;
+    if w.anomaly_history < min_history {
+        bail!(
+            "--anomaly-history must be at least {min_history} windows (got {})",
+            w.anomaly_history
+        );
+    }
+    Ok(Some(AnomalySpec {
+        history: w.anomaly_history,
+        min_history,
+        threshold: w.anomaly_threshold,
+    }))
 }
 
 fn top_spec(w: &WindowArgs) -> Result<TopSpec> {

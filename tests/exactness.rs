@@ -18,7 +18,7 @@ use logpipe_testkit::{
     unique, wait_until, Analyzer, Child, Expected, GroupProtocol, Influx, Kafka, LogpipeBroker,
     Membership, Point, Tansu,
 };
-use logpipe_traffic::Generator;
+use logpipe_traffic::{Generator, Incident, IncidentKind};
 use rand::{Rng, SeedableRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -30,6 +30,7 @@ const SPEC: WindowSpec = WindowSpec {
     lateness_ms: 30_000,
     error_status: 400,
     top: logpipe_analyzer::top::TopSpec::DEFAULT,
+    anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
 };
 /// The files grow in this many steps...
 const CHUNKS: usize = 24;
@@ -101,7 +102,26 @@ impl Stack {
             let p = dir.path().join(format!("{name}.log"));
             std::fs::File::create(&p).unwrap();
             let source = p.display().to_string();
-            let g = Generator::new(200 + i as u64, START_MS, 20.0).with_request_time();
+            // 10 lines/s: 24 windows per source, enough history for the
+            // anomaly baselines to score (and the incidents to be flagged)
+            // before the end; final windows are flagged in every scenario.
+            let mut g = Generator::new(200 + i as u64, START_MS, 10.0).with_request_time();
+            let at = |s: i64| START_MS + s * 1000;
+            let kind = match *name {
+                "shop" => Some(IncidentKind::ErrorBurst {
+                    path: "/api/v1/pay".into(),
+                }),
+                "api" => Some(IncidentKind::LatencySpike { factor: 8 }),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                g = g.with_incident(Incident {
+                    from_ms: at(150),
+                    to_ms: at(170),
+                    share: 0.5,
+                    kind,
+                });
+            }
             let lines = expected.generate(g, &source, 2400);
             chunks.push(
                 lines
@@ -113,6 +133,14 @@ impl Stack {
             paths.push(p);
         }
         let reference = reference_points(SPEC, &sources);
+        let flagged = reference
+            .values()
+            .filter(|p| !p.anomalies.is_empty())
+            .count();
+        assert!(
+            flagged >= 4,
+            "the reference flags {flagged} windows, the incidents at least 4"
+        );
         let influx = Influx::start();
         let db = influx.create_db(&unique("exact"));
         Some(Stack {

@@ -773,3 +773,71 @@ fn top_k_names_the_injected_incidents_first() {
     }
     assert_eq!((burst_windows, scan_windows), (3, 2));
 }
+
+/// Anomalies: a 5xx burst, a latency spike and a traffic drop injected into
+/// steady generated traffic are flagged (`access_anomaly`, the right metric
+/// and direction) in every window they fill, and no other window is
+/// flagged; the windows closed only by the end of the input are not scored.
+#[test]
+fn anomalies_flag_every_incident_window_and_nothing_else() {
+    use logpipe_traffic::{Generator, Incident, IncidentKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.log");
+    let at = |s: i64| START_MS + s * 1000;
+    let cases = [
+        (
+            "error_rate",
+            "up",
+            at(200),
+            at(230),
+            IncidentKind::ErrorBurst {
+                path: "/api/v1/pay".into(),
+            },
+            0.3,
+        ),
+        (
+            "latency_p99",
+            "up",
+            at(300),
+            at(330),
+            IncidentKind::LatencySpike { factor: 8 },
+            0.2,
+        ),
+        (
+            "requests",
+            "down",
+            at(400),
+            at(430),
+            IncidentKind::TrafficDrop,
+            0.8,
+        ),
+    ];
+    let mut g = Generator::new(11, START_MS, 50.0).with_request_time();
+    for (_, _, from_ms, to_ms, kind, share) in &cases {
+        g = g.with_incident(Incident {
+            from_ms: *from_ms,
+            to_ms: *to_ms,
+            share: *share,
+            kind: kind.clone(),
+        });
+    }
+    let mut expected = Expected::new(WINDOW_MS);
+    expected.generate_file_with(&path, &path.display().to_string(), g, 30_000);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("anomalies"));
+    one_shot_demo(&path, &influx, &db, &[]);
+
+    let got: Vec<(i64, String, String)> = logpipe_testkit::anomalies_from_influx(&influx, &db)
+        .into_iter()
+        .map(|((_, t), (metric, direction, ..))| (t, metric, direction))
+        .collect();
+    let mut want = vec![];
+    for (metric, direction, from_ms, to_ms, ..) in &cases {
+        for t in (*from_ms..*to_ms).step_by(WINDOW_MS as usize) {
+            want.push((t, metric.to_string(), direction.to_string()));
+        }
+    }
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "flags differ from the incidents");
+}

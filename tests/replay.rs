@@ -374,6 +374,7 @@ fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
         lateness_ms: 30_000,
         error_status: 400,
         top: logpipe_analyzer::top::TopSpec::DEFAULT,
+        anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
     };
     let (from, to) = (START_MS + 7_200_000, START_MS + 9_000_000);
     let want: BTreeMap<(String, i64), Point> = reference_points(spec, &sources)

@@ -18,9 +18,11 @@ const SPEC: WindowSpec = WindowSpec {
     lateness_ms: 30_000,
     error_status: 400,
     top: TopSpec::DEFAULT,
+    anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
 };
 const NO_TOP: WindowSpec = WindowSpec {
     top: TopSpec::OFF,
+    anomaly: None,
     ..SPEC
 };
 

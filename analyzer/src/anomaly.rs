@@ -26,10 +26,11 @@
 //! reads the same history feed it the same values, so they flag the same
 //! windows.
 //!
-//! **Not yet wired into the analyzers**: the window core does not call it
-//! and no point is written. What is here is the scoring, its state and its
-//! encoding (for a restore point), with the false-positive and detection
-//! rates measured on generated traffic (`tests` below, docs/analysis.md).
+//! The window core scores each final window (`PartitionWindows::drain`);
+//! a source's baseline is stored as text ([`Baseline::encode`]) in the
+//! restore point beside its max event time, so a new owner continues it.
+//! The false-positive and detection rates on generated traffic are measured
+//! in the tests below (docs/analysis.md).
 
 use std::collections::VecDeque;
 
@@ -390,6 +391,7 @@ mod tests {
             lateness_ms: 30_000,
             error_status: 500,
             top: TopSpec::OFF,
+            anomaly: None,
         };
         let mut w = PartitionWindows::new(spec);
         let mut values = vec![];

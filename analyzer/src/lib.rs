@@ -1,7 +1,7 @@
 //! Everything an analyzer does between a Kafka record and an InfluxDB point.
 //!
 //! - [`anomaly`]: robust baselines of a source's window series and the
-//!   windows they flag (pure; not yet called by the window core).
+//!   windows they flag (pure; the window core scores final windows).
 //! - `config`: [`AnalyzerConfig`] and its [`defaults`].
 //! - [`parse`]: every parser (the built-in `combined`, compiled nginx/Apache
 //!   `log_format` strings, JSON lines) and which one reads which source.

@@ -9,6 +9,8 @@ use crate::window::{Metrics, WindowValue};
 
 /// Measurement of the per-window traffic points.
 pub const ACCESS_LOG: &str = "access_log";
+/// Measurement of the windows a source's baseline flags.
+pub const ACCESS_ANOMALY: &str = "access_anomaly";
 /// Measurement of the per-window top-K keys.
 pub const ACCESS_TOP: &str = "access_top";
 /// Measurement of the analyzers' own health.
@@ -157,6 +159,33 @@ pub fn encode_top(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue
     }
 }
 
+/// Encodes a final window's `access_anomaly` points, one per flagged metric
+/// (tags `host`, `metric`, `source`; fields `baseline`, `direction`,
+/// `score`, `value`) at the window start.
+pub fn encode_anomalies(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue) {
+    let ts = i128::from(v.start_ms) * 1_000_000;
+    for a in &v.anomalies {
+        out.extend_from_slice(ACCESS_ANOMALY.as_bytes());
+        out.extend_from_slice(b",host=");
+        push_tag(out, if host.is_empty() { b"-" } else { host });
+        out.extend_from_slice(b",metric=");
+        out.extend_from_slice(a.metric.name().as_bytes());
+        out.extend_from_slice(b",source=");
+        push_tag(out, if source.is_empty() { b"-" } else { source });
+        out.push(b' ');
+        push_float(out, "baseline", a.baseline);
+        out.extend_from_slice(b",direction=\"");
+        out.extend_from_slice(a.direction.name().as_bytes());
+        out.extend_from_slice(b"\",");
+        push_float(out, "score", a.score);
+        out.push(b',');
+        push_float(out, "value", a.value);
+        out.push(b' ');
+        out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+        out.push(b'\n');
+    }
+}
+
 /// Encodes one point of integer fields (self-metrics) at `time_ns`.
 pub fn encode_counters(
     out: &mut Vec<u8>,
@@ -205,6 +234,7 @@ mod tests {
                 }),
             },
             top: None,
+            anomalies: Vec::new(),
             is_final: true,
         };
         let mut out = vec![];
@@ -228,6 +258,7 @@ mod tests {
                 ..Default::default()
             },
             top: None,
+            anomalies: Vec::new(),
             is_final: false,
         };
         let mut out = vec![];
@@ -273,6 +304,7 @@ mod tests {
                     vec![entry("/a \"b\"\\", 5, 0), entry("/x\ny", 4, 1)],
                 )],
             })),
+            anomalies: Vec::new(),
             is_final: false,
         };
         let mut out = vec![];

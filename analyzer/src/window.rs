@@ -35,6 +35,7 @@ use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use std::sync::Arc;
 
+use crate::anomaly::{Anomaly, AnomalySpec, Baseline};
 use crate::parse::AccessLine;
 use crate::top::{TopLists, TopSet, TopSpec};
 
@@ -237,6 +238,8 @@ pub struct WindowValue {
     pub metrics: Metrics,
     /// Ranked keys per dimension (`None` when top-K is off).
     pub top: Option<Arc<TopLists>>,
+    /// What the source's baseline flags in this window (final windows only).
+    pub anomalies: Vec<Anomaly>,
     /// `true` when the window is closed and this is its final value.
     pub is_final: bool,
 }
@@ -267,6 +270,8 @@ pub struct WindowSpec {
     pub lateness_ms: i64,
     pub error_status: u16,
     pub top: TopSpec,
+    /// `None`: no anomaly scoring.
+    pub anomaly: Option<AnomalySpec>,
 }
 
 /// Where a new owner of a partition resumes; see the module docs.
@@ -290,6 +295,9 @@ pub struct RestorePoint<S = SourceId> {
     /// how far: their records before that in windows the max closes were
     /// counted by that writer, so they are replayed.
     pub ahead: Vec<(S, i64)>,
+    /// Anomaly baselines per source ([`Baseline::encode`]), stored with the
+    /// max event time whenever it changes (final windows only close then).
+    pub baselines: Vec<(S, String)>,
 }
 
 impl<S> RestorePoint<S> {
@@ -300,6 +308,11 @@ impl<S> RestorePoint<S> {
             next_offset: self.next_offset,
             max_event_ms: self.max_event_ms.iter().map(|(s, m)| (f(s), *m)).collect(),
             ahead: self.ahead.iter().map(|(s, n)| (f(s), *n)).collect(),
+            baselines: self
+                .baselines
+                .iter()
+                .map(|(s, b)| (f(s), b.clone()))
+                .collect(),
         }
     }
 }
@@ -324,6 +337,8 @@ pub struct PartitionWindows {
     /// Per source, when a previous writer had seen further (see
     /// [`RestorePoint::ahead`]).
     replay_until_source: crate::FastMap<SourceId, i64>,
+    /// Anomaly baselines of the sources with a final window.
+    baselines: crate::FastMap<SourceId, Baseline>,
     late: u64,
 }
 
@@ -338,6 +353,7 @@ impl PartitionWindows {
             replay_until: i64::MIN,
             held_from: None,
             replay_until_source: crate::FastMap::default(),
+            baselines: crate::FastMap::default(),
             late: 0,
         }
     }
@@ -350,7 +366,24 @@ impl PartitionWindows {
         w.max_event_ms.extend(point.max_event_ms.iter().copied());
         w.replay_until = point.next_offset;
         w.replay_until_source.extend(point.ahead.iter().copied());
+        for (s, text) in &point.baselines {
+            match Baseline::decode(text) {
+                Ok(b) => {
+                    w.baselines.insert(*s, b);
+                }
+                // The baseline restarts empty: flags of the next windows
+                // may differ from an uninterrupted run's, nothing else does.
+                Err(e) => {
+                    tracing::warn!(source = s, error = %e, "stored anomaly baseline unreadable; starting it again")
+                }
+            }
+        }
         w
+    }
+
+    /// A source's anomaly baseline as stored in a restore point.
+    pub fn baseline_text(&self, source: SourceId) -> Option<String> {
+        self.baselines.get(&source).map(Baseline::encode)
     }
 
     /// Start of the window holding `t`.
@@ -441,11 +474,28 @@ impl PartitionWindows {
             .collect();
         for key in closing {
             let w = self.open.remove(&key).expect("key from open");
+            let metrics = w.agg.summary();
+            let mut anomalies = Vec::new();
+            // A window closed by the end of the input, not by the watermark,
+            // is cut short by the input: neither scored nor remembered.
+            let by_watermark = self
+                .closed_through_ms(key.1)
+                .is_some_and(|c| key.0 + window_ms <= c);
+            if let (Some(a), true) = (&self.spec.anomaly, by_watermark) {
+                self.baselines.entry(key.1).or_default().observe(
+                    a,
+                    window_ms,
+                    key.0,
+                    &metrics,
+                    &mut anomalies,
+                );
+            }
             out.push(WindowValue {
                 source: key.1,
                 start_ms: key.0,
-                metrics: w.agg.summary(),
+                metrics,
                 top: w.agg.top(self.spec.top.k),
+                anomalies,
                 is_final: true,
             });
         }
@@ -467,6 +517,7 @@ impl PartitionWindows {
                     start_ms: start,
                     metrics: w.agg.summary(),
                     top: w.agg.top(self.spec.top.k),
+                    anomalies: Vec::new(),
                     is_final: false,
                 });
             }
@@ -498,6 +549,7 @@ impl PartitionWindows {
             next_offset,
             max_event_ms: self.max_event_ms.iter().map(|(&s, &m)| (s, m)).collect(),
             ahead: Vec::new(),
+            baselines: Vec::new(),
         })
     }
 
@@ -595,6 +647,7 @@ mod tests {
         lateness_ms: 30_000,
         error_status: 400,
         top: crate::top::TopSpec::DEFAULT,
+        anomaly: Some(crate::anomaly::AnomalySpec::DEFAULT),
     };
 
     fn hit(source: SourceId, time_ms: i64, status: u16, offset: i64) -> Hit<'static> {
@@ -674,6 +727,7 @@ mod tests {
             next_offset: 2,
             max_event_ms: vec![(0, 45_000), (1, 45_000)],
             ahead: vec![(0, 4)],
+            baselines: vec![],
         };
         let mut w = PartitionWindows::restored(SPEC, &point);
         assert_eq!(w.record(&hit(0, 9_000, 200, 2)), Recorded::Replayed);

@@ -50,6 +50,7 @@ impl Pending {
                 v,
             );
             line_protocol::encode_top(out, n.host.as_bytes(), n.source.as_bytes(), v);
+            line_protocol::encode_anomalies(out, n.host.as_bytes(), n.source.as_bytes(), v);
         }
     }
 }
@@ -112,6 +113,14 @@ pub(super) fn plan(
                 Some(e) => e.1 = m,
                 None => u.max_event_ms.push((key.to_string(), m)),
             }
+            // A source's windows close only when its max moves, so its
+            // baseline changed only if it is here; stored in the same point.
+            if let Some(b) = part.windows.baseline_text(s) {
+                match u.baselines.iter_mut().find(|(k, _)| k == key) {
+                    Some(e) => e.1 = b,
+                    None => u.baselines.push((key.to_string(), b)),
+                }
+            }
         }
     }
     outside
@@ -131,6 +140,7 @@ mod tests {
         lateness_ms: 0,
         error_status: 500,
         top: crate::top::TopSpec::DEFAULT,
+        anomaly: Some(crate::anomaly::AnomalySpec::DEFAULT),
     };
 
     fn setup() -> (HashMap<i32, Part>, SourceTable, SourceId) {

@@ -81,6 +81,9 @@ struct FilePoint {
     offset: i64,
     next_offset: i64,
     sources: BTreeMap<String, i64>,
+    /// Anomaly baselines by source (absent in files of older builds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    baselines: BTreeMap<String, String>,
 }
 
 impl PointFile {
@@ -119,6 +122,7 @@ impl PointFile {
             p.offset = u.offset;
             p.next_offset = u.next_offset;
             p.sources.extend(u.max_event_ms.iter().cloned());
+            p.baselines.extend(u.baselines.iter().cloned());
         }
         logpipe_wire::state_file::store(
             &self.path,
@@ -156,6 +160,11 @@ impl StateStore for PointFile {
                         // One file, one writer at a time (the demo's
                         // analyzers share it inside one process).
                         ahead: Vec::new(),
+                        baselines: fp
+                            .baselines
+                            .iter()
+                            .map(|(k, b)| (k.clone(), b.clone()))
+                            .collect(),
                     },
                 ))
             })
@@ -181,6 +190,7 @@ mod tests {
                 next_offset: 9,
                 max_event_ms: vec![("a".into(), 10), ("b".into(), 20)],
                 ahead: vec![],
+                baselines: vec![],
             },
         )]);
         st.save(&StateBatch {
@@ -196,6 +206,7 @@ mod tests {
                 next_offset: 12,
                 max_event_ms: vec![("b".into(), 30)],
                 ahead: vec![],
+                baselines: vec![],
             },
         )]);
         st.save(&StateBatch {

@@ -26,8 +26,8 @@ pub use logpipe::{
 };
 pub use process::{append_to, free_port, wait_until, Child};
 pub use truth::{
-    diff, diff_points, points_from_influx, reference_points, top_from_influx, top_rows, Expected,
-    Point, TopRow, WindowTruth,
+    anomalies_from_influx, diff, diff_points, points_from_influx, reference_points,
+    top_from_influx, top_rows, AnomalyRow, Expected, Point, TopRow, WindowTruth,
 };
 
 /// True when running under CI: missing components fail instead of skipping.

@@ -296,6 +296,30 @@ pub struct Point {
     pub latency: Option<[f64; 4]>,
     /// The window's `access_top` points, sorted.
     pub top: Vec<TopRow>,
+    /// The window's `access_anomaly` points: metric, direction, value,
+    /// baseline, score; sorted.
+    pub anomalies: Vec<AnomalyRow>,
+}
+
+/// One `access_anomaly` point: metric, direction, value, baseline, score.
+pub type AnomalyRow = (String, String, f64, f64, f64);
+
+fn anomaly_rows(v: &WindowValue) -> Vec<AnomalyRow> {
+    let mut rows: Vec<AnomalyRow> = v
+        .anomalies
+        .iter()
+        .map(|a| {
+            (
+                a.metric.name().to_string(),
+                a.direction.name().to_string(),
+                a.value,
+                a.baseline,
+                a.score,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
 }
 
 /// One `access_top` point: dim, rank, key, count, error, total.
@@ -336,6 +360,10 @@ impl PartialEq for Point {
             && close(self.qps, o.qps)
             && lat
             && self.top == o.top
+            && self.anomalies.len() == o.anomalies.len()
+            && self.anomalies.iter().zip(&o.anomalies).all(|(a, b)| {
+                a.0 == b.0 && a.1 == b.1 && close(a.2, b.2) && close(a.3, b.3) && close(a.4, b.4)
+            })
     }
 }
 
@@ -355,11 +383,20 @@ pub fn reference_points(
                 w.record(&Hit::from_line(0, &l, i as i64));
             }
         }
+        // The windows the last line closes are final (and scored); those
+        // still open stay partial in a live run, so they carry no flags.
         let mut values = vec![];
-        w.drain(true, true, &mut values);
+        w.drain(false, false, &mut values);
+        let mut rest = vec![];
+        w.drain(false, true, &mut rest);
+        values.extend(rest.into_iter().map(|v| WindowValue {
+            anomalies: Vec::new(),
+            ..v
+        }));
         for v in values {
             let m = v.metrics;
             let top = top_rows(&v);
+            let anomalies = anomaly_rows(&v);
             out.insert(
                 (name.clone(), v.start_ms),
                 Point {
@@ -375,6 +412,7 @@ pub fn reference_points(
                     unique_clients: m.unique_clients,
                     latency: m.latency.map(|l| [l.p50, l.p90, l.p99, l.max]),
                     top,
+                    anomalies,
                 },
             );
         }
@@ -411,6 +449,7 @@ pub fn points_from_influx(influx: &crate::Influx, db: &str) -> BTreeMap<(String,
                     unique_clients: n(10),
                     latency,
                     top: Vec::new(),
+                    anomalies: Vec::new(),
                 },
             );
         }
@@ -420,8 +459,38 @@ pub fn points_from_influx(influx: &crate::Influx, db: &str) -> BTreeMap<(String,
             p.top.push(row);
         }
     }
+    for ((source, t), row) in anomalies_from_influx(influx, db) {
+        if let Some(p) = out.get_mut(&(source, t)) {
+            p.anomalies.push(row);
+        }
+    }
     for p in out.values_mut() {
         p.top.sort();
+        p.anomalies.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    out
+}
+
+/// Every `access_anomaly` point in `db`, by (source, window start).
+pub fn anomalies_from_influx(influx: &crate::Influx, db: &str) -> Vec<((String, i64), AnomalyRow)> {
+    let mut out = Vec::new();
+    let q = "SELECT \"direction\", \"value\", \"baseline\", \"score\" FROM access_anomaly GROUP BY source, metric";
+    for series in influx.query(db, q) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap_or_default().to_string();
+        let (source, metric) = (tag("source"), tag("metric"));
+        for row in series["values"].as_array().into_iter().flatten() {
+            let f = |i: usize| row[i].as_f64().unwrap_or(f64::NAN);
+            out.push((
+                (source.clone(), row[0].as_i64().expect("time")),
+                (
+                    metric.clone(),
+                    row[1].as_str().unwrap_or_default().to_string(),
+                    f(2),
+                    f(3),
+                    f(4),
+                ),
+            ));
+        }
     }
     out
 }

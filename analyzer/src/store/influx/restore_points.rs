@@ -43,6 +43,12 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             out.extend_from_slice(b",topic=");
             push_tag(out, st.scope.topic.as_bytes());
             out.push(b' ');
+            if let Some((_, b)) = u.baselines.iter().find(|(k, _)| k == key) {
+                // Base-10 numbers and `;` `,` only: nothing to escape.
+                out.extend_from_slice(b"baseline=\"");
+                out.extend_from_slice(b.as_bytes());
+                out.extend_from_slice(b"\",");
+            }
             push_int(out, "max_event_ms", *m);
             out.push(b',');
             push_int(out, "next_offset", u.next_offset);
@@ -85,7 +91,7 @@ pub fn queries(scope: &Scope) -> (String, String) {
     );
     (
         format!("SELECT \"restore_offset\", \"next_offset\" FROM \"{STATE}\" {filter} GROUP BY \"partition\""),
-        format!("SELECT \"max_event_ms\", \"next_offset\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
+        format!("SELECT \"max_event_ms\", \"next_offset\", \"baseline\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
     )
 }
 
@@ -124,6 +130,14 @@ pub fn from_series(
                 if *at > e.next_offset {
                     e.ahead.push((key.clone(), *at));
                 }
+                let baseline = s["values"]
+                    .as_array()
+                    .and_then(|v| v.last())
+                    .and_then(|r| r.get(3))
+                    .and_then(|b| b.as_str());
+                if let Some(b) = baseline {
+                    e.baselines.push((key.clone(), b.to_string()));
+                }
                 e.max_event_ms.push((key, *m));
             }
         }
@@ -147,6 +161,7 @@ mod tests {
                 next_offset: 812,
                 max_event_ms: vec![("web 1:/var/log/a,b.log".into(), 1_704_067_290_000)],
                 ahead: vec![],
+                baselines: vec![("web 1:/var/log/a,b.log".into(), "1;20;3,4;0.5;".into())],
             },
         )]);
         let mut out = vec![];
@@ -160,7 +175,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs max_event_ms=1704067290000i,next_offset=812i 0\n\
+            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs baseline=\"1;20;3,4;0.5;\",max_event_ms=1704067290000i,next_offset=812i 0\n\
              logpipe_state,group=logpipe-analyzers,partition=3,topic=logs analyzer=\"a\\\"1\",next_offset=812i,restore_offset=640i 0\n"
         );
     }
@@ -173,7 +188,7 @@ mod tests {
         )
         .unwrap();
         let srcs: Vec<serde_json::Value> = serde_json::from_str(
-            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067290000,700]]},
+            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms","next_offset","baseline"],"values":[[0,1704067290000,700,"1;;;;"]]},
                 {"name":"logpipe_state_source","tags":{"partition":"3","src":"zombie"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067300000,900]]},
                 {"name":"logpipe_state_source","tags":{"partition":"3","src":"old"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067280000,null]]},
                 {"name":"logpipe_state_source","tags":{"partition":"5","src":"orphan"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1,1]]}]"#,
@@ -196,6 +211,7 @@ mod tests {
                     ("old".into(), 1_704_067_280_000),
                 ],
                 ahead: vec![("zombie".into(), 900)],
+                baselines: vec![("web 1:/a".into(), "1;;;;".into())],
             }
         );
     }
