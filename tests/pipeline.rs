@@ -827,7 +827,11 @@ fn anomalies_flag_every_incident_window_and_nothing_else() {
     let db = influx.create_db(&unique("anomalies"));
     one_shot_demo(&path, &influx, &db, &[]);
 
-    let got: Vec<(i64, String, String)> = logpipe_testkit::anomalies_from_influx(&influx, &db)
+    let rows = logpipe_testkit::anomalies_from_influx(&influx, &db);
+    for ((_, t), (metric, direction, value, baseline, score)) in &rows {
+        println!("{t} {metric} {direction} value {value} baseline {baseline} score {score:.1}");
+    }
+    let got: Vec<(i64, String, String)> = rows
         .into_iter()
         .map(|((_, t), (metric, direction, ..))| (t, metric, direction))
         .collect();
@@ -840,4 +844,27 @@ fn anomalies_flag_every_incident_window_and_nothing_else() {
     let mut got_sorted = got.clone();
     got_sorted.sort();
     assert_eq!(got_sorted, want, "flags differ from the incidents");
+    // The traffic dashboard's annotation query shows each of them.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards/traffic-overview.json"),
+    )
+    .unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let q = d["annotations"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "Anomalies")
+        .expect("an Anomalies annotation")["query"]
+        .as_str()
+        .unwrap()
+        .replace("$timeFilter", "time >= 0")
+        .replace("$host", ".*")
+        .replace("$source", ".*");
+    let rows: usize = influx
+        .query(&db, &q)
+        .iter()
+        .map(|s| s["values"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(rows, want.len(), "{q}");
 }

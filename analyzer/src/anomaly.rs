@@ -18,8 +18,11 @@
 //! least [`MIN_REQUESTS_FOR_P99`] requests.
 //!
 //! Windows of the source that never came between two final windows had no
-//! requests: they join the requests history as 0 (a source that stops is a
-//! drop), not the other two (a rate or a percentile of nothing).
+//! requests: they join the requests history as 0 (a source that thins out
+//! is a drop), not the other two (a rate or a percentile of nothing). A
+//! silence at least as long as the history starts the baseline again, so a
+//! source that sends only now and then is not flagged whenever it sends.
+//! A source that stops altogether has no next window to flag.
 //!
 //! Final windows reach a source's baseline in window order, the order the
 //! window core closes them in; a live run, a restarted one and a replay that
@@ -161,10 +164,16 @@ impl Baseline {
     ) {
         let cap = spec.history.max(1);
         if let Some(next) = self.next_start {
-            // Windows that never came had no requests (at most `cap` of them matter).
-            let missing = ((start_ms - next) / window_ms).clamp(0, cap as i64);
-            for _ in 0..missing {
-                push(&mut self.requests, 0.0, cap);
+            // Windows that never came had no requests; a silence as long as
+            // the history starts the baseline again (a source that sends
+            // now and then is not an incident each time it sends).
+            let missing = (start_ms - next) / window_ms;
+            if missing >= cap as i64 {
+                *self = Baseline::default();
+            } else {
+                for _ in 0..missing.max(0) {
+                    push(&mut self.requests, 0.0, cap);
+                }
             }
         }
         self.next_start = Some(self.next_start.map_or(start_ms, |n| n.max(start_ms)) + window_ms);
@@ -335,6 +344,12 @@ mod tests {
         // 20 windows without a line, then one: the zeros are history now.
         b.observe(&spec, 10, 410, &metrics(100, 1, None), &mut out);
         assert_eq!(b.requests.iter().filter(|&&r| r == 0.0).count(), 20);
+        // A silence as long as the history: the baseline starts again, and
+        // the window after it is not scored.
+        out.clear();
+        b.observe(&spec, 10, 720, &metrics(500, 1, None), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(b.requests.len(), 1);
         out.clear();
         let mut fresh = Baseline::default();
         for i in 0..12 {
