@@ -355,8 +355,7 @@ mod tests {
         for i in 0..12 {
             fresh.observe(&spec, 10, i * 10, &metrics(100, 1, None), &mut out);
         }
-        // The source stops for a while: the next window that comes is a drop
-        // only through the zeros before it; one with 3 requests is.
+        // After twelve windows of 100 requests, one of 3 is a drop.
         fresh.observe(&spec, 10, 120, &metrics(3, 0, None), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(

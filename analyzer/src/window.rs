@@ -30,10 +30,9 @@
 //! (closing, lateness) is the one an uninterrupted run makes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
-
-use std::sync::Arc;
 
 use crate::anomaly::{Anomaly, AnomalySpec, Baseline};
 use crate::parse::AccessLine;

@@ -106,19 +106,18 @@ pub fn from_series(
         let p: i32 = s["tags"]["partition"].as_str()?.parse().ok()?;
         partitions.contains(&p).then_some(p)
     };
+    // The newest row: time, then the selected fields.
+    fn last_row(s: &serde_json::Value) -> Option<&[serde_json::Value]> {
+        Some(s["values"].as_array()?.last()?.as_array()?)
+    }
     // A missing field (a point from before the field existed) reads as -1.
-    let last_row = |s: &serde_json::Value| -> Option<Vec<i64>> {
-        let row = s["values"].as_array()?.last()?.as_array()?;
-        Some(row[1..].iter().map(|v| v.as_i64().unwrap_or(-1)).collect())
-    };
+    let int = |v: &serde_json::Value| v.as_i64().unwrap_or(-1);
     let mut out: HashMap<i32, StoredPoint> = HashMap::new();
     for s in parts {
-        if let (Some(p), Some(row)) = (partition_of(s), last_row(s)) {
-            if let [offset, next_offset] = row[..] {
-                let e = out.entry(p).or_default();
-                e.offset = offset;
-                e.next_offset = next_offset;
-            }
+        if let (Some(p), Some([_, offset, next_offset])) = (partition_of(s), last_row(s)) {
+            let e = out.entry(p).or_default();
+            e.offset = int(offset);
+            e.next_offset = int(next_offset);
         }
     }
     for s in sources {
@@ -126,19 +125,14 @@ pub fn from_series(
             let key = s["tags"]["src"].as_str().unwrap_or_default().to_string();
             // Source points without a partition point are not trusted: the
             // request that wrote them did not complete.
-            if let (Some(e), [m, at, ..]) = (out.get_mut(&p), &row[..]) {
-                if *at > e.next_offset {
-                    e.ahead.push((key.clone(), *at));
+            if let (Some(e), [_, m, at, rest @ ..]) = (out.get_mut(&p), row) {
+                if int(at) > e.next_offset {
+                    e.ahead.push((key.clone(), int(at)));
                 }
-                let baseline = s["values"]
-                    .as_array()
-                    .and_then(|v| v.last())
-                    .and_then(|r| r.get(3))
-                    .and_then(|b| b.as_str());
-                if let Some(b) = baseline {
+                if let Some(b) = rest.first().and_then(|b| b.as_str()) {
                     e.baselines.push((key.clone(), b.to_string()));
                 }
-                e.max_event_ms.push((key, *m));
+                e.max_event_ms.push((key, int(m)));
             }
         }
     }
