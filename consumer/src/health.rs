@@ -12,8 +12,15 @@
 //! every second (a client of its own, bootstrapped to that broker only, with
 //! the process's security settings, [`set_client_config`]) and logs the
 //! return when it answers. The state is process-wide.
+//!
+//! A broker that has just come back may refuse a connection or two more
+//! (a Kafka node restarting under a frozen controller did, 0.1 s after it
+//! answered): a failure within [`SETTLE`] of a return is logged only if the
+//! broker still does not answer [`CONFIRM`] later; a flap shorter than that
+//! is a debug line.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,14 +29,34 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+/// How long after a broker's return a new failure waits for confirmation.
+const SETTLE: Duration = Duration::from_secs(10);
+/// How long such a failure must last to be logged as an outage.
+const CONFIRM: Duration = Duration::from_secs(3);
+
 struct Outage {
     since: Instant,
     attempts: u64,
+    /// Whether its beginning was logged (a failure soon after a return
+    /// is logged only once it has lasted [`CONFIRM`]).
+    logged: bool,
+    reason: String,
 }
 
 #[derive(Default)]
 struct Brokers {
     down: HashMap<String, Outage>,
+    /// When each broker last came back.
+    back: HashMap<String, Instant>,
+}
+
+/// Outages logged by this process.
+static OUTAGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a broker became unreachable (and it was logged) in this
+/// process.
+pub fn outages() -> u64 {
+    OUTAGES.load(Ordering::Relaxed)
 }
 
 fn state() -> &'static Mutex<Brokers> {
@@ -91,7 +118,8 @@ fn reason_of(msg: &str) -> &str {
 }
 
 /// A connection to a broker failed. Returns true when this began an outage
-/// of that broker (and was logged). A connection the broker closed
+/// of that broker and it was logged (not when it is one soon after a return,
+/// which the watcher logs if it lasts). A connection the broker closed
 /// (`Disconnected`, e.g. idle for `connections.max.idle.ms`) is not an outage
 /// by itself: the reconnect that follows fails if the broker is gone.
 pub fn failed(msg: &str) -> bool {
@@ -109,21 +137,32 @@ pub fn failed(msg: &str) -> bool {
         tracing::debug!(target: "librdkafka", broker = addr, "still unreachable: {msg}");
         return false;
     }
+    let settling = s.back.get(addr).is_some_and(|t| t.elapsed() < SETTLE);
     s.down.insert(
         addr.to_string(),
         Outage {
             since: Instant::now(),
             attempts: 1,
+            logged: !settling,
+            reason: reason_of(msg).to_string(),
         },
     );
-    tracing::warn!(
-        "Kafka unreachable: broker {addr}: {}; {} (logged again when it is back)",
-        reason_of(msg),
-        note()
-    );
+    if settling {
+        tracing::debug!(target: "librdkafka", broker = addr, "refused soon after its return: {msg}");
+    } else {
+        log_outage(addr, reason_of(msg));
+    }
     drop(s);
     watch(addr.to_string());
-    true
+    !settling
+}
+
+fn log_outage(addr: &str, reason: &str) {
+    OUTAGES.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        "Kafka unreachable: broker {addr}: {reason}; {} (logged again when it is back)",
+        note()
+    );
 }
 
 /// Asks `addr` for metadata every second until it answers, then logs its
@@ -145,8 +184,15 @@ fn watch(addr: String) {
                 cc.create_with_context(Quiet);
             let Ok(client) = client else { return };
             loop {
-                if !state().lock().unwrap().down.contains_key(&addr) {
-                    return;
+                {
+                    let mut s = state().lock().unwrap();
+                    let Some(o) = s.down.get_mut(&addr) else {
+                        return;
+                    };
+                    if !o.logged && o.since.elapsed() >= CONFIRM {
+                        o.logged = true;
+                        log_outage(&addr, &o.reason);
+                    }
                 }
                 if client.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
                     back(&addr);
@@ -160,14 +206,23 @@ fn watch(addr: String) {
     }
 }
 
-/// `addr` answered again: log the outage's end, once.
+/// `addr` answered again: log the outage's end, once (a flap whose
+/// beginning was not logged ends in a debug line).
 fn back(addr: &str) {
-    if let Some(o) = state().lock().unwrap().down.remove(addr) {
+    let mut s = state().lock().unwrap();
+    let Some(o) = s.down.remove(addr) else {
+        return;
+    };
+    let after = humanize(o.since.elapsed());
+    if o.logged {
+        s.back.insert(addr.to_string(), Instant::now());
         tracing::info!(
-            after = %humanize(o.since.elapsed()),
+            after = %after,
             failed_attempts = o.attempts,
             "Kafka reachable again: broker {addr}"
         );
+    } else {
+        tracing::debug!(%after, failed_attempts = o.attempts, "broker {addr} answers again after a flap");
     }
 }
 
@@ -313,11 +368,30 @@ mod tests {
         assert!(failed(&m), "the first failure begins the outage");
         assert!(!failed(&m), "the second does not");
         // The watcher asks the broker, which answers: the outage ends.
+        wait_until_up(&addr);
+        // Refused again just after the return, by a broker that answers:
+        // a flap, not logged.
+        let logged = outages();
+        assert!(!failed(&m), "a failure soon after a return waits");
+        wait_until_up(&addr);
+        assert_eq!(outages(), logged, "the flap was not logged");
+        // Gone for good: logged once it has lasted CONFIRM.
+        drop(broker);
+        assert!(!failed(&m));
         let t = Instant::now();
-        while state().lock().unwrap().down.contains_key(&addr) {
+        while outages() == logged {
+            assert!(t.elapsed() < Duration::from_secs(20), "outage not logged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(t.elapsed() >= CONFIRM - Duration::from_millis(100));
+        assert!(state().lock().unwrap().down[&addr].logged);
+    }
+
+    fn wait_until_up(addr: &str) {
+        let t = Instant::now();
+        while state().lock().unwrap().down.contains_key(addr) {
             assert!(t.elapsed() < Duration::from_secs(20), "no return seen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(failed(&m), "a new outage after the return is logged again");
     }
 }

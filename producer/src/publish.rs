@@ -60,17 +60,13 @@ struct Tracker {
 struct AckContext(Arc<Tracker>);
 
 impl ClientContext for AckContext {
-    /// A broker outage is logged once, and its end once, by [`health`];
-    /// each one that begins is counted in the stats.
+    /// A broker outage is logged once, and its end once, by [`health`],
+    /// which counts them for the stats.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        if health::log(level, fac, msg) {
-            Stats::add(&self.0.stats.outages, 1);
-        }
+        health::log(level, fac, msg);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        if health::error(&error, reason) {
-            Stats::add(&self.0.stats.outages, 1);
-        }
+        health::error(&error, reason);
     }
 }
 

@@ -32,8 +32,6 @@ pub struct Stats {
     pub lines_cut: AtomicU64,
     /// Incomplete lines sent after the idle timeout or at the end of input.
     pub partial_lines: AtomicU64,
-    /// Times Kafka became unreachable.
-    pub outages: AtomicU64,
     /// Milliseconds reading waited for room under the in-flight limit.
     pub paused_ms: AtomicU64,
     /// Records of the Python logging input that were not published: a
@@ -66,6 +64,7 @@ pub struct Snapshot {
     pub deletions: u64,
     pub lines_cut: u64,
     pub partial_lines: u64,
+    /// Times Kafka became unreachable (the outages this process logged).
     pub outages: u64,
     pub paused_ms: u64,
     pub records_refused: u64,
@@ -102,7 +101,7 @@ impl Stats {
             deletions: g(&self.deletions),
             lines_cut: g(&self.lines_cut),
             partial_lines: g(&self.partial_lines),
-            outages: g(&self.outages),
+            outages: logpipe_consumer::health::outages(),
             paused_ms: g(&self.paused_ms),
             records_refused: g(&self.records_refused),
         }
