@@ -476,6 +476,10 @@ impl AnalysisArgs {
     }
 }
 
+fn parse_zone(s: &str) -> Result<logpipe_analyzer::parse::Zone, String> {
+    s.parse()
+}
+
 /// How lines are parsed, and where those that do not parse go.
 #[derive(Debug, Args)]
 pub struct FormatArgs {
@@ -485,8 +489,23 @@ pub struct FormatArgs {
     /// config — an nginx `log_format` line or its quoted string
     /// (`'$remote_addr - $remote_user [$time_local] "$request" $status ...'`),
     /// or an Apache `LogFormat` (`"%h %l %u %t \"%r\" %>s %b ... %D"`).
+    ///
+    /// Application logs: `python-json` (the records `produce
+    /// --python-logging` publishes), a Python `logging.Formatter` string
+    /// pasted as-is (`'%(asctime)s - %(name)s - %(levelname)s - %(message)s'`),
+    /// or `app` (`2024-05-01T12:00:00.123Z INFO [logger] message`). Lines
+    /// that do not start a record (a traceback) belong to the record before.
     #[arg(long, env = "LOGPIPE_FORMAT", default_value = "combined")]
     pub format: String,
+    /// The zone of application-log times written without one (Python's
+    /// `asctime` is the writer's local time): UTC, an offset (`+02:00`) or
+    /// an IANA name (`Europe/Berlin`). A formats file may set it per source.
+    #[arg(long, env = "LOGPIPE_TIMEZONE", default_value = "UTC", value_parser = parse_zone)]
+    pub timezone: logpipe_analyzer::parse::Zone,
+    /// The Python Formatter's `datefmt` for `%(asctime)s` (strftime), when
+    /// it has one; default Python's `2023-12-12 11:02:09,123`.
+    #[arg(long, env = "LOGPIPE_DATEFMT")]
+    pub datefmt: Option<String>,
     /// A formats file (TOML) mapping source names (exact or glob) to formats,
     /// for groups that read several kinds of logs; --format is the default for
     /// sources it does not match. See docs/formats.md.

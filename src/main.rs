@@ -265,9 +265,12 @@ fn produce(a: ProduceArgs) -> Result<()> {
 
 /// The parsers of `--format` / `--formats`.
 pub fn formats(a: &FormatArgs) -> Result<Formats> {
-    let format = LogParser::new(&a.format).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let format = LogParser::with_time(&a.format, a.datefmt.as_deref(), a.timezone)
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     Ok(match &a.formats {
-        Some(path) => Formats::load(path, format).map_err(|e| anyhow::anyhow!("--formats {e}"))?,
+        Some(path) => {
+            Formats::load(path, format, a.timezone).map_err(|e| anyhow::anyhow!("--formats {e}"))?
+        }
         None => Formats::single(format),
     })
 }

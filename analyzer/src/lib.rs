@@ -9,6 +9,7 @@
 //! - [`window`]: event-time tumbling windows of one partition (pure core:
 //!   watermark, closing, late lines, restore points, latency and client
 //!   sketches), with `distinct` counts (exact up to 7 168 values).
+//! - [`template`]: message templates (variable parts masked) and their ids.
 //! - [`top`]: top-K per window (paths, clients, user agents, referrers,
 //!   4xx and 5xx paths), deterministic Space-Saving summaries.
 //! - `line_protocol`: InfluxDB line protocol encoding of window points.
@@ -31,6 +32,7 @@ mod pieces;
 mod replay;
 mod run;
 pub mod store;
+pub mod template;
 pub mod top;
 pub mod window;
 

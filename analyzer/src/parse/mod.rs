@@ -9,9 +9,12 @@
 //! - [`log_format`]: nginx `log_format` / Apache `LogFormat` strings
 //!   compiled into byte-level matchers.
 //! - `json`: JSON lines with configurable field names.
+//! - [`app`]: application logs (Python `logging` JSON records and
+//!   Formatter strings, a generic `time level [logger] message` layout).
 //! - [`sources`]: which parser reads which source (`--format`, a formats
 //!   file), and the analyzer's table of the sources it has seen.
 
+pub mod app;
 mod combined;
 mod json;
 pub mod line;
@@ -20,6 +23,7 @@ mod scan;
 pub mod sources;
 mod time;
 
+pub use app::{AppFormat, AppLine, Level, Zone};
 pub use combined::{parse_combined, parse_combined_cut};
 pub use json::{JsonFields, JsonFormat, JsonFormatError, Names};
 pub use line::{unescape, AccessLine, ErrorKind, Escape, ParseError};

@@ -25,6 +25,7 @@ use globset::{Glob, GlobMatcher};
 use rdkafka::message::Headers;
 use serde::Deserialize;
 
+use super::app::{AppFormat, Zone};
 use super::json::{JsonFields, JsonFormat};
 use super::log_format::{FormatError, LogFormat};
 use super::{parse_combined, parse_combined_cut, AccessLine, ParseError};
@@ -39,15 +40,37 @@ pub enum Parser {
     Compiled(LogFormat),
     /// JSON lines.
     Json(JsonFormat),
+    /// Application logs (see [`AppFormat`]).
+    App(AppFormat),
 }
 
 impl Parser {
-    /// `combined`, `json` (default field names) or anything [`LogFormat::new`] takes.
+    /// `combined`, `json` (default field names), an application format
+    /// ([`AppFormat::new`], times without a zone in UTC) or anything
+    /// [`LogFormat::new`] takes.
     pub fn new(spec: &str) -> Result<Parser, FormatError> {
+        Parser::with_time(spec, None, Zone::Utc)
+    }
+
+    /// [`Parser::new`] with a Python `datefmt` and the zone of times
+    /// written without one (application formats).
+    pub fn with_time(spec: &str, datefmt: Option<&str>, zone: Zone) -> Result<Parser, FormatError> {
+        if let Some(app) = AppFormat::new(spec, datefmt, zone) {
+            return app.map(Parser::App);
+        }
         match spec.trim() {
             "combined" => Ok(Parser::Combined),
             "json" => Parser::json(&JsonFields::default()),
             s => LogFormat::new(s).map(Parser::Compiled),
+        }
+    }
+
+    /// The application format, when this is one (its records are read by
+    /// [`AppFormat::parse`], not [`Parser::parse`]).
+    pub fn app(&self) -> Option<&AppFormat> {
+        match self {
+            Parser::App(a) => Some(a),
+            _ => None,
         }
     }
 
@@ -64,6 +87,10 @@ impl Parser {
             Parser::Combined => parse_combined(line),
             Parser::Compiled(f) => f.parse(line),
             Parser::Json(j) => j.parse(line),
+            Parser::App(_) => Err(ParseError::expected(
+                0,
+                "an access-log line (this source is an application log)",
+            )),
         }
     }
 
@@ -75,9 +102,13 @@ impl Parser {
         match self {
             Parser::Combined => parse_combined_cut(line),
             Parser::Compiled(f) => f.parse_cut(line),
-            Parser::Json(_) => Err(ParseError::ends(
+            Parser::Json(_) | Parser::App(AppFormat::PythonJson) => Err(ParseError::ends(
                 line.len(),
                 "where the producer cut it (--max-line-bytes): a cut JSON object is not whole",
+            )),
+            Parser::App(_) => Err(ParseError::expected(
+                0,
+                "an access-log line (this source is an application log)",
             )),
         }
     }
@@ -88,6 +119,7 @@ impl Parser {
             Parser::Combined => "combined".into(),
             Parser::Compiled(f) => format!("'{}'", f.spec()),
             Parser::Json(_) => "json".into(),
+            Parser::App(a) => a.describe(),
         }
     }
 }
@@ -129,6 +161,9 @@ struct File {
     default: Option<String>,
     /// Field names for every `json` rule without its own.
     json: Option<JsonFields>,
+    /// The zone of application-log times written without one, for every
+    /// rule without its own (default: the `--timezone` given).
+    timezone: Option<String>,
     #[serde(default)]
     source: Vec<Rule>,
 }
@@ -140,6 +175,9 @@ struct Rule {
     pattern: String,
     format: String,
     json: Option<JsonFields>,
+    /// Python `datefmt` of a Formatter string's `%(asctime)s`.
+    datefmt: Option<String>,
+    timezone: Option<String>,
 }
 
 impl Formats {
@@ -151,26 +189,36 @@ impl Formats {
         }
     }
 
-    /// Reads a formats file; `default` is used when the file names none.
-    pub fn load(path: &Path, default: Parser) -> Result<Formats, FormatError> {
+    /// Reads a formats file; `default` is used when the file names none,
+    /// `zone` when it names no `timezone`.
+    pub fn load(path: &Path, default: Parser, zone: Zone) -> Result<Formats, FormatError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| FormatError(format!("cannot read {}: {e}", path.display())))?;
-        Formats::from_toml(&text, default)
+        Formats::from_toml(&text, default, zone)
             .map_err(|e| FormatError(format!("{}: {}", path.display(), e.0)))
     }
 
-    pub fn from_toml(text: &str, default: Parser) -> Result<Formats, FormatError> {
+    pub fn from_toml(text: &str, default: Parser, zone: Zone) -> Result<Formats, FormatError> {
         let file: File = toml::from_str(text).map_err(|e| FormatError(e.to_string()))?;
-        let build = |spec: &str, json: Option<&JsonFields>| -> Result<Parser, FormatError> {
+        let zone_of = |z: Option<&String>| -> Result<Zone, FormatError> {
+            match z.or(file.timezone.as_ref()) {
+                Some(z) => z.parse().map_err(FormatError),
+                None => Ok(zone),
+            }
+        };
+        let build = |spec: &str,
+                     json: Option<&JsonFields>,
+                     datefmt: Option<&str>,
+                     zone: Zone|
+         -> Result<Parser, FormatError> {
             match (spec.trim(), json.or(file.json.as_ref())) {
                 ("json", Some(fields)) => Parser::json(fields),
-                (_, _) => Parser::new(spec),
+                (_, _) => Parser::with_time(spec, datefmt, zone),
             }
         };
         let default = match &file.default {
-            Some(spec) => {
-                build(spec, None).map_err(|e| FormatError(format!("default: {}", e.0)))?
-            }
+            Some(spec) => build(spec, None, None, zone_of(None)?)
+                .map_err(|e| FormatError(format!("default: {}", e.0)))?,
             None => default,
         };
         let mut rules = Vec::new();
@@ -182,7 +230,9 @@ impl Formats {
                     r.format
                 )));
             }
-            let parser = build(&r.format, r.json.as_ref())
+            let zone = zone_of(r.timezone.as_ref())
+                .map_err(|e| FormatError(format!("{what}: {}", e.0)))?;
+            let parser = build(&r.format, r.json.as_ref(), r.datefmt.as_deref(), zone)
                 .map_err(|e| FormatError(format!("{what}: {}", e.0)))?;
             let pattern = if r.pattern.contains(['*', '?', '[', '{']) {
                 Pattern::Glob(
@@ -323,7 +373,7 @@ format = '"%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D"'
 
     #[test]
     fn sources_resolve_to_their_rule_or_the_default() {
-        let f = Formats::from_toml(FILE, Parser::Combined).unwrap();
+        let f = Formats::from_toml(FILE, Parser::Combined, Zone::Utc).unwrap();
         let nginx = f.for_source("/var/log/nginx/shop.log");
         let l = nginx
             .parse(br#"1.2.3.4 - - [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 0.125"#)
@@ -360,6 +410,7 @@ format = '"%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D"'
         let e = Formats::from_toml(
             "[[source]]\nmatch = \"x\"\nformat = '$remote_addr $request'\n",
             Parser::Combined,
+            Zone::Utc,
         )
         .unwrap_err();
         assert!(e.0.starts_with("[[source]] #1 (match = \"x\"): "), "{e}");
@@ -367,16 +418,19 @@ format = '"%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\" %D"'
         let e = Formats::from_toml(
             "[[source]]\nmatch = \"x\"\nformat = 'combined'\njson = { time = \"t\" }\n",
             Parser::Combined,
+            Zone::Utc,
         )
         .unwrap_err();
         assert!(e.0.contains("not json"), "{e}");
         let e = Formats::from_toml(
             "[[source]]\nmatch = \"a[\"\nformat = 'json'\n",
             Parser::Combined,
+            Zone::Utc,
         )
         .unwrap_err();
         assert!(e.0.contains("#1"), "{e}");
-        let e = Formats::from_toml("[[sources]]\nmatch = \"x\"\n", Parser::Combined).unwrap_err();
+        let e = Formats::from_toml("[[sources]]\nmatch = \"x\"\n", Parser::Combined, Zone::Utc)
+            .unwrap_err();
         assert!(e.0.contains("sources"), "{e}");
     }
 }
