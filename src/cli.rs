@@ -344,6 +344,10 @@ pub struct WindowArgs {
     /// Status at or above which a request counts as an error (error_rate).
     #[arg(long, env = "LOGPIPE_ERROR_STATUS", default_value_t = 400)]
     pub error_status: u16,
+    /// Level at or above which an application record counts as an error
+    /// (error_share): debug, info, warning, error, critical.
+    #[arg(long, env = "LOGPIPE_ERROR_LEVEL", default_value = "error", value_parser = parse_level)]
+    pub error_level: logpipe_analyzer::parse::Level,
     /// Keys ranked per window in each top-K dimension (paths, clients, user
     /// agents, referrers, 4xx paths, 5xx paths), written to `access_top`; 0
     /// turns top-K off.
@@ -474,6 +478,10 @@ impl AnalysisArgs {
             ..logpipe_analyzer::AnalyzerConfig::new(group, spec, id)
         }
     }
+}
+
+fn parse_level(s: &str) -> Result<logpipe_analyzer::parse::Level, String> {
+    s.parse()
 }
 
 fn parse_zone(s: &str) -> Result<logpipe_analyzer::parse::Zone, String> {

@@ -88,6 +88,7 @@ pub fn window_spec(w: &WindowArgs) -> Result<WindowSpec> {
         window_ms,
         lateness_ms: w.lateness.as_millis() as i64,
         error_status: w.error_status,
+        error_level: w.error_level,
         top: top_spec(w)?,
         anomaly: anomaly_spec(w)?,
     })

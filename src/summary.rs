@@ -291,6 +291,7 @@ mod tests {
                 latency: None,
             },
             top: None,
+            app: None,
             anomalies: Vec::new(),
             is_final: true,
         }

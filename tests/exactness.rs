@@ -29,6 +29,7 @@ const SPEC: WindowSpec = WindowSpec {
     window_ms: WINDOW_MS,
     lateness_ms: 30_000,
     error_status: 400,
+    error_level: logpipe_analyzer::parse::Level::Error,
     top: logpipe_analyzer::top::TopSpec::DEFAULT,
     anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
 };

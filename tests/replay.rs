@@ -373,6 +373,7 @@ fn replay_starts_by_record_time_with_or_without_the_brokers_help() {
         window_ms: 10_000,
         lateness_ms: 30_000,
         error_status: 400,
+        error_level: logpipe_analyzer::parse::Level::Error,
         top: logpipe_analyzer::top::TopSpec::DEFAULT,
         anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
     };

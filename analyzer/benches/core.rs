@@ -17,6 +17,7 @@ const SPEC: WindowSpec = WindowSpec {
     window_ms: 10_000,
     lateness_ms: 30_000,
     error_status: 400,
+    error_level: logpipe_analyzer::parse::Level::Error,
     top: TopSpec::DEFAULT,
     anomaly: Some(logpipe_analyzer::anomaly::AnomalySpec::DEFAULT),
 };

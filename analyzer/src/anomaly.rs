@@ -404,6 +404,7 @@ mod tests {
             window_ms: 10_000,
             lateness_ms: 30_000,
             error_status: 500,
+            error_level: crate::parse::Level::Error,
             top: TopSpec::OFF,
             anomaly: None,
         };

@@ -1,8 +1,9 @@
 //! The analyzer's self-metrics: one place where they are counted and encoded
 //! as the `logpipe` measurement.
 //!
-//! They reconcile: `consumed = parsed + dead_lettered + duplicates + pieces`
-//! (plus the records of lines still held in pieces) and
+//! They reconcile: `consumed = parsed + dead_lettered + duplicates + pieces
+//! + continuation_lines` (plus the records of lines still held in pieces,
+//! and the lines of application records still open) and
 //! `parsed = counted + late + replayed`.
 
 use crate::line_protocol::{encode_counters, SELF_METRICS};
@@ -18,7 +19,7 @@ pub struct Counters {
     pub records: u64,
     /// Lines dropped as producer re-sends (same `file` and `offset`).
     pub duplicates: u64,
-    /// Lines parsed into a request.
+    /// Lines parsed into a request, and application records.
     pub parsed: u64,
     /// Lines that did not parse, sent to the dead-letter topic.
     pub dead_lettered: u64,
@@ -27,7 +28,10 @@ pub struct Counters {
     /// Records that were pieces of a line completed (or given up) by a
     /// later record, which counts the line (`partial: idle` pieces).
     pub pieces: u64,
-    /// Parsed lines added to a window.
+    /// Lines that continued an application record (a traceback's): the
+    /// record counts once, in `parsed`, when it is complete.
+    pub continuation_lines: u64,
+    /// Parsed lines (application records) added to a window.
     pub counted: u64,
     /// Parsed lines whose window had already closed.
     pub late: u64,
@@ -80,6 +84,7 @@ impl Counters {
             &[("analyzer", analyzer)],
             &[
                 ("consumed", self.consumed),
+                ("continuation_lines", self.continuation_lines),
                 ("counted", self.counted),
                 ("dead_lettered", self.dead_lettered),
                 ("duplicates", self.duplicates),

@@ -2,6 +2,8 @@
 //!
 //! - [`anomaly`]: robust baselines of a source's window series and the
 //!   windows they flag (pure; the window core scores final windows).
+//! - [`applog`]: what a window keeps of application records (per logger
+//!   and level, top templates per level).
 //! - `config`: [`AnalyzerConfig`] and its [`defaults`].
 //! - [`parse`]: every parser (the built-in `combined`, compiled nginx/Apache
 //!   `log_format` strings, JSON lines) and which one reads which source.
@@ -22,6 +24,7 @@
 //! - `replay`: what makes a run a replay (fixed offsets, event-time range).
 
 pub mod anomaly;
+pub mod applog;
 mod config;
 mod counters;
 mod distinct;

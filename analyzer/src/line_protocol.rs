@@ -13,6 +13,14 @@ pub const ACCESS_LOG: &str = "access_log";
 pub const ACCESS_ANOMALY: &str = "access_anomaly";
 /// Measurement of the per-window top-K keys.
 pub const ACCESS_TOP: &str = "access_top";
+/// Measurement of an application log's per-window records.
+pub const APP_LOG: &str = "app_log";
+/// Measurement of records per logger and level.
+pub const APP_LEVEL: &str = "app_level";
+/// Measurement of the per-window top templates per level.
+pub const APP_TEMPLATE: &str = "app_template";
+/// Measurement of the application windows a source's baseline flags.
+pub const APP_ANOMALY: &str = "app_anomaly";
 /// Measurement of the analyzers' own health.
 pub const SELF_METRICS: &str = "logpipe";
 
@@ -162,14 +170,23 @@ pub fn encode_top(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue
 /// Encodes a final window's `access_anomaly` points, one per flagged metric
 /// (tags `host`, `metric`, `source`; fields `baseline`, `direction`,
 /// `score`, `value`) at the window start.
+///
+/// An application log's go to `app_anomaly`, its metrics named `records`
+/// and `error_share`.
 pub fn encode_anomalies(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue) {
     let ts = i128::from(v.start_ms) * 1_000_000;
+    let app = v.app.is_some();
     for a in &v.anomalies {
-        out.extend_from_slice(ACCESS_ANOMALY.as_bytes());
+        out.extend_from_slice(if app { APP_ANOMALY } else { ACCESS_ANOMALY }.as_bytes());
         out.extend_from_slice(b",host=");
         push_tag(out, if host.is_empty() { b"-" } else { host });
         out.extend_from_slice(b",metric=");
-        out.extend_from_slice(a.metric.name().as_bytes());
+        let metric = match (app, a.metric) {
+            (true, crate::anomaly::Metric::Requests) => "records",
+            (true, crate::anomaly::Metric::ErrorRate) => "error_share",
+            (_, m) => m.name(),
+        };
+        out.extend_from_slice(metric.as_bytes());
         out.extend_from_slice(b",source=");
         push_tag(out, if source.is_empty() { b"-" } else { source });
         out.push(b' ');
@@ -183,6 +200,90 @@ pub fn encode_anomalies(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &Windo
         out.push(b' ');
         out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
         out.push(b'\n');
+    }
+}
+
+/// Encodes an application log's window: one `app_log` point (tags `host`,
+/// `source`; fields `records`, `lines`, `errors`, `error_share`), an
+/// `app_level` point per logger and level with records (field `count`),
+/// and `app_template` points per level and rank (fields `template`,
+/// `template_id`, `count`, `error`, `total`), all at the window start.
+/// Within a window the (logger, level) pairs and the ranks only grow, so
+/// each write replaces every point the previous one wrote.
+pub fn encode_app(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue) {
+    let Some(app) = &v.app else {
+        return;
+    };
+    let host = if host.is_empty() { &b"-"[..] } else { host };
+    let source = if source.is_empty() { &b"-"[..] } else { source };
+    let ts = i128::from(v.start_ms) * 1_000_000;
+    let mut ts_buf = itoa::Buffer::new();
+    let ts = ts_buf.format(ts).as_bytes();
+    let m = &v.metrics;
+    out.extend_from_slice(APP_LOG.as_bytes());
+    out.extend_from_slice(b",host=");
+    push_tag(out, host);
+    out.extend_from_slice(b",source=");
+    push_tag(out, source);
+    out.push(b' ');
+    push_float(out, "error_share", m.errors as f64 / m.count.max(1) as f64);
+    out.push(b',');
+    push_int(out, "errors", m.errors);
+    out.push(b',');
+    push_int(out, "lines", app.lines);
+    out.push(b',');
+    push_int(out, "records", m.count);
+    out.push(b' ');
+    out.extend_from_slice(ts);
+    out.push(b'\n');
+    for (logger, level, n) in &app.levels {
+        out.extend_from_slice(APP_LEVEL.as_bytes());
+        out.extend_from_slice(b",host=");
+        push_tag(out, host);
+        out.extend_from_slice(b",level=");
+        out.extend_from_slice(level.name().as_bytes());
+        out.extend_from_slice(b",logger=");
+        push_tag(
+            out,
+            if logger.is_empty() {
+                b"-"
+            } else {
+                logger.as_bytes()
+            },
+        );
+        out.extend_from_slice(b",source=");
+        push_tag(out, source);
+        out.push(b' ');
+        push_int(out, "count", *n);
+        out.push(b' ');
+        out.extend_from_slice(ts);
+        out.push(b'\n');
+    }
+    for (level, total, entries) in &app.templates {
+        for (rank, e) in entries.iter().enumerate() {
+            out.extend_from_slice(APP_TEMPLATE.as_bytes());
+            out.extend_from_slice(b",host=");
+            push_tag(out, host);
+            out.extend_from_slice(b",level=");
+            out.extend_from_slice(level.name().as_bytes());
+            out.extend_from_slice(b",rank=");
+            out.extend_from_slice(itoa::Buffer::new().format(rank + 1).as_bytes());
+            out.extend_from_slice(b",source=");
+            push_tag(out, source);
+            out.push(b' ');
+            push_int(out, "count", e.count);
+            out.push(b',');
+            push_int(out, "error", e.error);
+            out.extend_from_slice(b",template=\"");
+            push_string_field(out, e.key.as_bytes());
+            out.extend_from_slice(b"\",template_id=\"");
+            out.extend_from_slice(crate::template::template_id(e.key.as_bytes()).as_bytes());
+            out.extend_from_slice(b"\",");
+            push_int(out, "total", *total);
+            out.push(b' ');
+            out.extend_from_slice(ts);
+            out.push(b'\n');
+        }
     }
 }
 
@@ -234,6 +335,7 @@ mod tests {
                 }),
             },
             top: None,
+            app: None,
             anomalies: Vec::new(),
             is_final: true,
         };
@@ -258,6 +360,7 @@ mod tests {
                 ..Default::default()
             },
             top: None,
+            app: None,
             anomalies: Vec::new(),
             is_final: false,
         };
@@ -304,6 +407,7 @@ mod tests {
                     vec![entry("/a \"b\"\\", 5, 0), entry("/x\ny", 4, 1)],
                 )],
             })),
+            app: None,
             anomalies: Vec::new(),
             is_final: false,
         };

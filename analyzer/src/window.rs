@@ -35,7 +35,8 @@ use std::sync::Arc;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::anomaly::{Anomaly, AnomalySpec, Baseline};
-use crate::parse::AccessLine;
+use crate::applog::{AppAgg, AppHit, AppReport};
+use crate::parse::{AccessLine, Level};
 use crate::top::{TopLists, TopSet, TopSpec};
 
 pub use crate::parse::sources::SourceId;
@@ -63,6 +64,8 @@ pub struct Agg {
     latency: Option<Box<DDSketch>>,
     /// Top-K summaries; allocated on the first line when top-K is on.
     top: Option<Box<TopSet>>,
+    /// Application records' counts and templates (application sources).
+    app: Option<Box<AppAgg>>,
 }
 
 impl std::fmt::Debug for Agg {
@@ -78,6 +81,15 @@ impl std::fmt::Debug for Agg {
 impl Agg {
     fn add(&mut self, hit: &Hit<'_>, spec: &WindowSpec) {
         self.count += 1;
+        if let Some(a) = &hit.app {
+            // An application record: `count` is records, `errors` those at
+            // or above the error level.
+            if a.level >= spec.error_level && a.level != Level::Other {
+                self.errors += 1;
+            }
+            self.app.get_or_insert_default().add(a, &spec.top);
+            return;
+        }
         self.traffic += hit.body_bytes;
         if spec.top.enabled() {
             self.top
@@ -128,6 +140,11 @@ impl Agg {
     /// The window's ranked keys, `None` when top-K is off.
     pub fn top(&self, k: u16) -> Option<Arc<TopLists>> {
         self.top.as_ref().map(|t| t.report(usize::from(k)))
+    }
+
+    /// The window's application records, `None` for an access log.
+    pub fn app(&self, k: u16) -> Option<Arc<AppReport>> {
+        self.app.as_ref().map(|a| a.report(usize::from(k)))
     }
 }
 
@@ -205,9 +222,11 @@ pub struct Hit<'a> {
     /// piece, for a line joined from pieces).
     pub offset: i64,
     /// Kafka offset of the record that made the line whole (`offset` but
-    /// for a line joined from pieces): what an owner must have read to
-    /// have counted it.
+    /// for a line joined from pieces, or an application record completed
+    /// by the next one): what an owner must have read to have counted it.
     pub end_offset: i64,
+    /// An application record (the access fields above are then empty).
+    pub app: Option<AppHit<'a>>,
 }
 
 impl<'a> Hit<'a> {
@@ -225,6 +244,32 @@ impl<'a> Hit<'a> {
             request_time_s: l.request_time_s,
             offset,
             end_offset: offset,
+            app: None,
+        }
+    }
+
+    /// The hit of an application record of `source` at `time_ms` whose
+    /// first line is at `offset`, completed at `end_offset`.
+    pub fn from_app(
+        source: SourceId,
+        time_ms: i64,
+        app: AppHit<'a>,
+        offset: i64,
+        end_offset: i64,
+    ) -> Self {
+        Hit {
+            source,
+            time_ms,
+            status: 0,
+            body_bytes: 0,
+            client: b"",
+            path: None,
+            user_agent: None,
+            referer: None,
+            request_time_s: None,
+            offset,
+            end_offset,
+            app: Some(app),
         }
     }
 }
@@ -237,6 +282,8 @@ pub struct WindowValue {
     pub metrics: Metrics,
     /// Ranked keys per dimension (`None` when top-K is off).
     pub top: Option<Arc<TopLists>>,
+    /// An application log's counts and templates (`None` for access logs).
+    pub app: Option<Arc<AppReport>>,
     /// What the source's baseline flags in this window (final windows only).
     pub anomalies: Vec<Anomaly>,
     /// `true` when the window is closed and this is its final value.
@@ -268,6 +315,8 @@ pub struct WindowSpec {
     pub window_ms: i64,
     pub lateness_ms: i64,
     pub error_status: u16,
+    /// Application records at or above this level are errors.
+    pub error_level: Level,
     pub top: TopSpec,
     /// `None`: no anomaly scoring.
     pub anomaly: Option<AnomalySpec>,
@@ -333,6 +382,8 @@ pub struct PartitionWindows {
     /// The smallest offset of a line held in pieces (see `crate::pieces`):
     /// the restore offset must not pass it.
     held_from: Option<i64>,
+    /// The smallest first-line offset of an unfinished application record.
+    records_held_from: Option<i64>,
     /// Per source, when a previous writer had seen further (see
     /// [`RestorePoint::ahead`]).
     replay_until_source: crate::FastMap<SourceId, i64>,
@@ -351,6 +402,7 @@ impl PartitionWindows {
             next_offset: None,
             replay_until: i64::MIN,
             held_from: None,
+            records_held_from: None,
             replay_until_source: crate::FastMap::default(),
             baselines: crate::FastMap::default(),
             late: 0,
@@ -410,6 +462,19 @@ impl PartitionWindows {
     /// Sets the smallest offset of a line held in pieces (`None`: none held).
     pub fn hold_from(&mut self, offset: Option<i64>) {
         self.held_from = offset;
+    }
+
+    /// Sets the smallest first-line offset of an application record whose
+    /// lines are still coming (`None`: none): a restore point never splits
+    /// a record.
+    pub fn hold_records_from(&mut self, offset: Option<i64>) {
+        self.records_held_from = offset;
+    }
+
+    /// Whether the record at `offset` was seen by a previous owner (a
+    /// restored state re-reads it).
+    pub fn was_seen_before(&self, offset: i64) -> bool {
+        offset < self.replay_until
     }
 
     pub fn record(&mut self, hit: &Hit<'_>) -> Recorded {
@@ -494,6 +559,7 @@ impl PartitionWindows {
                 start_ms: key.0,
                 metrics,
                 top: w.agg.top(self.spec.top.k),
+                app: w.agg.app(self.spec.top.k),
                 anomalies,
                 is_final: true,
             });
@@ -516,6 +582,7 @@ impl PartitionWindows {
                     start_ms: start,
                     metrics: w.agg.summary(),
                     top: w.agg.top(self.spec.top.k),
+                    app: w.agg.app(self.spec.top.k),
                     anomalies: Vec::new(),
                     is_final: false,
                 });
@@ -532,10 +599,10 @@ impl PartitionWindows {
             .map(|w| w.min_offset)
             .min()
             .or(self.next_offset);
-        match (open, self.held_from) {
-            (Some(o), Some(h)) => Some(o.min(h)),
-            (o, h) => o.or(h),
-        }
+        [open, self.held_from, self.records_held_from]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The restore point of the current state (`None` before any record).
@@ -645,6 +712,7 @@ mod tests {
         window_ms: 10_000,
         lateness_ms: 30_000,
         error_status: 400,
+        error_level: crate::parse::Level::Error,
         top: crate::top::TopSpec::DEFAULT,
         anomaly: Some(crate::anomaly::AnomalySpec::DEFAULT),
     };
@@ -662,6 +730,7 @@ mod tests {
             request_time_s: None,
             offset,
             end_offset: offset,
+            app: None,
         }
     }
 

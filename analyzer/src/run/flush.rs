@@ -42,6 +42,11 @@ impl Pending {
     pub(super) fn encode(&self, sources: &SourceTable, spec: WindowSpec, out: &mut Vec<u8>) {
         for v in self.windows.values() {
             let n = sources.name(v.source);
+            if v.app.is_some() {
+                line_protocol::encode_app(out, n.host.as_bytes(), n.source.as_bytes(), v);
+                line_protocol::encode_anomalies(out, n.host.as_bytes(), n.source.as_bytes(), v);
+                continue;
+            }
             line_protocol::encode_window(
                 out,
                 n.host.as_bytes(),
@@ -139,6 +144,7 @@ mod tests {
         window_ms: 10_000,
         lateness_ms: 0,
         error_status: 500,
+        error_level: crate::parse::Level::Error,
         top: crate::top::TopSpec::DEFAULT,
         anomaly: Some(crate::anomaly::AnomalySpec::DEFAULT),
     };

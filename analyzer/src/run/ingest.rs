@@ -11,12 +11,16 @@ use crate::parse::{AccessLine, ErrorKind, ParseError};
 use crate::pieces::{FirstPiece, GaveUp, Held, Mark, Piece, Pieces, Step};
 use crate::window::{Hit, PartitionWindows, Recorded, SourceId};
 
+use super::records::{Open, Records};
+
 /// One owned partition.
 pub(super) struct Part {
     pub(super) windows: PartitionWindows,
     pub(super) dedup: Dedup,
     /// Lines held in pieces until their rest comes.
     pub(super) pieces: Pieces,
+    /// Application records whose lines are still coming.
+    pub(super) records: Records,
     /// Offset after the last record consumed, or before the first the offset
     /// the partition must start at (gap detection, progress): a first record
     /// beyond it means the broker deleted records before they were read.
@@ -51,6 +55,7 @@ impl Part {
             windows,
             dedup: Dedup::new(dedup_files),
             pieces: Pieces::new(partial_wait_ms),
+            records: Records::new(partial_wait_ms),
             next,
             written: None,
             dead_lettered_below,
@@ -65,6 +70,8 @@ pub(super) struct Ingest {
     pub(super) sources: SourceTable,
     pub(super) counters: Counters,
     pub(super) dlq: DeadLetters,
+    /// Scratch for a record's message template.
+    pub(super) template: Vec<u8>,
 }
 
 impl Ingest {
@@ -96,6 +103,11 @@ impl Ingest {
         let meta = RecordMeta::from_headers(msg.headers());
         let source = self.sources.id(msg.key().unwrap_or(b""), msg.headers());
         let value = msg.payload().unwrap_or(b"");
+        if !part.records.is_empty() {
+            let mut done = Vec::new();
+            part.records.expired(msg.timestamp().to_millis(), &mut done);
+            self.finish_records(part, done, Some(offset));
+        }
         let rec = Rec {
             msg,
             meta,
@@ -116,6 +128,7 @@ impl Ingest {
                     sources,
                     counters,
                     dlq,
+                    ..
                 } = self;
                 counters.consumed += 1;
                 let e = LineError::Run(e);
@@ -134,6 +147,7 @@ impl Ingest {
             sources,
             counters,
             dlq,
+            template,
         } = self;
         let Rec {
             source,
@@ -182,7 +196,45 @@ impl Ingest {
             // Without a file and offset, pieces cannot be matched: as they are.
             _ => Step::Line,
         };
+        let app = sources.parser(source).app().is_some();
         match step {
+            Step::Line if app => {
+                let at = (offset, offset);
+                let r = app_line(
+                    part,
+                    sources,
+                    counters,
+                    template,
+                    source,
+                    line,
+                    cut.is_some(),
+                    at,
+                    ts,
+                );
+                if let Err(e) = r {
+                    dead_letter(sources, counters, source, offset, &e, line);
+                    part.windows.skip(offset);
+                    if offset >= part.dead_lettered_below {
+                        rec.send_dead_letter(dlq, wire, &e);
+                    }
+                }
+            }
+            Step::Joined(held, _) if app => {
+                counters.pieces += held.records() - 1;
+                let whole = held.cut_at.map_or(&held.line[..], |n| &held.line[..n]);
+                let at = (held.offset, offset);
+                let (cut, ts) = (held.cut_at.is_some(), held.timestamp);
+                let r = app_line(
+                    part, sources, counters, template, source, whole, cut, at, ts,
+                );
+                if let Err(e) = r {
+                    dead_letter(sources, counters, source, offset, &e, &held.line);
+                    part.windows.skip(offset);
+                    if offset >= part.dead_lettered_below {
+                        send_held(dlq, &held, &e);
+                    }
+                }
+            }
             Step::Line => match parse_line(sources, source, line, cut.is_some(), ts) {
                 Ok(l) => add(part, counters, Hit::from_line(source, &l, offset)),
                 Err(e) => {
@@ -242,6 +294,8 @@ impl Ingest {
     /// Lines still held in pieces when the input ended: they never will be
     /// whole, so they are dead letters.
     pub(super) fn end_of_input(&mut self, part: &mut Part) {
+        let open = part.records.take_all();
+        self.finish_records(part, open, None);
         let mut gave_up = Vec::new();
         part.pieces.give_up_all(&mut gave_up);
         give_up(
@@ -255,10 +309,146 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// Counts application records that are complete; `by` is the offset of
+    /// the record that completed them (`None`: each its own last line's).
+    fn finish_records(&mut self, part: &mut Part, done: Vec<(SourceId, Open)>, by: Option<i64>) {
+        for (source, r) in done {
+            let end = by.unwrap_or(r.last_offset).max(r.last_offset);
+            finish(
+                part,
+                &self.sources,
+                &mut self.counters,
+                &mut self.template,
+                source,
+                &r,
+                end,
+            );
+        }
+        part.windows.hold_records_from(part.records.floor());
+    }
+}
+
+/// One line of an application log: a JSON record, counted; the first line
+/// of a text record, which completes the source's open record and opens
+/// its own; or a line that continues the open record. `at` is the offset
+/// of the line's first piece and of the record that made it whole.
+#[allow(clippy::too_many_arguments)]
+fn app_line(
+    part: &mut Part,
+    sources: &SourceTable,
+    counters: &mut Counters,
+    template: &mut Vec<u8>,
+    source: SourceId,
+    line: &[u8],
+    cut: bool,
+    (offset, end_offset): (i64, i64),
+    ts: Option<i64>,
+) -> Result<(), LineError> {
+    let app = sources.parser(source).app().expect("an application source");
+    if !app.multiline() {
+        if cut {
+            return Err(LineError::Parse(ParseError::ends(
+                line.len(),
+                "where the producer cut it (--max-line-bytes): a cut JSON object is not whole",
+            )));
+        }
+        let l = app.parse(line).map_err(LineError::Parse)?;
+        let time_ms = time_or_timestamp(l.time_ms, ts).map_err(LineError::Parse)?;
+        crate::template::template_with_exception(&l.message, l.exception.as_deref(), template);
+        let lines = l
+            .exception
+            .as_deref()
+            .map_or(0, |e| memchr::memchr_iter(b'\n', e).count() + 1);
+        let hit = crate::applog::AppHit {
+            level: l.level,
+            logger: &l.logger,
+            template,
+            lines: 1 + lines as u32,
+        };
+        add(
+            part,
+            counters,
+            Hit::from_app(source, time_ms, hit, offset, end_offset),
+        );
+        return Ok(());
+    }
+    match app.parse(line) {
+        Ok(_) => {
+            if let Some(done) = part.records.start(source, line, offset, end_offset, ts) {
+                finish(part, sources, counters, template, source, &done, offset);
+            }
+            part.windows.skip(end_offset);
+        }
+        Err(e) => {
+            counters.continuation_lines += 1;
+            if !part.records.continue_with(source, line, end_offset) {
+                if !part.windows.was_seen_before(end_offset) {
+                    return Err(LineError::Continuation(e));
+                }
+                // Part of a record a previous owner completed and counted.
+            }
+            part.windows.skip(end_offset);
+        }
+    }
+    part.windows.hold_records_from(part.records.floor());
+    Ok(())
+}
+
+/// Counts one complete application record, completed at `end_offset`.
+fn finish(
+    part: &mut Part,
+    sources: &SourceTable,
+    counters: &mut Counters,
+    template: &mut Vec<u8>,
+    source: SourceId,
+    r: &Open,
+    end_offset: i64,
+) {
+    let app = sources.parser(source).app().expect("an application source");
+    // It parsed when it opened, and parsing is pure.
+    let Ok(l) = app.parse(r.first_line()) else {
+        tracing::error!(source = %sources.name(source).source, offset = r.offset, "an application record's first line no longer parses; not counted");
+        return;
+    };
+    let Ok(time_ms) = time_or_timestamp(l.time_ms, r.timestamp) else {
+        tracing::error!(
+            offset = r.offset,
+            "an application record without a time; not counted"
+        );
+        return;
+    };
+    crate::template::template_with_exception(&l.message, r.rest(), template);
+    let hit = crate::applog::AppHit {
+        level: l.level,
+        logger: &l.logger,
+        template,
+        lines: r.lines,
+    };
+    add(
+        part,
+        counters,
+        Hit::from_app(source, time_ms, hit, r.offset, end_offset),
+    );
+}
+
+fn time_or_timestamp(time_ms: i64, ts: Option<i64>) -> Result<i64, ParseError> {
+    if time_ms != i64::MIN {
+        return Ok(time_ms);
+    }
+    ts.ok_or(ParseError::expected(
+        0,
+        "a time: the line has none and the record no timestamp",
+    ))
+}
+
 /// Why a line is a dead letter: the parser's word, or what became of its pieces.
 #[derive(Debug)]
 enum LineError {
     Parse(ParseError),
+    /// An application-log line that does not start a record, with no
+    /// record before it to continue.
+    Continuation(ParseError),
     /// The unterminated end of a file or connection (`partial: eof`).
     Eof(ParseError),
     /// A line joined from pieces.
@@ -274,6 +464,10 @@ impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LineError::Parse(e) => e.fmt(f),
+            LineError::Continuation(e) => write!(
+                f,
+                "{e}: not the start of a record, and no record before it to continue"
+            ),
             LineError::Eof(e) => write!(
                 f,
                 "{e} (the unterminated end of a file or connection, partial: eof)"
@@ -344,7 +538,10 @@ fn dead_letter(
     counters.dead_lettered += 1;
     let kinds = &mut counters.dead_letter_kinds;
     match e {
-        LineError::Parse(p) | LineError::Eof(p) | LineError::Joined(p) => match p.kind {
+        LineError::Parse(p)
+        | LineError::Eof(p)
+        | LineError::Joined(p)
+        | LineError::Continuation(p) => match p.kind {
             ErrorKind::Expected => kinds.malformed += 1,
             ErrorKind::Ends => kinds.cut += 1,
             ErrorKind::Damaged => kinds.damaged += 1,

@@ -22,6 +22,7 @@ mod control;
 mod flush;
 mod ingest;
 mod rebalance;
+mod records;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -145,6 +146,7 @@ pub fn run(
             sources: SourceTable::new(formats),
             counters: Counters::default(),
             dlq,
+            template: Vec::new(),
         },
         batch: Pending::default(),
         paused: false,

@@ -1,0 +1,353 @@
+//! Application logs end to end, from real Python processes: the `logging`
+//! module writing the seed's Formatter to a file (tracebacks included, in
+//! a local time zone), and its SocketHandler sending to `logpipe produce
+//! --python-logging`. The Python side writes its own truth (records per
+//! window, logger, level and expected template); the windows the analyzer
+//! wrote to InfluxDB must equal it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use logpipe_testkit::{
+    free_port, in_ci, unique, wait_until, Analyzer, Child, Influx, LogpipeBroker, Membership,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
+const WINDOW_MS: i64 = 10_000;
+const SEED_FORMAT: &str = "%(asctime)s - %(name)s - %(levelname)s - %(message)s";
+
+/// The Python side: records at 5 per second of simulated time from
+/// `start` (a filter sets `created`), through a FileHandler with the seed's
+/// formatter (`file PATH`) or a SocketHandler (`socket PORT`); the truth,
+/// one JSON line per record, to stdout.
+const PY: &str = r#"
+import json, logging, logging.handlers, sys
+
+mode, target, start, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+if mode == "file":
+    h = logging.FileHandler(target, mode="w")
+    h.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+else:
+    h = logging.handlers.SocketHandler("127.0.0.1", int(target))
+
+clock = {"t": start}
+class Clock(logging.Filter):
+    def filter(self, record):
+        record.created = clock["t"]
+        record.msecs = int((record.created - int(record.created)) * 1000)
+        return True
+
+h.addFilter(Clock())
+root = logging.getLogger()
+root.addHandler(h)
+root.setLevel(logging.DEBUG)
+shop, db, auth = (logging.getLogger(x) for x in ("shop.checkout", "db", "auth"))
+
+def emit(logger, level, template, call):
+    lines = call() or 1
+    created = clock["t"]
+    ms = int(created) * 1000 + int((created - int(created)) * 1000)
+    print(json.dumps({"logger": logger.name, "level": level, "template": template,
+                      "lines": lines, "ms": ms}))
+
+def pay(i):
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        shop.exception("payment %d failed", i)
+        # The record's lines: the message's and the traceback's.
+        return 2 + logging.Formatter().formatException(sys.exc_info()).count("\n")
+
+for i in range(n):
+    clock["t"] = start + i * 0.2
+    k = i % 10
+    if k < 5:
+        emit(shop, "INFO", "order <num> paid by user <num>", lambda: shop.info("order %d paid by user %d", i, i % 17))
+    elif k < 7:
+        emit(db, "DEBUG", "query took <num> ms", lambda: db.debug("query took %.1f ms", i / 7))
+    elif k == 7:
+        emit(auth, "INFO", "login from <ip> as <str>", lambda: auth.info("login from %s as %r", "10.0.%d.%d" % (i % 3, i % 250), "user%d" % i))
+    elif k == 8:
+        emit(db, "WARNING", "slow query on table orders (<num> rows)", lambda: db.warning("slow query on table %s (%d rows)", "orders", i * 3))
+    elif i % 30 == 9:
+        emit(shop, "ERROR", "payment <num> failed | ZeroDivisionError: division by zero", lambda: pay(i))
+    else:
+        emit(shop, "CRITICAL", "card processor <hex> unreachable", lambda: shop.critical("card processor %#x unreachable", 0xdeadbeef00 + i))
+h.close()
+"#;
+
+/// Records per (source, window): (logger, level) → count, level → {template
+/// → count}, lines, errors.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct AppWindow {
+    levels: BTreeMap<(String, String), u64>,
+    templates: BTreeMap<String, BTreeMap<String, u64>>,
+    lines: u64,
+    records: u64,
+    errors: u64,
+}
+
+type AppWindows = BTreeMap<(String, i64), AppWindow>;
+
+fn need_python() -> bool {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok || !in_ci(), "python3 is needed by this test");
+    ok
+}
+
+/// Runs the Python side; returns its truth per (source, window). With
+/// `per_logger` each logger is its own source (the SocketHandler input).
+fn python(args: &[&str], tz: &str, source: Option<&str>) -> AppWindows {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY)
+        .args(args)
+        .env("TZ", tz)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut truth = AppWindows::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let j: serde_json::Value = serde_json::from_str(line).unwrap();
+        let s = |k: &str| j[k].as_str().unwrap().to_string();
+        let src = source.map_or_else(|| s("logger"), str::to_string);
+        let ms = j["ms"].as_i64().unwrap();
+        let w = truth
+            .entry((src, ms.div_euclid(WINDOW_MS) * WINDOW_MS))
+            .or_default();
+        *w.levels.entry((s("logger"), s("level"))).or_default() += 1;
+        *w.templates
+            .entry(s("level"))
+            .or_default()
+            .entry(s("template"))
+            .or_default() += 1;
+        w.lines += j["lines"].as_u64().unwrap();
+        w.records += 1;
+        w.errors += u64::from(matches!(s("level").as_str(), "ERROR" | "CRITICAL"));
+    }
+    truth
+}
+
+fn from_influx(influx: &Influx, db: &str) -> AppWindows {
+    let mut got = AppWindows::new();
+    for series in influx.query(
+        db,
+        "SELECT \"count\" FROM app_level GROUP BY source, logger, level",
+    ) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap().to_string();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let w = got
+                .entry((tag("source"), row[0].as_i64().unwrap()))
+                .or_default();
+            w.levels
+                .insert((tag("logger"), tag("level")), row[1].as_u64().unwrap());
+        }
+    }
+    let q = "SELECT \"template\", \"count\", \"error\", template_id FROM app_template GROUP BY source, level, rank";
+    for series in influx.query(db, q) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap().to_string();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let w = got
+                .entry((tag("source"), row[0].as_i64().unwrap()))
+                .or_default();
+            let t = row[1].as_str().unwrap().to_string();
+            assert_eq!(row[3], 0, "every template fits the summary: exact counts");
+            assert_eq!(
+                row[4].as_str().unwrap(),
+                logpipe_analyzer::template::template_id(t.as_bytes())
+            );
+            w.templates
+                .entry(tag("level"))
+                .or_default()
+                .insert(t, row[2].as_u64().unwrap());
+        }
+    }
+    for series in influx.query(
+        db,
+        "SELECT records, lines, errors FROM app_log GROUP BY source",
+    ) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap().to_string();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let w = got
+                .entry((tag("source"), row[0].as_i64().unwrap()))
+                .or_default();
+            (w.records, w.lines, w.errors) = (
+                row[1].as_u64().unwrap(),
+                row[2].as_u64().unwrap(),
+                row[3].as_u64().unwrap(),
+            );
+        }
+    }
+    got
+}
+
+/// The windows of `truth` a run must have closed: all but each source's
+/// last ones (the watermark is the max time − lateness).
+fn closed(truth: &AppWindows, lateness_ms: i64) -> AppWindows {
+    let mut max: BTreeMap<&str, i64> = BTreeMap::new();
+    for (s, w) in truth.keys() {
+        let m = max.entry(s).or_insert(*w);
+        *m = (*m).max(*w + WINDOW_MS - 1);
+    }
+    truth
+        .iter()
+        .filter(|((s, w), _)| {
+            w + WINDOW_MS <= (max[s.as_str()] - lateness_ms).div_euclid(WINDOW_MS) * WINDOW_MS
+        })
+        .map(|(k, v)| (k.clone(), clone_window(v)))
+        .collect()
+}
+
+fn clone_window(w: &AppWindow) -> AppWindow {
+    AppWindow {
+        levels: w.levels.clone(),
+        templates: w.templates.clone(),
+        lines: w.lines,
+        records: w.records,
+        errors: w.errors,
+    }
+}
+
+fn wait_equal(influx: &Influx, db: &str, want: &AppWindows, a: &Analyzer) {
+    assert!(
+        want.len() >= 5,
+        "too few closed windows to compare: {want:?}"
+    );
+    let mut got = AppWindows::new();
+    let ok = wait_until(Duration::from_secs(60), || {
+        got = from_influx(influx, db);
+        want.iter()
+            .all(|(k, v)| got.get(k) == Some(v))
+            .then_some(())
+    });
+    if ok.is_none() {
+        let (k, v) = want.iter().find(|(k, v)| got.get(*k) != Some(*v)).unwrap();
+        panic!(
+            "window {k:?}:\nwant {v:?}\n got {:?}\n{}",
+            got.get(k),
+            a.log()
+        );
+    }
+}
+
+/// The seed's Formatter writing a file in Berlin time, with tracebacks:
+/// records per logger and level, templates, lines and errors per window
+/// equal what Python logged; nothing is a dead letter.
+#[test]
+fn python_logging_files_with_tracebacks_count_per_level_and_template() {
+    if !need_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    // 2024-01-01T00:00:00Z; 600 records over 120 s.
+    let start = "1704067200.0";
+    let truth = python(
+        &["file", path.to_str().unwrap(), start, "600"],
+        "Europe/Berlin",
+        Some(path.to_str().unwrap()),
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("2024-01-01 01:00:00,000 - shop.checkout - INFO - order 0"),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.contains("\nTraceback (most recent call last):\n"));
+    let topic = unique("applogs");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 2);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("applogs"));
+    let m = Membership::new(&broker.bootstrap, &topic);
+    let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .args(&[
+            "--format",
+            SEED_FORMAT,
+            "--timezone",
+            "Europe/Berlin",
+            "--lateness",
+            "5s",
+        ])
+        .start();
+    // One line per record, so a traceback's lines travel in records of their own.
+    logpipe_testkit::produce_all_with(
+        Path::new(BIN),
+        &broker.bootstrap,
+        &topic,
+        &dir.path().join("checkpoints"),
+        &[path.clone()],
+        &["--lines-per-record", "1"],
+    );
+    wait_equal(&influx, &db, &closed(&truth, 5_000), &a);
+    let rows = influx.query(
+        &db,
+        "SELECT last(dead_lettered), last(continuation_lines) FROM logpipe",
+    );
+    assert_eq!(rows[0]["values"][0][1], 0, "dead letters: {}", a.log());
+    assert!(rows[0]["values"][0][2].as_u64().unwrap() > 0);
+    let st = a.child.terminate(Duration::from_secs(20));
+    assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+}
+
+/// SocketHandler → `logpipe produce --python-logging` → `--format
+/// python-json`: each logger is a source; its records, levels and
+/// templates (exceptions from `exc_text`) equal what Python logged.
+#[test]
+fn python_socket_handler_records_count_per_logger_level_and_template() {
+    if !need_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("applogs");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 2);
+    let influx = Influx::start();
+    let db = influx.create_db(&unique("pylog"));
+    let m = Membership::new(&broker.bootstrap, &topic);
+    let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
+        .args(&["--format", "python-json", "--lateness", "5s"])
+        .start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut p = Child::spawn(
+        "produce",
+        Command::new(BIN)
+            .args([
+                "produce",
+                "--brokers",
+                &broker.bootstrap,
+                "--topic",
+                &topic,
+                "--host",
+                "app1",
+            ])
+            .args(["--python-logging", &addr])
+            .env("LOGPIPE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("produce.log")).unwrap()),
+    );
+    wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&addr).ok().map(|_| ())
+    })
+    .expect("producer listening");
+    // A record's lines: its message's and its `exc_text`'s.
+    let truth = python(
+        &["socket", &port.to_string(), "1704067200.0", "600"],
+        "UTC",
+        None,
+    );
+    wait_equal(&influx, &db, &closed(&truth, 5_000), &a);
+    let st = p.terminate(Duration::from_secs(20));
+    assert!(st.success());
+    let st = a.child.terminate(Duration::from_secs(20));
+    assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+}
