@@ -661,7 +661,8 @@ pub struct BrokerArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// A log to follow (nginx `combined`); without it, traffic is generated.
+    /// A log to follow (in --format, default nginx `combined`); without it,
+    /// traffic is generated.
     #[arg(long, env = "LOGPIPE_INPUT")]
     pub input: Option<PathBuf>,
     /// Read --input from its beginning instead of its end.
@@ -685,6 +686,8 @@ pub struct DemoArgs {
     pub lines_per_record: usize,
     #[command(flatten)]
     pub window: WindowArgs,
+    #[command(flatten)]
+    pub parse: FormatArgs,
     #[command(flatten)]
     pub influx: InfluxArgs,
     /// Line-protocol output file when no --influx-url is given; replaced,

@@ -91,6 +91,7 @@ fn points_file(explicit: Option<&PathBuf>) -> Result<(PathBuf, bool)> {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let spec = crate::window_spec(&a.window)?;
+    let formats = std::sync::Arc::new(crate::formats(&a.parse)?);
     if a.analyzers == 0 {
         bail!("--analyzers must be at least 1");
     }
@@ -180,6 +181,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         };
         let cfg = AnalyzerConfig {
             flush_interval: a.window.flush_interval,
+            formats: formats.clone(),
             ..AnalyzerConfig::new(group, spec, format!("demo-{i}"))
         };
         let t = table.clone();
