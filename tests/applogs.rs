@@ -313,7 +313,7 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
         .append(true)
         .open(&path)
         .unwrap();
-    std::io::Write::write_all(&mut rest, text[cut..].as_bytes()).unwrap();
+    std::io::Write::write_all(&mut rest, &text.as_bytes()[cut..]).unwrap();
     drop(rest);
     let mut a = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
         .args(&args)
@@ -380,8 +380,106 @@ fn python_socket_handler_records_count_per_logger_level_and_template() {
         None,
     );
     wait_equal(&influx, &db, &closed(&truth, 5_000), &a);
+    check_dashboard(&influx, &db, &truth);
     let st = p.terminate(Duration::from_secs(20));
     assert!(st.success());
     let st = a.child.terminate(Duration::from_secs(20));
     assert!(st.success(), "analyzer exit {st:?}: {}", a.log());
+}
+
+/// Every query of the application-logs dashboard returns rows from this
+/// run, and its totals (records per level, templates over the range) are
+/// Python's.
+fn check_dashboard(influx: &Influx, db: &str, truth: &AppWindows) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/grafana/dashboards/app-logs.json"
+    ))
+    .unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (from, to) = (
+        1_704_067_200_000i64 - 3_600_000,
+        1_704_067_200_000i64 + 3_600_000,
+    );
+    let sub = |q: &str| {
+        q.replace(
+            "$timeFilter",
+            &format!("time >= {from}ms and time <= {to}ms"),
+        )
+        .replace("$__interval", "10s")
+        .replace("$host", ".*")
+        .replace("$source", ".*")
+    };
+    let mut queries: Vec<(String, String)> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["title"].as_str().unwrap().to_string(),
+                sub(p["targets"][0]["query"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    for v in d["templating"]["list"].as_array().unwrap() {
+        queries.push((
+            format!("variable {}", v["name"]),
+            sub(v["query"].as_str().unwrap()),
+        ));
+    }
+    let total: u64 = truth.values().map(|w| w.records).sum();
+    let mut templates: BTreeMap<String, u64> = BTreeMap::new();
+    for w in truth.values() {
+        for (t, n) in w.templates.values().flatten() {
+            *templates.entry(t.clone()).or_default() += n;
+        }
+    }
+    // The open windows' partial values come with the next flush.
+    let ok = wait_until(Duration::from_secs(30), || {
+        let per_level = influx.query(db, &queries[0].1);
+        let sum: f64 = per_level
+            .iter()
+            .flat_map(|s| s["values"].as_array().unwrap().iter())
+            .map(|r| r[1].as_f64().unwrap_or(0.0))
+            .sum();
+        (sum as u64 == total).then_some(())
+    });
+    assert!(ok.is_some(), "Records per level does not add up to {total}");
+    for (title, q) in &queries {
+        let rows: usize = influx
+            .query(db, q)
+            .iter()
+            .map(|s| s["values"].as_array().map_or(0, Vec::len))
+            .sum();
+        let errors_only = title == "Errors per logger";
+        assert!(
+            rows > 0 || errors_only && templates.keys().all(|t| !t.contains("failed")),
+            "{title}: no rows: {q}"
+        );
+    }
+    // The templates table, summed over the range as its transformation does.
+    let (_, q) = queries
+        .iter()
+        .find(|(t, _)| t == "Top templates (range)")
+        .unwrap();
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    for s in influx.query(db, q) {
+        let cols: Vec<&str> = s["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let (ci, ti) = (
+            cols.iter().position(|c| *c == "count").unwrap(),
+            cols.iter().position(|c| *c == "template").unwrap(),
+        );
+        for r in s["values"].as_array().unwrap() {
+            *got.entry(r[ti].as_str().unwrap().to_string()).or_default() += r[ci].as_u64().unwrap();
+        }
+    }
+    assert_eq!(
+        got, templates,
+        "the templates table differs from Python's records"
+    );
 }

@@ -129,8 +129,126 @@ fn report(what: &str, runs: Vec<f64>) {
     );
 }
 
+/// Python `logging` lines in the seed's format: five loggers, eight
+/// message shapes, a traceback (4 more lines) every 50th record.
+fn app_lines(n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    let loggers = ["shop.checkout", "shop.cart", "db", "auth", "worker.email"];
+    let mut i = 0usize;
+    while out.len() < n {
+        let t = chrono::DateTime::from_timestamp_millis(1_704_067_200_000 + i as i64 * 2).unwrap();
+        let ts = t.format("%Y-%m-%d %H:%M:%S,%3f");
+        let logger = loggers[i % loggers.len()];
+        let (level, msg) = match i % 8 {
+            0 => ("INFO", format!("order {} paid by user {}", i, i % 977)),
+            1 => (
+                "DEBUG",
+                format!("query took {:.1} ms rows={}", i as f64 / 7.0, i % 50),
+            ),
+            2 => (
+                "INFO",
+                format!(
+                    "login from 10.{}.{}.{} as 'user{}'",
+                    i % 3,
+                    i % 200,
+                    i % 250,
+                    i % 900
+                ),
+            ),
+            3 => (
+                "WARNING",
+                format!("slow query on table orders ({} rows)", i * 3),
+            ),
+            4 => (
+                "INFO",
+                format!("GET /api/v1/items/{}?page={} 200", i % 5000, i % 9),
+            ),
+            5 => ("DEBUG", format!("cache miss key=session:{:x}", i * 7919)),
+            6 => (
+                "INFO",
+                format!("sent mail {} to queue {}", uuid_like(i), i % 4),
+            ),
+            _ => (
+                "ERROR",
+                format!("card processor {:#x} unreachable", 0xdead_0000 + i),
+            ),
+        };
+        out.push(format!("{ts} - {logger} - {level} - {msg}"));
+        if i % 50 == 49 {
+            out.push("Traceback (most recent call last):".into());
+            out.push("  File \"/srv/app/pay.py\", line 17, in charge".into());
+            out.push("    return 1 / 0".into());
+            out.push("ZeroDivisionError: division by zero".into());
+        }
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn uuid_like(i: usize) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        i,
+        i % 65536,
+        i % 4096,
+        (i * 7) % 4096,
+        i * 31
+    )
+}
+
+/// Parses application lines with `f`, templates each record and counts it
+/// in its window (continuation lines are tried and skipped); returns lines/s.
+fn run_app(lines: &[String], f: &logpipe_analyzer::parse::AppFormat, spec: WindowSpec) -> f64 {
+    use logpipe_analyzer::applog::AppHit;
+    let mut w = PartitionWindows::new(spec);
+    let mut out = Vec::new();
+    let mut template = Vec::new();
+    let t = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        if let Ok(l) = f.parse(line.as_bytes()) {
+            logpipe_analyzer::template::template_with_exception(&l.message, None, &mut template);
+            let hit = AppHit {
+                level: l.level,
+                logger: &l.logger,
+                template: &template,
+                lines: 1,
+            };
+            w.record(&Hit::from_app(0, l.time_ms, hit, i as i64, i as i64));
+        }
+        if i % 100_000 == 99_999 {
+            out.clear();
+            w.drain(false, false, &mut out);
+        }
+    }
+    w.drain(true, true, &mut out);
+    std::hint::black_box(&out);
+    lines.len() as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let n = 1_000_000;
+    if std::env::var("LOGPIPE_BENCH_ONLY").as_deref() == Ok("app") {
+        let ls = app_lines(n);
+        let f = logpipe_analyzer::parse::AppFormat::new(
+            "%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+            None,
+            logpipe_analyzer::parse::Zone::Utc,
+        )
+        .unwrap()
+        .unwrap();
+        let (mut off, mut on) = (vec![], vec![]);
+        for _ in 0..5 {
+            off.push(run_app(&ls, &f, NO_TOP));
+            on.push(run_app(&ls, &f, SPEC));
+        }
+        report("application log (Python Formatter), parse + template + window core, top-K off (templates made, not ranked)", off);
+        report(
+            "application log (Python Formatter), parse + template + window core, top templates on",
+            on,
+        );
+        return;
+    }
     // Parsers alone on the same lines (combined + $request_time).
     let only = std::env::var("LOGPIPE_BENCH_ONLY").unwrap_or_default();
     let ls = lines(n, true);

@@ -734,6 +734,34 @@ mod tests {
         }
     }
 
+    /// An unfinished application record holds the restore point at its
+    /// first line even when no open window does (its source's windows
+    /// before it are closed, and it is not in a window yet).
+    #[test]
+    fn an_unfinished_record_holds_the_restore_point() {
+        let mut w = PartitionWindows::new(SPEC);
+        w.record(&hit(0, 1_000, 200, 0));
+        w.record(&hit(0, 50_000, 200, 1));
+        w.skip(2);
+        w.skip(3);
+        let mut out = vec![];
+        w.drain(false, false, &mut out);
+        assert_eq!(w.restore_point().unwrap().offset, 1, "the open window");
+        // A record opened at 2 and continued at 3, whose source's last
+        // window closed: nothing but the record holds the point.
+        let mut w = PartitionWindows::new(SPEC);
+        w.record(&hit(0, 1_000, 200, 0));
+        w.skip(1);
+        w.drain(false, true, &mut out);
+        w.skip(2);
+        w.skip(3);
+        assert_eq!(w.restore_point().unwrap().offset, 4);
+        w.hold_records_from(Some(2));
+        assert_eq!(w.restore_point().unwrap().offset, 2);
+        w.hold_records_from(None);
+        assert_eq!(w.restore_point().unwrap().offset, 4);
+    }
+
     fn finals(w: &mut PartitionWindows) -> Vec<WindowValue> {
         let mut out = vec![];
         w.drain(false, false, &mut out);

@@ -382,11 +382,12 @@ fn app_line(
         }
         Err(e) => {
             counters.continuation_lines += 1;
-            if !part.records.continue_with(source, line, end_offset) {
-                if !part.windows.was_seen_before(end_offset) {
-                    return Err(LineError::Continuation(e));
-                }
-                // Part of a record a previous owner completed and counted.
+            // Without an open record: part of one a previous owner
+            // completed and counted (re-read after a restore), or an orphan.
+            if !part.records.continue_with(source, line, end_offset)
+                && !part.windows.was_seen_before(end_offset)
+            {
+                return Err(LineError::Continuation(e));
             }
             part.windows.skip(end_offset);
         }
