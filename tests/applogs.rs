@@ -26,6 +26,8 @@ const PY: &str = r#"
 import json, logging, logging.handlers, sys
 
 mode, target, start, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+# An incident: records from..to (by index) each bring two gateway errors.
+burst = range(int(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 6 else range(0)
 if mode == "file":
     h = logging.FileHandler(target, mode="w")
     h.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
@@ -63,6 +65,9 @@ def pay(i):
 for i in range(n):
     clock["t"] = start + i * 0.2
     k = i % 10
+    if i in burst:
+        for _ in range(2):
+            emit(shop, "ERROR", "payment gateway <str> timed out after <num> s", lambda: shop.error("payment gateway %r timed out after %d s", "gw-3", 30))
     if i % 150 == 100 or i % 30 == 9:
         emit(shop, "ERROR", "payment <num> failed | ZeroDivisionError: division by zero", lambda: pay(i))
     elif k < 5:
@@ -79,11 +84,13 @@ h.close()
 "#;
 
 /// Records per (source, window): (logger, level) → count, level → {template
-/// → count}, lines, errors.
+/// → count}, lines, errors, and the templates first seen in the window →
+/// their records in it.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct AppWindow {
     levels: BTreeMap<(String, String), u64>,
     templates: BTreeMap<String, BTreeMap<String, u64>>,
+    new: BTreeMap<String, u64>,
     lines: u64,
     records: u64,
     errors: u64,
@@ -135,6 +142,18 @@ fn python(args: &[&str], tz: &str, source: Option<&str>) -> AppWindows {
         w.records += 1;
         w.errors += u64::from(matches!(s("level").as_str(), "ERROR" | "CRITICAL"));
     }
+    // A template is new in the first window of its source that has it.
+    let mut first: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for ((src, start), w) in &truth {
+        for t in w.templates.values().flat_map(|t| t.keys()) {
+            first.entry((src.clone(), t.clone())).or_insert(*start);
+        }
+    }
+    for ((src, t), start) in first {
+        let w = truth.get_mut(&(src, start)).unwrap();
+        let n = w.templates.values().filter_map(|m| m.get(&t)).sum();
+        w.new.insert(t, n);
+    }
     truth
 }
 
@@ -170,6 +189,21 @@ fn from_influx(influx: &Influx, db: &str) -> AppWindows {
                 .entry(tag("level"))
                 .or_default()
                 .insert(t, row[2].as_u64().unwrap());
+        }
+    }
+    let q = "SELECT \"template\", \"count\", template_id FROM app_template_new GROUP BY source, level, n";
+    for series in influx.query(db, q) {
+        let tag = |k: &str| series["tags"][k].as_str().unwrap().to_string();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let w = got
+                .entry((tag("source"), row[0].as_i64().unwrap()))
+                .or_default();
+            let t = row[1].as_str().unwrap().to_string();
+            assert_eq!(
+                row[3].as_str().unwrap(),
+                logpipe_analyzer::template::template_id(t.as_bytes())
+            );
+            w.new.insert(t, row[2].as_u64().unwrap());
         }
     }
     for series in influx.query(
@@ -212,6 +246,7 @@ fn clone_window(w: &AppWindow) -> AppWindow {
     AppWindow {
         levels: w.levels.clone(),
         templates: w.templates.clone(),
+        new: w.new.clone(),
         lines: w.lines,
         records: w.records,
         errors: w.errors,
@@ -241,8 +276,9 @@ fn wait_equal(influx: &Influx, db: &str, want: &AppWindows, a: &Analyzer) {
 }
 
 /// The seed's Formatter writing a file in Berlin time, with tracebacks:
-/// records per logger and level, templates, lines and errors per window
-/// equal what Python logged; nothing is a dead letter. The analyzer is
+/// records per logger and level, templates, the templates first seen in
+/// each window, lines and errors per window equal what Python logged;
+/// nothing is a dead letter. The analyzer is
 /// killed (SIGKILL) when the file so far ends inside a traceback, and the
 /// rest is written after its restart: the record is counted once, whole.
 #[test]
@@ -373,13 +409,61 @@ fn python_socket_handler_records_count_per_logger_level_and_template() {
         std::net::TcpStream::connect(&addr).ok().map(|_| ())
     })
     .expect("producer listening");
-    // A record's lines: its message's and its `exc_text`'s.
+    // A record's lines: its message's and its `exc_text`'s. 1 000 records
+    // over 200 s; an error burst in the window at 160 s (records 800..850).
     let truth = python(
-        &["socket", &port.to_string(), "1704067200.0", "600"],
+        &[
+            "socket",
+            &port.to_string(),
+            "1704067200.0",
+            "1000",
+            "800",
+            "850",
+        ],
         "UTC",
         None,
     );
     wait_equal(&influx, &db, &closed(&truth, 5_000), &a);
+    // The burst is shop.checkout's only flagged window (error share up; the
+    // records too, 150 instead of 25); db and auth have none.
+    let flags: Vec<(String, i64, String, String)> = influx
+        .query(
+            &db,
+            "SELECT direction FROM app_anomaly GROUP BY source, metric",
+        )
+        .iter()
+        .flat_map(|s| {
+            let tag = |k: &str| s["tags"][k].as_str().unwrap().to_string();
+            s["values"].as_array().unwrap().iter().map(move |r| {
+                (
+                    tag("source"),
+                    r[0].as_i64().unwrap(),
+                    tag("metric"),
+                    r[1].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    let burst = 1_704_067_200_000 + 160_000;
+    assert_eq!(
+        flags,
+        vec![
+            (
+                "shop.checkout".to_string(),
+                burst,
+                "error_share".to_string(),
+                "up".to_string()
+            ),
+            (
+                "shop.checkout".to_string(),
+                burst,
+                "records".to_string(),
+                "up".to_string()
+            ),
+        ],
+        "{}",
+        a.log()
+    );
     check_dashboard(&influx, &db, &truth);
     let st = p.terminate(Duration::from_secs(20));
     assert!(st.success());
@@ -481,5 +565,26 @@ fn check_dashboard(influx: &Influx, db: &str, truth: &AppWindows) {
     assert_eq!(
         got, templates,
         "the templates table differs from Python's records"
+    );
+    // Each template is new once, in the first window that has it.
+    let (_, q) = queries.iter().find(|(t, _)| t == "New templates").unwrap();
+    let mut new: Vec<String> = Vec::new();
+    for s in influx.query(db, q) {
+        let cols: Vec<&str> = s["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let ti = cols.iter().position(|c| *c == "template").unwrap();
+        for r in s["values"].as_array().unwrap() {
+            new.push(r[ti].as_str().unwrap().to_string());
+        }
+    }
+    new.sort();
+    assert_eq!(
+        new,
+        templates.keys().cloned().collect::<Vec<_>>(),
+        "new templates"
     );
 }

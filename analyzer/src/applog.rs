@@ -1,11 +1,13 @@
 //! What a window keeps of an application log's records: counts per
-//! (logger, level), lines, and per level the top-K message templates
-//! (deterministic Space-Saving summaries, [`crate::top::SpaceSaving`]).
-//! Memory per window is bounded: at most [`MAX_LOGGERS`] loggers (the rest
-//! are counted as [`OTHER_LOGGERS`]) and a summary of `--top-capacity`
-//! templates per level.
+//! (logger, level), lines, per level the top-K message templates
+//! (deterministic Space-Saving summaries, [`crate::top::SpaceSaving`]), and
+//! the templates it holds, which a source's [`TemplateHistory`] tells new
+//! from known when the window is final. Memory per window is bounded: at
+//! most [`MAX_LOGGERS`] loggers (the rest are counted as
+//! [`OTHER_LOGGERS`]), a summary of `--top-capacity` templates per level
+//! and [`MAX_WINDOW_TEMPLATES`] distinct templates.
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
 
 use crate::parse::Level;
 use crate::top::{SpaceSaving, TopEntry, TopSpec};
@@ -14,6 +16,16 @@ use crate::top::{SpaceSaving, TopEntry, TopSpec};
 pub const MAX_LOGGERS: usize = 100;
 /// The logger name the loggers beyond [`MAX_LOGGERS`] are counted under.
 pub const OTHER_LOGGERS: &[u8] = b"(other loggers)";
+
+/// Distinct templates a window remembers for the first-seen check; a
+/// template beyond them is not checked in that window (it is in the next
+/// window it appears in with fewer).
+pub const MAX_WINDOW_TEMPLATES: usize = 256;
+/// Templates a source's history remembers; beyond them the oldest is
+/// forgotten (and would be new again).
+pub const MAX_HISTORY_TEMPLATES: usize = 2048;
+/// New templates reported per window (all of them join the history).
+pub const MAX_NEW_PER_WINDOW: usize = 100;
 
 /// One application record as a window counts it.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +47,19 @@ pub struct AppAgg {
     index: crate::FastMap<Box<[u8]>, u32>,
     /// Per level, the top templates (when top-K is on).
     templates: [Option<SpaceSaving>; 7],
+    /// The window's distinct templates by id: (level of its first record,
+    /// records, text), at most [`MAX_WINDOW_TEMPLATES`].
+    seen: crate::FastMap<u64, (Level, u64, Box<[u8]>)>,
+}
+
+/// A template first seen in a source's history in this window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTemplate {
+    pub level: Level,
+    pub template: String,
+    pub id: String,
+    /// Its records in the window.
+    pub count: u64,
 }
 
 /// What a window reports of its application records.
@@ -45,6 +70,9 @@ pub struct AppReport {
     pub levels: Vec<(String, Level, u64)>,
     /// Per level that has records: (level, records, ranked templates).
     pub templates: Vec<(Level, u64, Vec<TopEntry>)>,
+    /// Templates not in the source's history before this window (final
+    /// windows only), by text.
+    pub new_templates: Vec<NewTemplate>,
 }
 
 impl AppAgg {
@@ -70,6 +98,15 @@ impl AppAgg {
             },
         };
         self.loggers[slot].1[hit.level.index()] += 1;
+        let id = crate::template::template_hash(hit.template);
+        let n = self.seen.len();
+        match self.seen.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1 += 1,
+            std::collections::hash_map::Entry::Vacant(e) if n < MAX_WINDOW_TEMPLATES => {
+                e.insert((hit.level, 1, hit.template.into()));
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {}
+        }
         if top.enabled() {
             let c = usize::from(top.capacity.max(top.k));
             self.templates[hit.level.index()]
@@ -78,7 +115,31 @@ impl AppAgg {
         }
     }
 
-    pub fn report(&self, k: usize) -> Arc<AppReport> {
+    /// The window's templates that `history` does not know, which it then
+    /// remembers (in template order, so the history is the same whatever
+    /// order the records came in).
+    pub fn new_templates(&self, history: &mut TemplateHistory) -> Vec<NewTemplate> {
+        let mut all: Vec<(&[u8], u64, Level, u64)> = self
+            .seen
+            .iter()
+            .map(|(&id, (level, n, text))| (&text[..], id, *level, *n))
+            .collect();
+        all.sort_unstable();
+        let mut out = Vec::new();
+        for (text, id, level, count) in all {
+            if history.remember(id) && out.len() < MAX_NEW_PER_WINDOW {
+                out.push(NewTemplate {
+                    level,
+                    template: String::from_utf8_lossy(text).into_owned(),
+                    id: format!("{id:016x}"),
+                    count,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn report(&self, k: usize) -> AppReport {
         let mut levels: Vec<(String, Level, u64)> = self
             .loggers
             .iter()
@@ -97,11 +158,77 @@ impl AppAgg {
             .zip(&self.templates)
             .filter_map(|(&l, s)| s.as_ref().map(|s| (l, s.total(), s.top(k))))
             .collect();
-        Arc::new(AppReport {
+        AppReport {
             lines: self.lines,
             levels,
             templates,
-        })
+            new_templates: Vec::new(),
+        }
+    }
+}
+
+/// The templates a source has had in its final windows, oldest first, at
+/// most [`MAX_HISTORY_TEMPLATES`]. Stored in the restore point beside the
+/// max event time ([`TemplateHistory::encode`]), so a new owner of the
+/// partition tells new templates from known ones as the old owner would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateHistory {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl TemplateHistory {
+    /// Remembers `id`; true when it was not known.
+    pub fn remember(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > MAX_HISTORY_TEMPLATES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// `t1:` and the ids as 16 hex digits each, oldest first.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(3 + 16 * self.order.len());
+        s.push_str("t1:");
+        for id in &self.order {
+            s.push_str(&format!("{id:016x}"));
+        }
+        s
+    }
+
+    pub fn decode(s: &str) -> Result<TemplateHistory, String> {
+        let body = s
+            .strip_prefix("t1:")
+            .ok_or_else(|| format!("not a template history (t1:…): {:?}", &s[..s.len().min(20)]))?;
+        if body.len() % 16 != 0 {
+            return Err(format!(
+                "template history of {} hex digits, not a multiple of 16",
+                body.len()
+            ));
+        }
+        let mut h = TemplateHistory::default();
+        for i in (0..body.len()).step_by(16) {
+            let id = body
+                .get(i..i + 16)
+                .and_then(|x| u64::from_str_radix(x, 16).ok())
+                .ok_or_else(|| format!("template history: not hex at {i}"))?;
+            h.remember(id);
+        }
+        Ok(h)
     }
 }
 
@@ -129,6 +256,25 @@ mod tests {
         a.add(&hit(Level::Info, "db", "query <num> ms", 1), &spec);
         let r = a.report(10);
         assert_eq!(r.lines, 9);
+        let mut h = TemplateHistory::default();
+        h.remember(crate::template::template_hash(b"served <num>"));
+        let new = a.new_templates(&mut h);
+        assert_eq!(
+            new.iter()
+                .map(|n| (n.template.as_str(), n.level, n.count))
+                .collect::<Vec<_>>(),
+            vec![
+                ("failed <num> | KeyError: <str>", Level::Error, 1),
+                ("query <num> ms", Level::Info, 1)
+            ],
+            "by text; the known one is not new"
+        );
+        assert_eq!(
+            new[0].id,
+            crate::template::template_id(b"failed <num> | KeyError: <str>")
+        );
+        assert!(a.new_templates(&mut h).is_empty(), "known now");
+        assert_eq!(TemplateHistory::decode(&h.encode()).unwrap(), h);
         assert_eq!(
             r.levels,
             vec![
@@ -143,6 +289,23 @@ mod tests {
         assert_eq!(r.templates[0].2[0].key, "served <num>");
         assert_eq!(r.templates[0].2[0].count, 3);
         assert_eq!(r.templates[1].2[0].key, "failed <num> | KeyError: <str>");
+    }
+
+    #[test]
+    fn the_history_forgets_its_oldest_beyond_its_size_and_reads_back() {
+        let mut h = TemplateHistory::default();
+        for id in 0..MAX_HISTORY_TEMPLATES as u64 + 3 {
+            assert!(h.remember(id));
+        }
+        assert_eq!(h.len(), MAX_HISTORY_TEMPLATES);
+        assert!(h.remember(0), "the oldest was forgotten");
+        assert!(!h.remember(5));
+        let back = TemplateHistory::decode(&h.encode()).unwrap();
+        assert_eq!(back, h);
+        assert!(TemplateHistory::decode("1;2;3").is_err());
+        assert!(TemplateHistory::decode("t1:abc").is_err());
+        assert!(TemplateHistory::decode("t1:zzzzzzzzzzzzzzzz").is_err());
+        assert_eq!(TemplateHistory::decode("t1:").unwrap().len(), 0);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const APP_LOG: &str = "app_log";
 pub const APP_LEVEL: &str = "app_level";
 /// Measurement of the per-window top templates per level.
 pub const APP_TEMPLATE: &str = "app_template";
+/// Measurement of the templates first seen in a source's history.
+pub const APP_TEMPLATE_NEW: &str = "app_template_new";
 /// Measurement of the application windows a source's baseline flags.
 pub const APP_ANOMALY: &str = "app_anomaly";
 /// Measurement of the analyzers' own health.
@@ -209,7 +211,10 @@ pub fn encode_anomalies(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &Windo
 /// and `app_template` points per level and rank (fields `template`,
 /// `template_id`, `count`, `error`, `total`), all at the window start.
 /// Within a window the (logger, level) pairs and the ranks only grow, so
-/// each write replaces every point the previous one wrote.
+/// each write replaces every point the previous one wrote. A final window
+/// also gets an `app_template_new` point per template its source had not
+/// had before (tags `host`, `level`, `n`, `source`; fields `template`,
+/// `template_id`, `count`).
 pub fn encode_app(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue) {
     let Some(app) = &v.app else {
         return;
@@ -284,6 +289,26 @@ pub fn encode_app(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue
             out.extend_from_slice(ts);
             out.push(b'\n');
         }
+    }
+    for (n, t) in app.new_templates.iter().enumerate() {
+        out.extend_from_slice(APP_TEMPLATE_NEW.as_bytes());
+        out.extend_from_slice(b",host=");
+        push_tag(out, host);
+        out.extend_from_slice(b",level=");
+        out.extend_from_slice(t.level.name().as_bytes());
+        out.extend_from_slice(b",n=");
+        out.extend_from_slice(itoa::Buffer::new().format(n + 1).as_bytes());
+        out.extend_from_slice(b",source=");
+        push_tag(out, source);
+        out.push(b' ');
+        push_int(out, "count", t.count);
+        out.extend_from_slice(b",template=\"");
+        push_string_field(out, t.template.as_bytes());
+        out.extend_from_slice(b"\",template_id=\"");
+        out.extend_from_slice(t.id.as_bytes());
+        out.extend_from_slice(b"\" ");
+        out.extend_from_slice(ts);
+        out.push(b'\n');
     }
 }
 

@@ -274,7 +274,13 @@ fn mask_word(w: &[u8], out: &mut Vec<u8>) {
 
 /// A template's id: its text's 64-bit wyhash (seed 0), 16 hex digits.
 pub fn template_id(template: &[u8]) -> String {
-    format!("{:016x}", wyhash::wyhash(template, 0))
+    format!("{:016x}", template_hash(template))
+}
+
+/// The number behind [`template_id`].
+#[inline]
+pub fn template_hash(template: &[u8]) -> u64 {
+    wyhash::wyhash(template, 0)
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::anomaly::{Anomaly, AnomalySpec, Baseline};
-use crate::applog::{AppAgg, AppHit, AppReport};
+use crate::applog::{AppAgg, AppHit, AppReport, TemplateHistory};
 use crate::parse::{AccessLine, Level};
 use crate::top::{TopLists, TopSet, TopSpec};
 
@@ -143,7 +143,7 @@ impl Agg {
     }
 
     /// The window's application records, `None` for an access log.
-    pub fn app(&self, k: u16) -> Option<Arc<AppReport>> {
+    pub fn app(&self, k: u16) -> Option<AppReport> {
         self.app.as_ref().map(|a| a.report(usize::from(k)))
     }
 }
@@ -346,6 +346,10 @@ pub struct RestorePoint<S = SourceId> {
     /// Anomaly baselines per source ([`Baseline::encode`]), stored with the
     /// max event time whenever it changes (final windows only close then).
     pub baselines: Vec<(S, String)>,
+    /// Template histories per source ([`TemplateHistory::encode`]), stored
+    /// with the max event time when they changed (a store keeps the last
+    /// one it was given).
+    pub templates: Vec<(S, String)>,
 }
 
 impl<S> RestorePoint<S> {
@@ -360,6 +364,11 @@ impl<S> RestorePoint<S> {
                 .baselines
                 .iter()
                 .map(|(s, b)| (f(s), b.clone()))
+                .collect(),
+            templates: self
+                .templates
+                .iter()
+                .map(|(s, t)| (f(s), t.clone()))
                 .collect(),
         }
     }
@@ -389,6 +398,10 @@ pub struct PartitionWindows {
     replay_until_source: crate::FastMap<SourceId, i64>,
     /// Anomaly baselines of the sources with a final window.
     baselines: crate::FastMap<SourceId, Baseline>,
+    /// Template histories of the application sources with a final window.
+    histories: crate::FastMap<SourceId, TemplateHistory>,
+    /// Sources whose history changed since [`PartitionWindows::take_history_text`].
+    histories_changed: Vec<SourceId>,
     late: u64,
 }
 
@@ -405,6 +418,8 @@ impl PartitionWindows {
             records_held_from: None,
             replay_until_source: crate::FastMap::default(),
             baselines: crate::FastMap::default(),
+            histories: crate::FastMap::default(),
+            histories_changed: Vec::new(),
             late: 0,
         }
     }
@@ -429,7 +444,26 @@ impl PartitionWindows {
                 }
             }
         }
+        for (s, text) in &point.templates {
+            match TemplateHistory::decode(text) {
+                Ok(h) => {
+                    w.histories.insert(*s, h);
+                }
+                // Every template of the next final window is reported new.
+                Err(e) => {
+                    tracing::warn!(source = s, error = %e, "stored template history unreadable; starting it again")
+                }
+            }
+        }
         w
+    }
+
+    /// A source's template history as stored in a restore point, when it
+    /// changed since the last call for that source.
+    pub fn take_history_text(&mut self, source: SourceId) -> Option<String> {
+        let i = self.histories_changed.iter().position(|&s| s == source)?;
+        self.histories_changed.swap_remove(i);
+        self.histories.get(&source).map(TemplateHistory::encode)
     }
 
     /// A source's anomaly baseline as stored in a restore point.
@@ -554,12 +588,20 @@ impl PartitionWindows {
                     &mut anomalies,
                 );
             }
+            let mut app = w.agg.app(self.spec.top.k);
+            if let (Some(report), Some(agg), true) = (&mut app, &w.agg.app, by_watermark) {
+                let history = self.histories.entry(key.1).or_default();
+                report.new_templates = agg.new_templates(history);
+                if !report.new_templates.is_empty() && !self.histories_changed.contains(&key.1) {
+                    self.histories_changed.push(key.1);
+                }
+            }
             out.push(WindowValue {
                 source: key.1,
                 start_ms: key.0,
                 metrics,
                 top: w.agg.top(self.spec.top.k),
-                app: w.agg.app(self.spec.top.k),
+                app: app.map(Arc::new),
                 anomalies,
                 is_final: true,
             });
@@ -582,7 +624,7 @@ impl PartitionWindows {
                     start_ms: start,
                     metrics: w.agg.summary(),
                     top: w.agg.top(self.spec.top.k),
-                    app: w.agg.app(self.spec.top.k),
+                    app: w.agg.app(self.spec.top.k).map(Arc::new),
                     anomalies: Vec::new(),
                     is_final: false,
                 });
@@ -616,6 +658,7 @@ impl PartitionWindows {
             max_event_ms: self.max_event_ms.iter().map(|(&s, &m)| (s, m)).collect(),
             ahead: Vec::new(),
             baselines: Vec::new(),
+            templates: Vec::new(),
         })
     }
 
@@ -762,6 +805,60 @@ mod tests {
         assert_eq!(w.restore_point().unwrap().offset, 4);
     }
 
+    /// A template is new in the first final window of its source that has
+    /// it, also for a state restored from the stored history.
+    #[test]
+    fn templates_are_new_once_per_source_and_the_history_is_restored() {
+        let app = |w: &mut PartitionWindows, t_ms: i64, template: &str, offset: i64| {
+            let hit = AppHit {
+                level: Level::Info,
+                logger: b"l",
+                template: template.as_bytes(),
+                lines: 1,
+            };
+            w.record(&Hit::from_app(0, t_ms, hit, offset, offset));
+        };
+        let news = |out: &[WindowValue]| -> Vec<(i64, Vec<String>)> {
+            out.iter()
+                .map(|v| {
+                    let n = v.app.as_ref().unwrap().new_templates.iter();
+                    (v.start_ms, n.map(|t| t.template.clone()).collect())
+                })
+                .collect()
+        };
+        let mut w = PartitionWindows::new(SPEC);
+        app(&mut w, 1_000, "a <num>", 0);
+        app(&mut w, 2_000, "b", 1);
+        app(&mut w, 11_000, "a <num>", 2);
+        app(&mut w, 12_000, "c", 3);
+        app(&mut w, 55_000, "c", 4);
+        let mut out = vec![];
+        w.drain(false, false, &mut out);
+        assert_eq!(
+            news(&out),
+            vec![
+                (0, vec!["a <num>".into(), "b".into()]),
+                (10_000, vec!["c".into()])
+            ]
+        );
+        let text = w.take_history_text(0).expect("changed");
+        assert_eq!(w.take_history_text(0), None, "taken");
+        let point = RestorePoint {
+            offset: 4,
+            next_offset: 5,
+            max_event_ms: vec![(0, 55_000)],
+            templates: vec![(0, text)],
+            ..RestorePoint::default()
+        };
+        let mut r = PartitionWindows::restored(SPEC, &point);
+        app(&mut r, 55_000, "c", 4);
+        app(&mut r, 56_000, "d", 5);
+        app(&mut r, 95_000, "e", 6);
+        out.clear();
+        r.drain(false, false, &mut out);
+        assert_eq!(news(&out), vec![(50_000, vec!["d".into()])]);
+    }
+
     fn finals(w: &mut PartitionWindows) -> Vec<WindowValue> {
         let mut out = vec![];
         w.drain(false, false, &mut out);
@@ -824,6 +921,7 @@ mod tests {
             max_event_ms: vec![(0, 45_000), (1, 45_000)],
             ahead: vec![(0, 4)],
             baselines: vec![],
+            templates: vec![],
         };
         let mut w = PartitionWindows::restored(SPEC, &point);
         assert_eq!(w.record(&hit(0, 9_000, 200, 2)), Recorded::Replayed);

@@ -126,6 +126,13 @@ pub(super) fn plan(
                     None => u.baselines.push((key.to_string(), b)),
                 }
             }
+            // Its template history, when a final window added to it.
+            if let Some(t) = part.windows.take_history_text(s) {
+                match u.templates.iter_mut().find(|(k, _)| k == key) {
+                    Some(e) => e.1 = t,
+                    None => u.templates.push((key.to_string(), t)),
+                }
+            }
         }
     }
     outside

@@ -84,6 +84,9 @@ struct FilePoint {
     /// Anomaly baselines by source (absent in files of older builds).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     baselines: BTreeMap<String, String>,
+    /// Template histories by source (absent in files of older builds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    templates: BTreeMap<String, String>,
 }
 
 impl PointFile {
@@ -123,6 +126,7 @@ impl PointFile {
             p.next_offset = u.next_offset;
             p.sources.extend(u.max_event_ms.iter().cloned());
             p.baselines.extend(u.baselines.iter().cloned());
+            p.templates.extend(u.templates.iter().cloned());
         }
         logpipe_wire::state_file::store(
             &self.path,
@@ -165,6 +169,11 @@ impl StateStore for PointFile {
                             .iter()
                             .map(|(k, b)| (k.clone(), b.clone()))
                             .collect(),
+                        templates: fp
+                            .templates
+                            .iter()
+                            .map(|(k, t)| (k.clone(), t.clone()))
+                            .collect(),
                     },
                 ))
             })
@@ -191,6 +200,7 @@ mod tests {
                 max_event_ms: vec![("a".into(), 10), ("b".into(), 20)],
                 ahead: vec![],
                 baselines: vec![],
+                templates: vec![],
             },
         )]);
         st.save(&StateBatch {
@@ -207,6 +217,7 @@ mod tests {
                 max_event_ms: vec![("b".into(), 30)],
                 ahead: vec![],
                 baselines: vec![],
+                templates: vec![],
             },
         )]);
         st.save(&StateBatch {

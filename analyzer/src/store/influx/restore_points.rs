@@ -52,6 +52,14 @@ pub fn encode(out: &mut Vec<u8>, st: &StateBatch<'_>) {
             push_int(out, "max_event_ms", *m);
             out.push(b',');
             push_int(out, "next_offset", u.next_offset);
+            if let Some((_, t)) = u.templates.iter().find(|(k, _)| k == key) {
+                // `t1:` and hex digits: nothing to escape. Written only when
+                // it changed; the point's other writes leave it as it is
+                // (InfluxDB merges the fields of one series and time).
+                out.extend_from_slice(b",templates=\"");
+                out.extend_from_slice(t.as_bytes());
+                out.push(b'"');
+            }
             out.extend_from_slice(b" 0\n");
         }
         out.extend_from_slice(STATE.as_bytes());
@@ -91,7 +99,7 @@ pub fn queries(scope: &Scope) -> (String, String) {
     );
     (
         format!("SELECT \"restore_offset\", \"next_offset\" FROM \"{STATE}\" {filter} GROUP BY \"partition\""),
-        format!("SELECT \"max_event_ms\", \"next_offset\", \"baseline\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
+        format!("SELECT \"max_event_ms\", \"next_offset\", \"baseline\", \"templates\" FROM \"{STATE_SOURCE}\" {filter} GROUP BY \"partition\", \"src\""),
     )
 }
 
@@ -132,6 +140,9 @@ pub fn from_series(
                 if let Some(b) = rest.first().and_then(|b| b.as_str()) {
                     e.baselines.push((key.clone(), b.to_string()));
                 }
+                if let Some(t) = rest.get(1).and_then(|t| t.as_str()) {
+                    e.templates.push((key.clone(), t.to_string()));
+                }
                 e.max_event_ms.push((key, int(m)));
             }
         }
@@ -156,6 +167,10 @@ mod tests {
                 max_event_ms: vec![("web 1:/var/log/a,b.log".into(), 1_704_067_290_000)],
                 ahead: vec![],
                 baselines: vec![("web 1:/var/log/a,b.log".into(), "1;20;3,4;0.5;".into())],
+                templates: vec![(
+                    "web 1:/var/log/a,b.log".into(),
+                    "t1:00000000000000ff".into(),
+                )],
             },
         )]);
         let mut out = vec![];
@@ -169,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs baseline=\"1;20;3,4;0.5;\",max_event_ms=1704067290000i,next_offset=812i 0\n\
+            "logpipe_state_source,group=logpipe-analyzers,partition=3,src=web\\ 1:/var/log/a\\,b.log,topic=logs baseline=\"1;20;3,4;0.5;\",max_event_ms=1704067290000i,next_offset=812i,templates=\"t1:00000000000000ff\" 0\n\
              logpipe_state,group=logpipe-analyzers,partition=3,topic=logs analyzer=\"a\\\"1\",next_offset=812i,restore_offset=640i 0\n"
         );
     }
@@ -182,7 +197,7 @@ mod tests {
         )
         .unwrap();
         let srcs: Vec<serde_json::Value> = serde_json::from_str(
-            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms","next_offset","baseline"],"values":[[0,1704067290000,700,"1;;;;"]]},
+            r#"[{"name":"logpipe_state_source","tags":{"partition":"3","src":"web 1:/a"},"columns":["time","max_event_ms","next_offset","baseline","templates"],"values":[[0,1704067290000,700,"1;;;;","t1:"]]},
                 {"name":"logpipe_state_source","tags":{"partition":"3","src":"zombie"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067300000,900]]},
                 {"name":"logpipe_state_source","tags":{"partition":"3","src":"old"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1704067280000,null]]},
                 {"name":"logpipe_state_source","tags":{"partition":"5","src":"orphan"},"columns":["time","max_event_ms","next_offset"],"values":[[0,1,1]]}]"#,
@@ -206,6 +221,7 @@ mod tests {
                 ],
                 ahead: vec![("zombie".into(), 900)],
                 baselines: vec![("web 1:/a".into(), "1;;;;".into())],
+                templates: vec![("web 1:/a".into(), "t1:".into())],
             }
         );
     }
