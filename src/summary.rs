@@ -2,6 +2,8 @@
 //! someone analysing a historical log reads first. Summed from the final
 //! windows the sink accepted, so they agree with what was written.
 
+use std::collections::BTreeMap;
+
 use logpipe_analyzer::{DeadLetterKinds, WindowReport};
 use serde::Serialize;
 
@@ -31,6 +33,9 @@ pub struct Summary {
     /// Parsed lines whose window had closed already (in no window).
     pub late: u64,
     pub dead_letters: DeadLetters,
+    /// Application logs' totals (absent when none was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppTotals>,
     #[serde(skip)]
     first_ms: Option<i64>,
     #[serde(skip)]
@@ -74,6 +79,30 @@ pub struct TopKey {
     pub error: u64,
 }
 
+/// Totals of the application-log windows: records, their lines, errors,
+/// records per level and the most frequent message templates.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct AppTotals {
+    pub records: u64,
+    pub lines: u64,
+    /// Records at or above `--error-level`.
+    pub errors: u64,
+    pub levels: BTreeMap<&'static str, u64>,
+    /// The ten templates with the most records, summed over the windows'
+    /// top templates (exact while each window's fit its summary).
+    pub templates: Vec<TemplateCount>,
+    #[serde(skip)]
+    sums: BTreeMap<String, (&'static str, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TemplateCount {
+    pub level: &'static str,
+    pub template: String,
+    pub id: String,
+    pub records: u64,
+}
+
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct DeadLetters {
     pub total: u64,
@@ -100,6 +129,26 @@ impl Summary {
     pub fn add(&mut self, r: &WindowReport<'_>) {
         let m = &r.value.metrics;
         let start = r.value.start_ms;
+        self.windows += 1;
+        self.first_ms = Some(self.first_ms.map_or(start, |f| f.min(start)));
+        let end = start + r.window_ms;
+        self.last_ms = Some(self.last_ms.map_or(end, |l| l.max(end)));
+        if let Some(app) = &r.value.app {
+            let a = self.app.get_or_insert_with(AppTotals::default);
+            a.records += m.count;
+            a.lines += app.lines;
+            a.errors += m.errors;
+            for (_, level, n) in &app.levels {
+                *a.levels.entry(level.name()).or_default() += n;
+            }
+            for (level, _, entries) in &app.templates {
+                for e in entries {
+                    let t = a.sums.entry(e.key.clone()).or_insert((level.name(), 0));
+                    t.1 += e.count;
+                }
+            }
+            return;
+        }
         self.requests += m.count;
         self.traffic_bytes += m.traffic;
         self.errors += m.errors;
@@ -116,10 +165,6 @@ impl Summary {
         {
             *total += n;
         }
-        self.windows += 1;
-        self.first_ms = Some(self.first_ms.map_or(start, |f| f.min(start)));
-        let end = start + r.window_ms;
-        self.last_ms = Some(self.last_ms.map_or(end, |l| l.max(end)));
         let busier = match &self.busiest {
             None => true,
             Some(b) => m.count > b.requests || (m.count == b.requests && start < b.start_ms),
@@ -163,6 +208,20 @@ impl Summary {
         } else {
             100.0 * self.errors as f64 / self.requests as f64
         };
+        if let Some(a) = &mut self.app {
+            let mut all: Vec<(&String, &(&'static str, u64))> = a.sums.iter().collect();
+            all.sort_by(|x, y| y.1 .1.cmp(&x.1 .1).then_with(|| x.0.cmp(y.0)));
+            a.templates = all
+                .into_iter()
+                .take(10)
+                .map(|(t, &(level, n))| TemplateCount {
+                    level,
+                    template: t.clone(),
+                    id: logpipe_analyzer::template::template_id(t.as_bytes()),
+                    records: n,
+                })
+                .collect();
+        }
         self.first_window_start = self.first_ms.map(rfc3339);
         self.last_window_end = self.last_ms.map(rfc3339);
         self.span_s = match (self.first_ms, self.last_ms) {
@@ -174,10 +233,34 @@ impl Summary {
     /// The totals block printed at the end of a run.
     pub fn render(&self, input: &str) -> String {
         let s = &self.status;
-        let d = &self.dead_letters;
         let mut out = format!("\nSummary of {input}\n");
         let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<13}{v}\n"));
         row("lines", format!("{} read", self.lines));
+        if let Some(a) = &self.app {
+            row(
+                "records",
+                format!("{} (application log, {} lines)", a.records, a.lines),
+            );
+            row(
+                "errors",
+                format!(
+                    "{:.2} % ({} at the error level or above)",
+                    100.0 * a.errors as f64 / a.records.max(1) as f64,
+                    a.errors
+                ),
+            );
+            let levels: Vec<String> = a.levels.iter().map(|(l, n)| format!("{l} {n}")).collect();
+            row("levels", levels.join(" · "));
+            for (i, t) in a.templates.iter().enumerate() {
+                row(
+                    if i == 0 { "templates" } else { "" },
+                    format!("{:<7} {:<8} {}", t.records, t.level, t.template),
+                );
+            }
+        }
+        if self.requests == 0 && self.app.is_some() {
+            return self.render_rest(out);
+        }
         row("requests", self.requests.to_string());
         row(
             "traffic",
@@ -201,6 +284,13 @@ impl Summary {
                 s.s1xx, s.s2xx, s.s3xx, s.s4xx, s.s5xx
             ),
         );
+        self.render_rest(out)
+    }
+
+    /// Time span, windows, busiest window, late lines and dead letters.
+    fn render_rest(&self, mut out: String) -> String {
+        let d = &self.dead_letters;
+        let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<13}{v}\n"));
         match (&self.first_window_start, &self.last_window_end) {
             (Some(f), Some(l)) => row(
                 "time span",
@@ -211,7 +301,7 @@ impl Summary {
                     ))
                 ),
             ),
-            _ => row("time span", "no request".into()),
+            _ => row("time span", "no window".into()),
         }
         row(
             "windows",
@@ -363,6 +453,59 @@ mod tests {
         assert_eq!(json["status"]["2xx"], 16);
         assert_eq!(json["dead_letters"]["cut"], 2);
         assert_eq!(json["busiest"]["start"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn application_windows_sum_into_records_levels_and_templates() {
+        use logpipe_analyzer::applog::AppReport;
+        use logpipe_analyzer::parse::Level;
+        let mut s = Summary::new(10_000, 400);
+        let e = |key: &str, count| TopEntry {
+            key: key.into(),
+            count,
+            error: 0,
+        };
+        for (start, info, errors) in [(0, 8, 1), (10_000, 5, 3)] {
+            let mut v = window(start, info + errors, [0; 5]);
+            v.metrics.errors = errors;
+            v.app = Some(std::sync::Arc::new(AppReport {
+                lines: info + 4 * errors,
+                levels: vec![
+                    ("web".into(), Level::Info, info),
+                    ("web".into(), Level::Error, errors),
+                ],
+                templates: vec![
+                    (Level::Info, info, vec![e("served <num>", info)]),
+                    (
+                        Level::Error,
+                        errors,
+                        vec![e("failed | KeyError: <str>", errors)],
+                    ),
+                ],
+                new_templates: vec![],
+            }));
+            s.add(&WindowReport {
+                host: "h",
+                source: "app.log",
+                window_ms: 10_000,
+                value: &v,
+            });
+        }
+        s.finish(29, 0, DeadLetterKinds::default(), 0);
+        assert_eq!(s.requests, 0, "records are not requests");
+        let a = s.app.clone().unwrap();
+        assert_eq!((a.records, a.lines, a.errors), (17, 29, 4));
+        assert_eq!(a.levels[&"INFO"], 13);
+        assert_eq!(a.templates[0].template, "served <num>");
+        assert_eq!(a.templates[1].records, 4);
+        let text = s.render("app.log");
+        assert!(
+            text.contains("records      17 (application log, 29 lines)\n"),
+            "{text}"
+        );
+        assert!(text.contains("levels       ERROR 4 · INFO 13\n"), "{text}");
+        assert!(!text.contains("requests"), "{text}");
+        assert_eq!(serde_json::to_value(&s).unwrap()["app"]["records"], 17);
     }
 
     #[test]
