@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use logpipe_testkit::{
-    free_port, in_ci, unique, wait_until, Analyzer, Child, Influx, LogpipeBroker, Membership,
+    free_port, in_ci, unique, wait_until, Analyzer, Child, Influx, Kafka, LogpipeBroker, Membership,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_logpipe");
@@ -225,6 +225,26 @@ fn from_influx(influx: &Influx, db: &str) -> AppWindows {
     got
 }
 
+/// Every `app_anomaly` point: (source, window, metric, logger), all `up`.
+fn flags(influx: &Influx, db: &str) -> Vec<(String, i64, String, String)> {
+    let mut out = Vec::new();
+    let q = "SELECT direction FROM app_anomaly GROUP BY source, metric, logger";
+    for s in influx.query(db, q) {
+        let tag = |k: &str| s["tags"][k].as_str().unwrap_or_default().to_string();
+        for r in s["values"].as_array().unwrap() {
+            assert_eq!(r[1], "up", "{s}");
+            out.push((
+                tag("source"),
+                r[0].as_i64().unwrap(),
+                tag("metric"),
+                tag("logger"),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The windows of `truth` a run must have closed: all but each source's
 /// last ones (the watermark is the max time − lateness).
 fn closed(truth: &AppWindows, lateness_ms: i64) -> AppWindows {
@@ -283,6 +303,16 @@ fn wait_equal(influx: &Influx, db: &str, want: &AppWindows, a: &Analyzer) {
 /// rest is written after its restart: the record is counted once, whole.
 #[test]
 fn python_logging_files_with_tracebacks_count_per_level_and_template() {
+    files_with_tracebacks(false);
+}
+
+/// The same through Apache Kafka.
+#[test]
+fn python_logging_files_with_tracebacks_through_apache_kafka() {
+    files_with_tracebacks(true);
+}
+
+fn files_with_tracebacks(apache_kafka: bool) {
     if !need_python() {
         return;
     }
@@ -291,7 +321,14 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
     let full = dir.path().join("full.log");
     // 2024-01-01T00:00:00Z; 600 records over 120 s.
     let truth = python(
-        &["file", full.to_str().unwrap(), "1704067200.0", "600"],
+        &[
+            "file",
+            full.to_str().unwrap(),
+            "1704067200.0",
+            "600",
+            "500",
+            "550",
+        ],
         "Europe/Berlin",
         Some(path.to_str().unwrap()),
     );
@@ -302,18 +339,25 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
         &text[..80]
     );
     // The file as it was when the analyzer died: up to the middle of the
-    // fourth traceback, 75 s into the records.
-    let cut = text
-        .match_indices("Traceback (most recent call last):\n")
-        .nth(3)
-        .unwrap();
-    let cut = cut.0 + cut.1.len();
+    // traceback of record 400, the first of its window (80 s in; with no
+    // lateness every window before it closes once it is complete).
+    let head = text.find("payment 400 failed").unwrap();
+    let tb = "Traceback (most recent call last):\n";
+    let cut = head + text[head..].find(tb).unwrap() + tb.len();
     std::fs::write(&path, &text[..cut]).unwrap();
     let topic = unique("applogs");
-    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 2);
+    let (_dev, _kafka, bootstrap) = if apache_kafka {
+        let k = Kafka::with_topics(&[&topic], 2);
+        let b = k.bootstrap.clone();
+        (None, Some(k), b)
+    } else {
+        let d = LogpipeBroker::start(Path::new(BIN), &[&topic], 2);
+        let b = d.bootstrap.clone();
+        (Some(d), None, b)
+    };
     let influx = Influx::start();
     let db = influx.create_db(&unique("applogs"));
-    let m = Membership::new(&broker.bootstrap, &topic);
+    let m = Membership::new(&bootstrap, &topic);
     let args = [
         "--format",
         SEED_FORMAT,
@@ -329,7 +373,7 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
     let produce = || {
         logpipe_testkit::produce_all_with(
             Path::new(BIN),
-            &broker.bootstrap,
+            &bootstrap,
             &topic,
             &dir.path().join("checkpoints"),
             std::slice::from_ref(&path),
@@ -357,6 +401,21 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
         .start();
     produce();
     wait_equal(&influx, &db, &closed(&truth, 0), &a);
+    // An error burst after the restart (records 500..550, the window at
+    // 100 s), scored against the baselines the killed analyzer stored.
+    let burst = 1_704_067_200_000 + 100_000;
+    let file = path.display().to_string();
+    assert_eq!(
+        flags(&influx, &db),
+        [
+            ("error_share", ""),
+            ("errors", "shop.checkout"),
+            ("records", "")
+        ]
+        .map(|(m, l)| (file.clone(), burst, m.to_string(), l.to_string())),
+        "{}",
+        a.log()
+    );
     let rows = influx.query(
         &db,
         "SELECT last(dead_lettered), last(continuation_lines) FROM logpipe GROUP BY analyzer",
@@ -371,7 +430,7 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
     // templates included (its history is built from the same windows).
     let replayed = influx.create_db(&unique("applogs_replay"));
     let out = Command::new(BIN)
-        .args(["replay", "--brokers", &broker.bootstrap, "--topic", &topic])
+        .args(["replay", "--brokers", &bootstrap, "--topic", &topic])
         .args(["--influx-url", &influx.url, "--influx-db", &replayed])
         .args(["--from-offsets", "earliest"])
         .args(args)
@@ -393,6 +452,7 @@ fn python_logging_files_with_tracebacks_count_per_level_and_template() {
             "window {k:?}: live and replay differ"
         );
     }
+    assert_eq!(flags(&influx, &db), flags(&influx, &replayed), "anomalies");
     // The replay's last windows, closed by the end of the topic, are
     // final too, and whole: Python's.
     let last = truth.keys().last().unwrap();
@@ -459,41 +519,23 @@ fn python_socket_handler_records_count_per_logger_level_and_template() {
     wait_equal(&influx, &db, &closed(&truth, 5_000), &a);
     // The burst is shop.checkout's only flagged window (error share up; the
     // records too, 150 instead of 25); db and auth have none.
-    let flags: Vec<(String, i64, String, String)> = influx
-        .query(
-            &db,
-            "SELECT direction FROM app_anomaly GROUP BY source, metric",
-        )
-        .iter()
-        .flat_map(|s| {
-            let tag = |k: &str| s["tags"][k].as_str().unwrap().to_string();
-            s["values"].as_array().unwrap().iter().map(move |r| {
-                (
-                    tag("source"),
-                    r[0].as_i64().unwrap(),
-                    tag("metric"),
-                    r[1].as_str().unwrap().to_string(),
-                )
-            })
-        })
-        .collect();
+    // The burst is shop.checkout's only flagged window: its error share,
+    // its records (150 instead of 25) and its logger's errors, up; db and
+    // auth have none.
     let burst = 1_704_067_200_000 + 160_000;
     assert_eq!(
-        flags,
-        vec![
-            (
-                "shop.checkout".to_string(),
-                burst,
-                "error_share".to_string(),
-                "up".to_string()
-            ),
-            (
-                "shop.checkout".to_string(),
-                burst,
-                "records".to_string(),
-                "up".to_string()
-            ),
-        ],
+        flags(&influx, &db),
+        [
+            ("error_share", ""),
+            ("errors", "shop.checkout"),
+            ("records", "")
+        ]
+        .map(|(m, l)| (
+            "shop.checkout".to_string(),
+            burst,
+            m.to_string(),
+            l.to_string()
+        )),
         "{}",
         a.log()
     );

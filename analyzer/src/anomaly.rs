@@ -34,8 +34,15 @@
 //! restore point beside its max event time, so a new owner continues it.
 //! The false-positive and detection rates on generated traffic are measured
 //! in the tests below (docs/analysis.md).
+//!
+//! An application source's baseline also keeps, per logger that has had
+//! errors (at most [`MAX_LOGGERS`]), its errors per window (0 in a window
+//! without them, a logger first seen erroring starts from zeros as long as
+//! the source's history), scored like requests (floor √median, at least 1)
+//! and flagged up only, with at least [`MIN_ERRORS`] errors. A logger whose
+//! history holds no error any more is forgotten.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::window::Metrics;
 
@@ -66,6 +73,8 @@ pub enum Metric {
     Requests,
     ErrorRate,
     LatencyP99,
+    /// An application logger's errors (the anomaly names the logger).
+    LoggerErrors,
 }
 
 impl Metric {
@@ -74,9 +83,13 @@ impl Metric {
             Metric::Requests => "requests",
             Metric::ErrorRate => "error_rate",
             Metric::LatencyP99 => "latency_p99",
+            Metric::LoggerErrors => "errors",
         }
     }
 }
+
+/// Loggers with errors a baseline follows per source.
+pub const MAX_LOGGERS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -94,9 +107,11 @@ impl Direction {
 }
 
 /// One flagged metric of one window.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Anomaly {
     pub metric: Metric,
+    /// The logger of [`Metric::LoggerErrors`].
+    pub logger: Option<String>,
     pub value: f64,
     /// The median of the history.
     pub baseline: f64,
@@ -112,6 +127,8 @@ pub struct Baseline {
     requests: VecDeque<f64>,
     error_rate: VecDeque<f64>,
     p99: VecDeque<f64>,
+    /// Errors per window of each logger that had errors in the history.
+    loggers: BTreeMap<String, VecDeque<f64>>,
 }
 
 /// An error rate is scored only in a window with at least this many errors
@@ -152,14 +169,16 @@ fn score(h: &VecDeque<f64>, x: f64, min: usize, floor: impl Fn(f64) -> f64) -> O
 }
 
 impl Baseline {
-    /// Scores the final window at `start_ms` with values `m`, appends what
-    /// it flags to `out`, then remembers it.
+    /// Scores the final window at `start_ms` with values `m` (and, for an
+    /// application log, `logger_errors`: errors per logger that had any),
+    /// appends what it flags to `out`, then remembers it.
     pub fn observe(
         &mut self,
         spec: &AnomalySpec,
         window_ms: i64,
         start_ms: i64,
         m: &Metrics,
+        logger_errors: &[(String, u64)],
         out: &mut Vec<Anomaly>,
     ) {
         let cap = spec.history.max(1);
@@ -173,6 +192,9 @@ impl Baseline {
             } else {
                 for _ in 0..missing.max(0) {
                     push(&mut self.requests, 0.0, cap);
+                    for h in self.loggers.values_mut() {
+                        push(h, 0.0, cap);
+                    }
                 }
             }
         }
@@ -191,6 +213,7 @@ impl Baseline {
                     if let Some(direction) = direction {
                         out.push(Anomaly {
                             metric,
+                            logger: None,
                             value: x,
                             baseline,
                             score: s,
@@ -225,6 +248,41 @@ impl Baseline {
                 false,
             );
         }
+        // Per logger: score, then remember (0 for those without errors).
+        let floor = |med: f64| med.sqrt().max(1.0);
+        let known = self.requests.len();
+        for (logger, n) in logger_errors.iter().filter(|(_, n)| *n > 0) {
+            if !self.loggers.contains_key(logger) && self.loggers.len() >= MAX_LOGGERS {
+                continue;
+            }
+            let h = self
+                .loggers
+                .entry(logger.clone())
+                .or_insert_with(|| std::iter::repeat_n(0.0, known.min(cap)).collect());
+            let x = *n as f64;
+            if *n >= MIN_ERRORS {
+                if let Some((baseline, s)) = score(h, x, spec.min_history, floor) {
+                    if s >= spec.threshold {
+                        out.push(Anomaly {
+                            metric: Metric::LoggerErrors,
+                            logger: Some(logger.clone()),
+                            value: x,
+                            baseline,
+                            score: s,
+                            direction: Direction::Up,
+                        });
+                    }
+                }
+            }
+        }
+        for (logger, h) in self.loggers.iter_mut() {
+            let n = logger_errors
+                .iter()
+                .find(|(l, _)| l == logger)
+                .map_or(0, |(_, n)| *n);
+            push(h, n as f64, cap);
+        }
+        self.loggers.retain(|_, h| h.iter().any(|&v| v > 0.0));
         push(&mut self.requests, requests, cap);
         if let Some(e) = error_rate {
             push(&mut self.error_rate, e, cap);
@@ -244,27 +302,44 @@ impl Baseline {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        format!(
+        let mut s = format!(
             "1;{};{};{};{}",
             self.next_start.map_or(String::new(), |n| n.to_string()),
             list(&self.requests),
             list(&self.error_rate),
             list(&self.p99)
-        )
+        );
+        // Version 2 adds `;logger=n,n,…|logger=…`, names percent-escaped.
+        if !self.loggers.is_empty() {
+            s.replace_range(0..1, "2");
+            s.push(';');
+            let entries: Vec<String> = self
+                .loggers
+                .iter()
+                .map(|(l, h)| format!("{}={}", escape(l), list(h)))
+                .collect();
+            s.push_str(&entries.join("|"));
+        }
+        s
     }
 
     /// Reads [`Baseline::encode`]'s text back.
     pub fn decode(s: &str) -> Result<Baseline, String> {
         let parts: Vec<&str> = s.split(';').collect();
-        let [version, next, requests, error_rate, p99] = parts[..] else {
-            return Err(format!(
-                "a baseline has 5 parts separated by ';', not {}: {s:?}",
-                parts.len()
-            ));
+        let (version, next, requests, error_rate, p99, loggers) = match parts[..] {
+            ["1", n, r, e, p] => ("1", n, r, e, p, ""),
+            ["2", n, r, e, p, l] => ("2", n, r, e, p, l),
+            [v, ..] if v != "1" && v != "2" => {
+                return Err(format!("unknown baseline version {v:?}"))
+            }
+            _ => {
+                return Err(format!(
+                    "a baseline has 5 (version 1) or 6 (version 2) parts separated by ';', not {}: {s:?}",
+                    parts.len()
+                ))
+            }
         };
-        if version != "1" {
-            return Err(format!("unknown baseline version {version:?}"));
-        }
+        let _ = version;
         let list = |t: &str| -> Result<VecDeque<f64>, String> {
             t.split(',')
                 .filter(|v| !v.is_empty())
@@ -288,8 +363,50 @@ impl Baseline {
             requests: list(requests)?,
             error_rate: list(error_rate)?,
             p99: list(p99)?,
+            loggers: loggers
+                .split('|')
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    let (name, values) = e
+                        .rsplit_once('=')
+                        .ok_or_else(|| format!("a logger's errors without '=': {e:?}"))?;
+                    Ok((unescape(name)?, list(values)?))
+                })
+                .collect::<Result<_, String>>()?,
         })
     }
+}
+
+/// A logger name with `%`, `;`, `|`, `=` and `,` as `%XX`.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' | ';' | '|' | '=' | ',' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad escape in a logger name: {s:?}"))?;
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("a logger name that is not UTF-8: {s:?}"))
 }
 
 #[cfg(test)]
@@ -326,11 +443,12 @@ mod tests {
                 10,
                 i * 10,
                 &metrics(100 + (i as u64 % 5), 2, Some(0.2)),
+                &[],
                 &mut out,
             );
         }
         assert!(out.is_empty(), "{out:?}");
-        b.observe(&spec, 10, 200, &metrics(100, 40, Some(2.0)), &mut out);
+        b.observe(&spec, 10, 200, &metrics(100, 40, Some(2.0)), &[], &mut out);
         let flagged: Vec<(Metric, Direction)> =
             out.iter().map(|a| (a.metric, a.direction)).collect();
         assert_eq!(
@@ -342,26 +460,74 @@ mod tests {
         );
         out.clear();
         // 20 windows without a line, then one: the zeros are history now.
-        b.observe(&spec, 10, 410, &metrics(100, 1, None), &mut out);
+        b.observe(&spec, 10, 410, &metrics(100, 1, None), &[], &mut out);
         assert_eq!(b.requests.iter().filter(|&&r| r == 0.0).count(), 20);
         // A silence as long as the history: the baseline starts again, and
         // the window after it is not scored.
         out.clear();
-        b.observe(&spec, 10, 720, &metrics(500, 1, None), &mut out);
+        b.observe(&spec, 10, 720, &metrics(500, 1, None), &[], &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(b.requests.len(), 1);
         out.clear();
         let mut fresh = Baseline::default();
         for i in 0..12 {
-            fresh.observe(&spec, 10, i * 10, &metrics(100, 1, None), &mut out);
+            fresh.observe(&spec, 10, i * 10, &metrics(100, 1, None), &[], &mut out);
         }
         // After twelve windows of 100 requests, one of 3 is a drop.
-        fresh.observe(&spec, 10, 120, &metrics(3, 0, None), &mut out);
+        fresh.observe(&spec, 10, 120, &metrics(3, 0, None), &[], &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].metric, out[0].direction),
             (Metric::Requests, Direction::Down)
         );
+    }
+
+    #[test]
+    fn a_loggers_error_burst_is_flagged_and_its_history_round_trips() {
+        let spec = AnomalySpec::DEFAULT;
+        let mut b = Baseline::default();
+        let mut out = vec![];
+        let errs = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(l, n)| (l.to_string(), *n)).collect()
+        };
+        for i in 0..20i64 {
+            // web: 1–3 errors a window; db: none.
+            let e = errs(&[("web", 1 + (i as u64 % 3))]);
+            b.observe(&spec, 10, i * 10, &metrics(100, 2, None), &e, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        // Steady web, and db's first errors ever: 12 of them.
+        let e = errs(&[("web", 2), ("db;a|b=c,d%", 12)]);
+        b.observe(&spec, 10, 200, &metrics(100, 14, None), &e, &mut out);
+        let flagged: Vec<(Metric, Option<&str>)> = out
+            .iter()
+            .map(|a| (a.metric, a.logger.as_deref()))
+            .collect();
+        assert!(
+            flagged.contains(&(Metric::LoggerErrors, Some("db;a|b=c,d%"))),
+            "{out:?}"
+        );
+        assert!(!flagged.contains(&(Metric::LoggerErrors, Some("web"))));
+        let text = b.encode();
+        assert!(text.starts_with("2;"), "{text}");
+        assert_eq!(Baseline::decode(&text).unwrap(), b);
+        // Four errors are too few to score, however new.
+        out.clear();
+        b.observe(
+            &spec,
+            10,
+            210,
+            &metrics(100, 4, None),
+            &errs(&[("cache", 4)]),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // A logger whose errors left its history is forgotten.
+        for i in 22..60i64 {
+            b.observe(&spec, 10, i * 10, &metrics(100, 0, None), &[], &mut out);
+        }
+        assert!(b.loggers.is_empty(), "{:?}", b.loggers.keys());
+        assert!(b.encode().starts_with("1;"));
     }
 
     #[test]
@@ -375,6 +541,7 @@ mod tests {
                 10,
                 i * 10,
                 &metrics(90 + i as u64, i as u64, Some(0.1 + i as f64 / 7.0)),
+                &[],
                 &mut out,
             );
         }
@@ -434,7 +601,7 @@ mod tests {
                 break; // cut short by the end of the input
             }
             out.clear();
-            b.observe(spec, 10_000, t, m, &mut out);
+            b.observe(spec, 10_000, t, m, &[], &mut out);
             flagged.extend(out.iter().map(|a| (t, a.metric)));
         }
         flagged

@@ -115,6 +115,22 @@ impl AppAgg {
         }
     }
 
+    /// Records at `level` or above (not `OTHER`) per logger that has any.
+    pub fn errors_per_logger(&self, level: Level) -> Vec<(String, u64)> {
+        self.loggers
+            .iter()
+            .filter_map(|(name, counts)| {
+                let n: u64 = Level::ALL
+                    .iter()
+                    .zip(counts)
+                    .filter(|(&l, _)| l >= level && l != Level::Other)
+                    .map(|(_, &n)| n)
+                    .sum();
+                (n > 0).then(|| (String::from_utf8_lossy(name).into_owned(), n))
+            })
+            .collect()
+    }
+
     /// The window's templates that `history` does not know, which it then
     /// remembers (in template order, so the history is the same whatever
     /// order the records came in).

@@ -182,6 +182,10 @@ pub fn encode_anomalies(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &Windo
         out.extend_from_slice(if app { APP_ANOMALY } else { ACCESS_ANOMALY }.as_bytes());
         out.extend_from_slice(b",host=");
         push_tag(out, if host.is_empty() { b"-" } else { host });
+        if let Some(l) = &a.logger {
+            out.extend_from_slice(b",logger=");
+            push_tag(out, if l.is_empty() { b"-" } else { l.as_bytes() });
+        }
         out.extend_from_slice(b",metric=");
         let metric = match (app, a.metric) {
             (true, crate::anomaly::Metric::Requests) => "records",

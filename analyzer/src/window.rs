@@ -580,11 +580,18 @@ impl PartitionWindows {
                 .closed_through_ms(key.1)
                 .is_some_and(|c| key.0 + window_ms <= c);
             if let (Some(a), true) = (&self.spec.anomaly, by_watermark) {
+                let logger_errors = w
+                    .agg
+                    .app
+                    .as_ref()
+                    .map(|app| app.errors_per_logger(self.spec.error_level))
+                    .unwrap_or_default();
                 self.baselines.entry(key.1).or_default().observe(
                     a,
                     window_ms,
                     key.0,
                     &metrics,
+                    &logger_errors,
                     &mut anomalies,
                 );
             }
