@@ -580,6 +580,11 @@ fn check_dashboard(influx: &Influx, db: &str, truth: &AppWindows) {
             )
         })
         .collect();
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        if let Some(q) = a["query"].as_str() {
+            queries.push((format!("annotation {}", a["name"]), sub(q)));
+        }
+    }
     for v in d["templating"]["list"].as_array().unwrap() {
         queries.push((
             format!("variable {}", v["name"]),
