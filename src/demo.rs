@@ -139,6 +139,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let control = Control::new();
     let table = Arc::new(Mutex::new(Table {
         lines: 0,
+        app_header: false,
         summary: Summary::new(spec.window_ms, spec.error_status),
     }));
     let mut analyzers = Vec::new();
@@ -438,6 +439,8 @@ pub fn spawn_generator(
 /// The live terminal table of closed windows, and their totals.
 struct Table {
     lines: usize,
+    /// Whether the last header was the application-log one.
+    app_header: bool,
     summary: Summary,
 }
 
@@ -447,7 +450,11 @@ impl Table {
         if crate::output::stdout_gone() {
             return;
         }
-        if self.lines % 40 == 0 {
+        if let Some(app) = &r.value.app {
+            return self.print_app(r, app);
+        }
+        if self.lines % 40 == 0 || self.app_header {
+            self.app_header = false;
             crate::outln!(
                 "{:<20} {:<12} {:<24} {:>7} {:>8} {:>11} {:>6} {:>5} {:>6} {:>5} {:>5} {:>5}",
                 "window (UTC)",
@@ -484,6 +491,60 @@ impl Table {
             m.status[2],
             m.status[3],
             m.status[4]
+        );
+    }
+}
+
+impl Table {
+    /// A window of an application log: records, lines, error share and
+    /// records per level.
+    fn print_app(&mut self, r: &WindowReport<'_>, app: &logpipe_analyzer::applog::AppReport) {
+        use logpipe_analyzer::parse::Level;
+        if self.lines % 40 == 0 || !self.app_header {
+            self.app_header = true;
+            crate::outln!(
+                "{:<20} {:<12} {:<24} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+                "window (UTC)",
+                "host",
+                "source",
+                "records",
+                "rec/s",
+                "lines",
+                "err%",
+                "debug",
+                "info",
+                "warn",
+                "error",
+                "crit"
+            );
+        }
+        self.lines += 1;
+        let v = r.value;
+        let m = &v.metrics;
+        let level = |l: Level| -> u64 {
+            app.levels
+                .iter()
+                .filter(|(_, x, _)| *x == l)
+                .map(|(_, _, n)| n)
+                .sum()
+        };
+        let t = chrono::DateTime::from_timestamp_millis(v.start_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        crate::outln!(
+            "{:<20} {:<12} {:<24} {:>7} {:>8.1} {:>7} {:>6.2} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            t,
+            short(r.host, 12),
+            short(r.source, 24),
+            m.count,
+            m.count as f64 * 1000.0 / r.window_ms as f64,
+            app.lines,
+            100.0 * m.errors as f64 / m.count.max(1) as f64,
+            level(Level::Debug) + level(Level::Trace),
+            level(Level::Info),
+            level(Level::Warning),
+            level(Level::Error),
+            level(Level::Critical)
         );
     }
 }
