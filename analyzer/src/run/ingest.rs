@@ -11,7 +11,7 @@ use crate::parse::{AccessLine, ErrorKind, ParseError};
 use crate::pieces::{FirstPiece, GaveUp, Held, Mark, Piece, Pieces, Step};
 use crate::window::{Hit, PartitionWindows, Recorded, SourceId};
 
-use super::records::{Open, Records};
+use super::records::{Head, Open, Records};
 
 /// One owned partition.
 pub(super) struct Part {
@@ -373,9 +373,20 @@ fn app_line(
         );
         return Ok(());
     }
-    match app.parse(line) {
-        Ok(_) => {
-            if let Some(done) = part.records.start(source, line, offset, end_offset, ts) {
+    match app.parse(line).map(|l| Head::of(line, &l)) {
+        // The text formats' fields are slices of the line; were one not,
+        // the line is refused rather than counted with made-up fields.
+        Ok(None) => {
+            return Err(LineError::Parse(ParseError::expected(
+                0,
+                "a record whose logger and message lie in its first line",
+            )))
+        }
+        Ok(Some(head)) => {
+            if let Some(done) = part
+                .records
+                .start(source, line, head, offset, end_offset, ts)
+            {
                 finish(part, sources, counters, template, source, &done, offset);
             }
             part.windows.skip(end_offset);
@@ -406,23 +417,18 @@ fn finish(
     r: &Open,
     end_offset: i64,
 ) {
-    let app = sources.parser(source).app().expect("an application source");
-    // It parsed when it opened, and parsing is pure.
-    let Ok(l) = app.parse(r.first_line()) else {
-        tracing::error!(source = %sources.name(source).source, offset = r.offset, "an application record's first line no longer parses; not counted");
-        return;
-    };
-    let Ok(time_ms) = time_or_timestamp(l.time_ms, r.timestamp) else {
+    let Ok(time_ms) = time_or_timestamp(r.head.time_ms, r.timestamp) else {
         tracing::error!(
+            source = %sources.name(source).source,
             offset = r.offset,
             "an application record without a time; not counted"
         );
         return;
     };
-    crate::template::template_with_exception(&l.message, r.rest(), template);
+    crate::template::template_with_exception(r.message(), r.rest(), template);
     let hit = crate::applog::AppHit {
-        level: l.level,
-        logger: &l.logger,
+        level: r.head.level,
+        logger: r.logger(),
         template,
         lines: r.lines,
     };

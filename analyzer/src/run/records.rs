@@ -8,8 +8,37 @@
 //! owner reads the whole record again.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
+use crate::parse::{AppLine, Level};
 use crate::window::SourceId;
+
+/// What the parse of a record's first line found, kept so the line is not
+/// parsed again when the record completes: the logger and the message as
+/// byte ranges of the first line.
+pub(super) struct Head {
+    pub(super) time_ms: i64,
+    pub(super) level: Level,
+    pub(super) logger: Range<usize>,
+    pub(super) message: Range<usize>,
+}
+
+impl Head {
+    /// `l` parsed from `line`; `None` when its logger or message is not a
+    /// slice of the line (never for the text formats, which borrow).
+    pub(super) fn of(line: &[u8], l: &AppLine<'_>) -> Option<Head> {
+        let span = |part: &[u8]| -> Option<Range<usize>> {
+            let start = (part.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+            (start + part.len() <= line.len()).then_some(start..start + part.len())
+        };
+        Some(Head {
+            time_ms: l.time_ms,
+            level: l.level,
+            logger: span(&l.logger)?,
+            message: span(&l.message)?,
+        })
+    }
+}
 
 /// A record whose lines are still coming.
 pub(super) struct Open {
@@ -22,11 +51,16 @@ pub(super) struct Open {
     pub(super) last_offset: i64,
     pub(super) timestamp: Option<i64>,
     pub(super) lines: u32,
+    pub(super) head: Head,
 }
 
 impl Open {
-    pub(super) fn first_line(&self) -> &[u8] {
-        &self.text[..self.first_len]
+    pub(super) fn logger(&self) -> &[u8] {
+        &self.text[self.head.logger.clone()]
+    }
+
+    pub(super) fn message(&self) -> &[u8] {
+        &self.text[self.head.message.clone()]
     }
 
     /// The continuation lines, when there are any.
@@ -63,6 +97,7 @@ impl Records {
         &mut self,
         source: SourceId,
         line: &[u8],
+        head: Head,
         offset: i64,
         end_offset: i64,
         timestamp: Option<i64>,
@@ -76,6 +111,7 @@ impl Records {
                 last_offset: end_offset,
                 timestamp,
                 lines: 1,
+                head,
             },
         )
     }
