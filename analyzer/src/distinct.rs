@@ -50,7 +50,11 @@ impl Distinct {
     /// Adds one value (its bytes; hashed with a fixed seed, so every run
     /// counts the same).
     pub fn insert(&mut self, value: &[u8]) {
-        let h = wyhash::wyhash(value, 0);
+        self.insert_hash(wyhash::wyhash(value, 0));
+    }
+
+    /// Adds one value by its hash.
+    fn insert_hash(&mut self, h: u64) {
         match self {
             // Full and a new value: the sketch takes over (checked before
             // inserting, so the table never grows past its 8 192 slots).
@@ -66,6 +70,97 @@ impl Distinct {
                 set.insert(h);
             }
             Distinct::Sketch(s) => s.insert_hash(h),
+        }
+    }
+
+    /// Adds `other`'s values: the distinct values of both (exact while the
+    /// union holds at most [`EXACT_LIMIT`], a merged sketch beyond).
+    pub fn merge(&mut self, other: &Distinct) {
+        match other {
+            Distinct::Exact(set) => {
+                // In hash order, so the result never depends on a table's
+                // iteration order.
+                let mut hs: Vec<u64> = set.iter().copied().collect();
+                hs.sort_unstable();
+                for h in hs {
+                    self.insert_hash(h);
+                }
+            }
+            Distinct::Sketch(theirs) => {
+                if let Distinct::Exact(set) = self {
+                    let mut sketch = Box::new(Sketch::new());
+                    for &x in set.iter() {
+                        sketch.insert_hash(x);
+                    }
+                    *self = Distinct::Sketch(sketch);
+                }
+                if let Distinct::Sketch(mine) = self {
+                    mine.merge(theirs);
+                }
+            }
+        }
+    }
+
+    /// Appends the fleet record's encoding (see docs/design.md, "Window
+    /// sketches"): `0`, a `u32` count and the hashes in ascending order
+    /// (little-endian `u64`s), or `1`, a `u32` length and the HyperLogLog
+    /// as cardinality-estimator 1.x serializes it, in postcard.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Distinct::Exact(set) => {
+                let mut hs: Vec<u64> = set.iter().copied().collect();
+                hs.sort_unstable();
+                out.push(0);
+                out.extend_from_slice(&(hs.len() as u32).to_le_bytes());
+                for h in hs {
+                    out.extend_from_slice(&h.to_le_bytes());
+                }
+            }
+            Distinct::Sketch(s) => {
+                let bytes = postcard::to_allocvec(s.as_ref()).unwrap_or_default();
+                out.push(1);
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// Reads what [`Distinct::encode`] wrote from the start of `input`,
+    /// advancing it.
+    pub fn decode(input: &mut &[u8]) -> Result<Distinct, String> {
+        let (&kind, rest) = input.split_first().ok_or("clients: no kind byte")?;
+        let (n, rest) = rest.split_first_chunk::<4>().ok_or("clients: no length")?;
+        let n = u32::from_le_bytes(*n) as usize;
+        match kind {
+            0 => {
+                if n > EXACT_LIMIT {
+                    return Err(format!(
+                        "clients: {n} exact hashes, more than {EXACT_LIMIT}"
+                    ));
+                }
+                let bytes = rest
+                    .get(..n * 8)
+                    .ok_or("clients: fewer hashes than announced")?;
+                let mut set = HashSet::with_capacity_and_hasher(n, Default::default());
+                for c in bytes.chunks_exact(8) {
+                    set.insert(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+                }
+                if set.len() != n {
+                    return Err("clients: a hash twice".into());
+                }
+                *input = &rest[n * 8..];
+                Ok(Distinct::Exact(set))
+            }
+            1 => {
+                let bytes = rest
+                    .get(..n)
+                    .ok_or("clients: sketch shorter than announced")?;
+                let s: Sketch = postcard::from_bytes(bytes)
+                    .map_err(|e| format!("clients: not a HyperLogLog ({e})"))?;
+                *input = &rest[n..];
+                Ok(Distinct::Sketch(Box::new(s)))
+            }
+            k => Err(format!("clients: unknown kind {k}")),
         }
     }
 
@@ -130,6 +225,65 @@ mod tests {
             let err = (got as f64 - truth as f64).abs() / truth as f64;
             assert!(err < 0.03, "{n}: estimate {got}, error {err}");
         }
+    }
+
+    fn of(range: std::ops::Range<u32>) -> Distinct {
+        let mut d = Distinct::default();
+        for v in range {
+            d.insert(&v.to_le_bytes());
+        }
+        d
+    }
+
+    fn round_trip(d: &Distinct) -> Distinct {
+        let mut buf = Vec::new();
+        d.encode(&mut buf);
+        buf.push(0xAA);
+        let mut input = &buf[..];
+        let back = Distinct::decode(&mut input).unwrap();
+        assert_eq!(input, [0xAA], "decode stops at its end");
+        back
+    }
+
+    #[test]
+    fn merged_sets_count_the_union_exact_below_the_limit_estimated_beyond() {
+        // Overlapping exact sets: exact union.
+        let mut a = of(0..3000);
+        a.merge(&round_trip(&of(2000..5000)));
+        assert!(a.is_exact());
+        assert_eq!(a.count(u64::MAX), 5000);
+        // Exact sets whose union passes the limit, and sketches on both sides.
+        for (x, y, truth) in [
+            (0..5000, 4000..9000, 9000u64),
+            (0..20_000, 10_000..15_000, 20_000),
+            (0..3000, 2000..40_000, 40_000),
+            (0..30_000, 20_000..60_000, 60_000),
+        ] {
+            let mut m = round_trip(&of(x.clone()));
+            m.merge(&round_trip(&of(y.clone())));
+            let direct = of(x.start.min(y.start)..x.end.max(y.end));
+            let got = m.count(u64::MAX);
+            let err = (got as f64 - truth as f64).abs() / truth as f64;
+            assert!(err < 0.03, "{x:?} ∪ {y:?}: {got} of {truth}");
+            // The union of sketches is the sketch of the union.
+            if !direct.is_exact() {
+                assert_eq!(got, direct.count(u64::MAX), "{x:?} ∪ {y:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_encodings_are_errors() {
+        let mut buf = Vec::new();
+        of(0..10).encode(&mut buf);
+        for cut in 0..buf.len() {
+            assert!(Distinct::decode(&mut &buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut big = Vec::new();
+        of(0..10_000).encode(&mut big);
+        big[10] ^= 0xFF;
+        let _ = Distinct::decode(&mut &big[..]); // no panic
+        assert!(Distinct::decode(&mut &[7u8, 0, 0, 0, 0][..]).is_err());
     }
 
     proptest! {

@@ -29,6 +29,7 @@ mod config;
 mod counters;
 mod distinct;
 mod dlq;
+pub mod fleet;
 mod line_protocol;
 pub mod parse;
 mod pieces;

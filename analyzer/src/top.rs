@@ -209,6 +209,57 @@ impl SpaceSaving {
         self.total
     }
 
+    /// Keys held at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Every key held with its count and error, in slot order (what the
+    /// fleet record carries, see [`crate::fleet`]).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], u64, u64)> + '_ {
+        self.slots.iter().map(|s| (&s.key[..], s.count, s.error))
+    }
+
+    /// A summary holding exactly `entries` (as [`SpaceSaving::entries`]
+    /// gave them) after `total` lines. `None` when they cannot come from
+    /// one: more keys than `capacity`, a key twice or too long, an error
+    /// above its count, or counts above `total`.
+    pub fn from_entries(
+        capacity: usize,
+        total: u64,
+        entries: Vec<(Vec<u8>, u64, u64)>,
+    ) -> Option<SpaceSaving> {
+        let mut s = SpaceSaving::new(capacity);
+        if entries.len() > s.capacity {
+            return None;
+        }
+        s.total = total;
+        let mut sum = 0u64;
+        for (key, count, error) in entries {
+            sum = sum.checked_add(count - error.min(count))?;
+            let hash = hash_key(&key);
+            if key.len() > MAX_KEY_BYTES
+                || error > count
+                || s.index
+                    .find(hash, |&i| s.slots[i as usize].key == key)
+                    .is_some()
+            {
+                return None;
+            }
+            let slots = &s.slots;
+            let i = slots.len() as u32;
+            s.index.insert_unique(hash, i, |&j| slots[j as usize].hash);
+            s.slots.push(Slot {
+                key,
+                hash,
+                count,
+                error,
+            });
+        }
+        // Lower bounds of distinct keys add up to at most the lines.
+        (sum <= total).then_some(s)
+    }
+
     /// Keys held.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -412,6 +463,26 @@ impl TopSet {
                 500..=599 => self.dims[5].insert(p),
                 _ => {}
             }
+        }
+    }
+
+    /// The summaries, in [`Dim::ALL`] order.
+    pub fn dims(&self) -> &[SpaceSaving; 6] {
+        &self.dims
+    }
+
+    /// A set of these summaries (in [`Dim::ALL`] order).
+    pub fn from_dims(dims: [SpaceSaving; 6]) -> TopSet {
+        TopSet {
+            dims,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Adds `other`'s lines, dimension by dimension ([`SpaceSaving::merge`]).
+    pub fn merge(&mut self, other: &TopSet) {
+        for (a, b) in self.dims.iter_mut().zip(&other.dims) {
+            a.merge(b);
         }
     }
 

@@ -59,11 +59,11 @@ pub struct Agg {
     pub errors: u64,
     /// Requests per status class, `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub status: [u64; 5],
-    clients: Clients,
+    pub(crate) clients: Clients,
     /// Request times in seconds; allocated on the first line that has one.
-    latency: Option<Box<DDSketch>>,
+    pub(crate) latency: Option<Box<DDSketch>>,
     /// Top-K summaries; allocated on the first line when top-K is on.
-    top: Option<Box<TopSet>>,
+    pub(crate) top: Option<Box<TopSet>>,
     /// Application records' counts and templates (application sources).
     app: Option<Box<AppAgg>>,
 }
@@ -117,6 +117,41 @@ impl Agg {
                     .add(t);
             }
         }
+    }
+
+    /// Adds another window's requests (an access log's; the fleet roll-up):
+    /// counts add up, clients, request times and top-K summaries merge.
+    pub fn merge(&mut self, o: &Agg) {
+        self.count += o.count;
+        self.traffic += o.traffic;
+        self.errors += o.errors;
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+        self.clients.merge(&o.clients);
+        if let Some(theirs) = &o.latency {
+            match &mut self.latency {
+                // Both from the same configuration (`latency_sketch`, or
+                // both read back from records): merging cannot fail.
+                Some(mine) => {
+                    if mine.merge(theirs).is_err() {
+                        tracing::warn!("latency sketches of different accuracy; one not merged");
+                    }
+                }
+                None => self.latency = Some(theirs.clone()),
+            }
+        }
+        if let Some(theirs) = &o.top {
+            match &mut self.top {
+                Some(mine) => mine.merge(theirs),
+                None => self.top = Some(theirs.clone()),
+            }
+        }
+    }
+
+    /// Whether this is an application log's window.
+    pub fn is_app(&self) -> bool {
+        self.app.is_some()
     }
 
     /// The values written for this window.
