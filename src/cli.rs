@@ -54,6 +54,19 @@ pub enum Command {
     /// the files are cut back to the saved state and the rest is read again.
     /// Producer re-sends are dropped by their (file, offset) headers.
     Archive(ArchiveArgs),
+    /// Merge the analyzers' window sketches across hosts and sources into
+    /// fleet-wide points (`access_fleet`): true percentiles, unique clients
+    /// and top-K over many servers.
+    ///
+    /// A consumer-group member on the fleet topic (analyzers publish to it
+    /// with --fleet-topic). Per window and group (all, each host, the groups
+    /// of --groups) it writes counts, traffic, status classes, error rate,
+    /// latency p50/p90/p99 from the merged DDSketch, unique clients from the
+    /// merged HyperLogLog and the merged top-K, once every source that sent
+    /// the previous window has sent this one (or after --grace); a late or
+    /// re-published source window rewrites the points. Restore points live
+    /// in InfluxDB beside the points, like the analyzers'.
+    Rollup(RollupArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -456,6 +469,12 @@ pub struct AnalysisArgs {
     /// without the rest.
     #[arg(long, env = "LOGPIPE_PARTIAL_WAIT", default_value = show_duration(analyzer_defaults::partial_wait()), value_parser = duration)]
     pub partial_wait: Duration,
+    /// Publish every final access-log window's sketches (counts, distinct
+    /// clients, request times, top-K) to this topic, for `logpipe rollup`'s
+    /// fleet-wide numbers (`logs.windows`; create it compacted). Acknowledged
+    /// before the restore point that passes the window.
+    #[arg(long, env = "LOGPIPE_FLEET_TOPIC")]
+    pub fleet_topic: Option<String>,
 }
 
 impl AnalysisArgs {
@@ -475,6 +494,7 @@ impl AnalysisArgs {
             partial_wait: self.partial_wait,
             formats: std::sync::Arc::new(formats),
             dlq_topic: self.parse.dlq_topic.clone(),
+            fleet_topic: self.fleet_topic.clone(),
             ..logpipe_analyzer::AnalyzerConfig::new(group, spec, id)
         }
     }
@@ -647,6 +667,57 @@ pub struct DlqArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RollupArgs {
+    /// Kafka bootstrap servers, e.g. 127.0.0.1:9092.
+    #[arg(long, env = "LOGPIPE_BROKERS")]
+    pub brokers: String,
+    /// The fleet topic the analyzers publish their window sketches to.
+    #[arg(long, env = "LOGPIPE_FLEET_TOPIC", default_value = logpipe_wire::DEFAULT_FLEET_TOPIC)]
+    pub topic: String,
+    /// Consumer group; rollups in one group share the partitions (each
+    /// partition holds whole windows).
+    #[arg(long, env = "LOGPIPE_ROLLUP_GROUP", default_value = logpipe_analyzer::rollup::defaults::GROUP)]
+    pub group: String,
+    /// Extra librdkafka properties, as for `analyze`.
+    #[arg(long = "kafka", env = "LOGPIPE_KAFKA", value_name = "KEY=VALUE[,KEY=VALUE]", value_parser = key_values)]
+    pub kafka: Vec<Vec<(String, String)>>,
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// A groups file (TOML): `[[group]]` tables with a `name` and optional
+    /// `hosts` and `sources` glob lists, e.g. a site's hosts; a source may
+    /// be in several groups. See docs/fleet.md.
+    #[arg(long, env = "LOGPIPE_GROUPS")]
+    pub groups: Option<PathBuf>,
+    /// Do not write a group per host.
+    #[arg(long, env = "LOGPIPE_NO_PER_HOST")]
+    pub no_per_host: bool,
+    /// How long a window waits for a source that sent the window before it
+    /// (by the wall clock, from the window's first record).
+    #[arg(long, env = "LOGPIPE_GRACE", default_value = show_duration(logpipe_analyzer::rollup::defaults::grace()), value_parser = duration)]
+    pub grace: Duration,
+    /// How long (in event time, behind the newest window) written windows
+    /// are kept so a late or re-published source window updates them; older
+    /// ones are forgotten (a record for them is logged and counted
+    /// `too_old`).
+    #[arg(long, env = "LOGPIPE_KEEP", default_value = show_duration(logpipe_analyzer::rollup::defaults::keep()), value_parser = duration)]
+    pub keep: Duration,
+    /// Ranked keys written per dimension and group (`access_fleet_top`).
+    #[arg(long, env = "LOGPIPE_TOP", default_value_t = 10)]
+    pub top: u16,
+    /// How often changed points are written.
+    #[arg(long, env = "LOGPIPE_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub flush_interval: Duration,
+    /// Read the whole topic from its beginning (outside the group, no
+    /// restore points), write every window, exit: rebuilds the fleet
+    /// points, e.g. after a replay re-published old windows.
+    #[arg(long, env = "LOGPIPE_RECOMPUTE")]
+    pub recompute: bool,
+    /// Name in the self-metrics (default: hostname-pid).
+    #[arg(long, env = "LOGPIPE_ROLLUP_ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// Partitions of each topic.
     #[arg(long, env = "LOGPIPE_PARTITIONS", default_value_t = 6)]
@@ -655,7 +726,7 @@ pub struct BrokerArgs {
     #[arg(long, env = "LOGPIPE_BROKERS_COUNT", default_value_t = 1)]
     pub brokers_count: i32,
     /// Topics to create.
-    #[arg(long = "topic", env = "LOGPIPE_TOPICS", value_delimiter = ',', default_values_t = [logpipe_wire::DEFAULT_TOPIC.to_string(), logpipe_wire::DEFAULT_DLQ_TOPIC.to_string()])]
+    #[arg(long = "topic", env = "LOGPIPE_TOPICS", value_delimiter = ',', default_values_t = [logpipe_wire::DEFAULT_TOPIC.to_string(), logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(), logpipe_wire::DEFAULT_FLEET_TOPIC.to_string()])]
     pub topics: Vec<String>,
 }
 

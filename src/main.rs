@@ -59,6 +59,7 @@ fn main() {
         Command::Dlq(a) => dlq(a),
         Command::Replay(a) => replay::run(a),
         Command::Archive(a) => archive(a),
+        Command::Rollup(a) => rollup(a),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
@@ -307,6 +308,52 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         counters.late,
         counters.replayed,
         counters.windows_written
+    );
+    Ok(())
+}
+
+fn rollup(a: cli::RollupArgs) -> Result<()> {
+    use logpipe_analyzer::rollup::{self, Groups, RollupConfig, RollupSpec};
+    let mut groups = Groups::new(!a.no_per_host);
+    if let Some(f) = &a.groups {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the groups file {}", f.display()))?;
+        groups = groups
+            .with_file(&text)
+            .map_err(|e| anyhow::anyhow!("groups file {}: {e}", f.display()))?;
+    }
+    let sink = influx_sink(&a.influx)?
+        .context("logpipe rollup needs --influx-url and --influx-db (or --influx-bucket)")?;
+    sink.check_ready(a.influx.influx_create_db)?;
+    let cfg = RollupConfig {
+        group: GroupConfig {
+            brokers: a.brokers,
+            topic: a.topic,
+            group: a.group,
+            extra: cli::flat(a.kafka),
+            partitions: None,
+        },
+        spec: RollupSpec {
+            grace: a.grace,
+            keep_ms: a.keep.as_millis().min(i64::MAX as u128) as i64,
+            top_k: a.top,
+            groups: std::sync::Arc::new(groups),
+        },
+        flush_interval: a.flush_interval,
+        id: a
+            .id
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        recompute: a.recompute,
+    };
+    let control = Control::with_shutdown(shutdown()?);
+    let c = rollup::run(cfg, Box::new(sink), control)?;
+    crate::errln!(
+        "logpipe rollup: {} records read, {} replaced, {} rejected, {} too old, {} fleet points written",
+        c.records,
+        c.replaced,
+        c.rejected,
+        c.too_old,
+        c.points_written
     );
     Ok(())
 }

@@ -384,6 +384,7 @@ mod tests {
             app: None,
             anomalies: Vec::new(),
             is_final: true,
+            sketch: None,
         }
     }
 

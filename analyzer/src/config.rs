@@ -50,6 +50,9 @@ pub struct AnalyzerConfig {
     pub dlq_topic: String,
     /// A replay instead of a live group member (see [`crate::replay`]).
     pub replay: Option<Replay>,
+    /// Where final access windows' sketches go for `logpipe rollup`
+    /// (`logs.windows`); `None`: not published.
+    pub fleet_topic: Option<String>,
 }
 
 impl AnalyzerConfig {
@@ -68,6 +71,7 @@ impl AnalyzerConfig {
             formats: Arc::new(Formats::single(Parser::Combined)),
             dlq_topic: logpipe_wire::DEFAULT_DLQ_TOPIC.to_string(),
             replay: None,
+            fleet_topic: None,
         }
     }
 }

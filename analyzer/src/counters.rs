@@ -39,6 +39,8 @@ pub struct Counters {
     pub replayed: u64,
     /// Final windows accepted by the sink.
     pub windows_written: u64,
+    /// Final access windows' sketch records handed to the fleet topic.
+    pub sketches_published: u64,
     /// Sink writes that failed and were retried.
     pub write_retries: u64,
     /// Offsets that were gone from the broker when read (retention outran us).
@@ -94,6 +96,7 @@ impl Counters {
                 ("parsed", self.parsed),
                 ("pieces", self.pieces),
                 ("replayed", self.replayed),
+                ("sketches_published", self.sketches_published),
                 ("windows_written", self.windows_written),
                 ("write_retries", self.write_retries),
             ],

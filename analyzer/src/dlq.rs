@@ -13,6 +13,10 @@
 //! between the acknowledgement and its next write (then `origin` tells the
 //! copies apart).
 //!
+//! The same producer carries the fleet topic's window sketches
+//! ([`DeadLetters::send_window`]), under the same rule: acknowledged before
+//! the restore point that passes their window is written.
+//!
 //! [`read_recent`] and [`render`] are what `logpipe dlq` shows an operator.
 
 use std::collections::HashMap;
@@ -57,14 +61,19 @@ impl ProducerContext for DeadLetterContext {
         if let Err((e, m)) = result {
             let mut f = self.failed.lock().unwrap();
             if f.is_none() {
-                *f = Some(format!(
-                    "a dead letter (origin {}) was not accepted: {e}",
-                    m.headers()
-                        .and_then(|h| h.iter().find(|h| h.key == ORIGIN))
-                        .and_then(|h| h.value)
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                ));
+                let origin = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == ORIGIN))
+                    .and_then(|h| h.value)
+                    .map(String::from_utf8_lossy);
+                *f = Some(match origin {
+                    Some(o) => format!("a dead letter (origin {o}) was not accepted: {e}"),
+                    None => format!(
+                        "a window sketch (key {}) was not accepted by {}: {e}",
+                        String::from_utf8_lossy(m.key().unwrap_or_default()).replace('\0', " "),
+                        m.topic()
+                    ),
+                });
             }
         }
     }
@@ -181,22 +190,38 @@ impl DeadLetters {
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    // Only a configuration error gets here; flush reports it.
-                    let mut f = self.producer.context().failed.lock().unwrap();
-                    f.get_or_insert_with(|| format!("a dead letter could not be queued: {e}"));
-                    break;
-                }
-            }
-        }
+        enqueue(&self.producer, record, "a dead letter");
         self.pending += 1;
+    }
+
+    /// Queues a final window's sketch record for the fleet topic
+    /// ([`crate::fleet`]); acknowledged by the same [`DeadLetters::flush`]
+    /// as the dead letters, before the restore point that passes the window.
+    pub fn send_window(&mut self, topic: &str, partition: i32, key: &[u8], value: &[u8]) {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(value);
+        enqueue(&self.producer, record, "a window sketch");
+        self.pending += 1;
+    }
+
+    /// The number of partitions of `topic`, from the brokers' metadata; an
+    /// error that says what to do when it does not exist.
+    pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<i32, String> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("metadata of topic {topic}: {e}"))?;
+        match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as i32)
+            }
+            _ => Err(format!(
+                "topic {topic} does not exist: create it (compacted: cleanup.policy=compact) before analyzers publish window sketches to it"
+            )),
+        }
     }
 
     /// Serves delivery reports; cheap, called from the poll loop.
@@ -233,6 +258,29 @@ impl DeadLetters {
                 self.topic
             ))),
             None => Ok(()),
+        }
+    }
+}
+
+/// Hands `record` to the producer, waiting while its local queue is full.
+fn enqueue(
+producer: &BaseProducer<DeadLetterContext>,
+mut record: BaseRecord<'_, [u8], [u8]>,
+what: &str,
+) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => {
+                // Only a configuration error gets here; flush reports it.
+                let mut f = producer.context().failed.lock().unwrap();
+                f.get_or_insert_with(|| format!("{what} could not be queued: {e}"));
+                break;
+            }
         }
     }
 }

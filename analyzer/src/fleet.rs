@@ -253,7 +253,7 @@ pub fn decode(bytes: &[u8]) -> Result<WindowSketch, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::window::{latency_sketch, nearest_rank};
 

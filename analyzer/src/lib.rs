@@ -34,6 +34,7 @@ mod line_protocol;
 pub mod parse;
 mod pieces;
 mod replay;
+pub mod rollup;
 mod run;
 pub mod store;
 pub mod template;

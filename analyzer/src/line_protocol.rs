@@ -5,6 +5,7 @@
 //! fields into the existing point instead of replacing it, so a partial field
 //! set would leave stale values behind.
 
+use crate::top::TopLists;
 use crate::window::{Metrics, WindowValue};
 
 /// Measurement of the per-window traffic points.
@@ -23,6 +24,10 @@ pub const APP_TEMPLATE: &str = "app_template";
 pub const APP_TEMPLATE_NEW: &str = "app_template_new";
 /// Measurement of the application windows a source's baseline flags.
 pub const APP_ANOMALY: &str = "app_anomaly";
+/// Measurement of the fleet roll-up's merged windows.
+pub const ACCESS_FLEET: &str = "access_fleet";
+/// Measurement of the fleet roll-up's top-K keys.
+pub const ACCESS_FLEET_TOP: &str = "access_fleet_top";
 /// Measurement of the analyzers' own health.
 pub const SELF_METRICS: &str = "logpipe";
 
@@ -61,12 +66,40 @@ pub fn encode_window(
     window_ms: i64,
     v: &WindowValue,
 ) {
-    let m: &Metrics = &v.metrics;
-    out.extend_from_slice(ACCESS_LOG.as_bytes());
-    out.extend_from_slice(b",host=");
-    push_tag(out, if host.is_empty() { b"-" } else { host });
-    out.extend_from_slice(b",source=");
-    push_tag(out, if source.is_empty() { b"-" } else { source });
+    encode_metrics(
+        out,
+        ACCESS_LOG,
+        &[("host", host), ("source", source)],
+        window_ms,
+        v.start_ms,
+        &v.metrics,
+        &[],
+    );
+}
+
+/// Appends `,name=value` for every tag (an empty value as `-`).
+fn push_tags(out: &mut Vec<u8>, tags: &[(&str, &[u8])]) {
+    for &(name, value) in tags {
+        out.push(b',');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        push_tag(out, if value.is_empty() { b"-" } else { value });
+    }
+}
+
+/// Encodes one window's traffic point in `measurement` with `tags` (sorted
+/// by name) and, after the window's fields, the integer fields `extra`.
+pub fn encode_metrics(
+    out: &mut Vec<u8>,
+    measurement: &str,
+    tags: &[(&str, &[u8])],
+    window_ms: i64,
+    start_ms: i64,
+    m: &Metrics,
+    extra: &[(&str, u64)],
+) {
+    out.extend_from_slice(measurement.as_bytes());
+    push_tags(out, tags);
     out.push(b' ');
     push_int(out, "count", m.count);
     out.push(b',');
@@ -110,10 +143,14 @@ pub fn encode_window(
             push_float(out, name, v);
         }
     }
+    for &(name, v) in extra {
+        out.push(b',');
+        push_int(out, name, v);
+    }
     out.push(b' ');
     out.extend_from_slice(
         itoa::Buffer::new()
-            .format(i128::from(v.start_ms) * 1_000_000)
+            .format(i128::from(start_ms) * 1_000_000)
             .as_bytes(),
     );
     out.push(b'\n');
@@ -142,18 +179,35 @@ pub fn encode_top(out: &mut Vec<u8>, host: &[u8], source: &[u8], v: &WindowValue
     let Some(top) = &v.top else {
         return;
     };
-    let ts = i128::from(v.start_ms) * 1_000_000;
+    encode_top_lists(
+        out,
+        ACCESS_TOP,
+        &[("host", host), ("source", source)],
+        v.start_ms,
+        top,
+    );
+}
+
+/// Encodes ranked keys in `measurement`: tags `dim`, `tags` (sorted by
+/// name, none before `dim`) and `rank` in its sorted place.
+pub fn encode_top_lists(
+    out: &mut Vec<u8>,
+    measurement: &str,
+    tags: &[(&str, &[u8])],
+    start_ms: i64,
+    top: &TopLists,
+) {
+    let ts = i128::from(start_ms) * 1_000_000;
+    let split = tags.partition_point(|&(name, _)| name < "rank");
     for (dim, total, entries) in &top.dims {
         for (rank, e) in entries.iter().enumerate() {
-            out.extend_from_slice(ACCESS_TOP.as_bytes());
+            out.extend_from_slice(measurement.as_bytes());
             out.extend_from_slice(b",dim=");
             out.extend_from_slice(dim.name().as_bytes());
-            out.extend_from_slice(b",host=");
-            push_tag(out, if host.is_empty() { b"-" } else { host });
+            push_tags(out, &tags[..split]);
             out.extend_from_slice(b",rank=");
             out.extend_from_slice(itoa::Buffer::new().format(rank + 1).as_bytes());
-            out.extend_from_slice(b",source=");
-            push_tag(out, if source.is_empty() { b"-" } else { source });
+            push_tags(out, &tags[split..]);
             out.push(b' ');
             push_int(out, "count", e.count);
             out.push(b',');
@@ -367,6 +421,7 @@ mod tests {
             app: None,
             anomalies: Vec::new(),
             is_final: true,
+            sketch: None,
         };
         let mut out = vec![];
         encode_window(&mut out, b"web 1", b"/var/log/a,b=c.log", 10_000, &v);
@@ -392,6 +447,7 @@ mod tests {
             app: None,
             anomalies: Vec::new(),
             is_final: false,
+            sketch: None,
         };
         let mut out = vec![];
         encode_window(&mut out, b"", b"a\nb", 1000, &v);
@@ -439,6 +495,7 @@ mod tests {
             app: None,
             anomalies: Vec::new(),
             is_final: false,
+            sketch: None,
         };
         let mut out = vec![];
         encode_top(&mut out, b"web 1", b"shop", &v);

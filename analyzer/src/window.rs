@@ -78,6 +78,13 @@ impl std::fmt::Debug for Agg {
     }
 }
 
+/// Equal when what is written of them is: the summary and every ranked key.
+impl PartialEq for Agg {
+    fn eq(&self, o: &Agg) -> bool {
+        self.summary() == o.summary() && self.top(u16::MAX) == o.top(u16::MAX)
+    }
+}
+
 impl Agg {
     fn add(&mut self, hit: &Hit<'_>, spec: &WindowSpec) {
         self.count += 1;
@@ -323,6 +330,9 @@ pub struct WindowValue {
     pub anomalies: Vec<Anomaly>,
     /// `true` when the window is closed and this is its final value.
     pub is_final: bool,
+    /// A final access window's aggregates, sketches included: what the
+    /// fleet record carries (see [`crate::fleet`]).
+    pub sketch: Option<Arc<Agg>>,
 }
 
 #[derive(Debug, Clone)]
@@ -646,6 +656,7 @@ impl PartitionWindows {
                 app: app.map(Arc::new),
                 anomalies,
                 is_final: true,
+                sketch: (!w.agg.is_app()).then(|| Arc::new(w.agg)),
             });
         }
         if close_all {
@@ -669,6 +680,7 @@ impl PartitionWindows {
                     app: w.agg.app(self.spec.top.k).map(Arc::new),
                     anomalies: Vec::new(),
                     is_final: false,
+                    sketch: None,
                 });
             }
         }

@@ -41,6 +41,8 @@ pub type FastMap<K, V> =
 pub const DEFAULT_TOPIC: &str = "logs";
 /// Default topic for lines the analyzers could not parse.
 pub const DEFAULT_DLQ_TOPIC: &str = "logs.dlq";
+/// Topic of the final windows' sketches (`analyze --fleet-topic`, `rollup`).
+pub const DEFAULT_FLEET_TOPIC: &str = "logs.windows";
 /// Default consumer group of the live analyzers.
 pub const DEFAULT_GROUP: &str = "logpipe-analyzers";
 

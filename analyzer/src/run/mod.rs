@@ -21,7 +21,7 @@
 mod control;
 mod flush;
 mod ingest;
-mod rebalance;
+pub(crate) mod rebalance;
 mod records;
 mod write;
 
@@ -70,6 +70,8 @@ pub enum AnalyzeError {
     Restore(String),
     #[error("dead-letter producer: {0}")]
     DeadLetters(String),
+    #[error("fleet topic: {0}")]
+    Fleet(String),
 }
 
 struct Analyzer {
@@ -88,6 +90,9 @@ struct Analyzer {
     /// Restore offsets accepted by the sink and not yet committed.
     uncommitted: BTreeMap<i32, i64>,
     last_commit: Instant,
+    /// The fleet topic and its partition count, when window sketches are
+    /// published.
+    fleet: Option<(String, i32)>,
     /// When the self-metrics were last written: also every five flush
     /// intervals without data, so lag and liveness show while idle.
     last_counters: Instant,
@@ -131,9 +136,17 @@ pub fn run(
         &cfg.group.extra,
     )
     .map_err(|e| AnalyzeError::DeadLetters(e.to_string()))?;
+    let fleet = match &cfg.fleet_topic {
+        Some(t) => Some((
+            t.clone(),
+            dlq.partitions(t, Duration::from_secs(10))
+                .map_err(AnalyzeError::Fleet)?,
+        )),
+        None => None,
+    };
     let consumer = GroupConsumer::new(&cfg.group, Some(start))?;
     let formats = cfg.formats.clone();
-    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), dead_letters = %cfg.dlq_topic, formats = ?cfg.formats, "analyzer started");
+    tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), dead_letters = %cfg.dlq_topic, fleet_topic = ?cfg.fleet_topic, formats = ?cfg.formats, "analyzer started");
     Analyzer {
         cfg,
         scope,
@@ -152,6 +165,7 @@ pub fn run(
         paused: false,
         uncommitted: BTreeMap::new(),
         last_commit: Instant::now(),
+        fleet,
         last_counters: Instant::now(),
     }
     .run(&consumer)

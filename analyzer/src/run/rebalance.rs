@@ -16,7 +16,7 @@ use crate::window::PartitionWindows;
 /// cannot be reached for up to four minutes (the group waits meanwhile; below
 /// librdkafka's default `max.poll.interval.ms` of five minutes), then gives up
 /// and the analyzer exits with the cause.
-pub(super) fn start_offsets(
+pub(crate) fn start_offsets(
     store: Arc<dyn StateStore>,
     scope: Scope,
     loaded: Arc<Mutex<HashMap<i32, StoredPoint>>>,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use logpipe_consumer::GroupConsumer;
 
 use super::{flush, Analyzer, WindowReport};
+use crate::fleet;
 use crate::store::{SinkError, StateBatch};
 
 impl Analyzer {
@@ -28,7 +29,9 @@ impl Analyzer {
             return Ok(());
         }
         self.last_counters = Instant::now();
-        // Dead letters before any restore point that moves past them.
+        self.publish_sketches();
+        // Dead letters and window sketches before any restore point that
+        // moves past them.
         self.ingest.dlq.flush(Duration::from_secs(5))?;
         let mut lp = Vec::with_capacity(self.batch.windows.len() * 256);
         self.batch
@@ -73,6 +76,29 @@ impl Analyzer {
             .extend(batch.state.iter().map(|(&p, u)| (p, u.next_offset)));
         self.commit(consumer, false);
         Ok(())
+    }
+
+    /// Hands the batch's final access windows to the fleet topic's
+    /// producer, once each (a retried write does not send them again: the
+    /// producer keeps what it has until Kafka acknowledges it).
+    fn publish_sketches(&mut self) {
+        let mut buf = Vec::new();
+        for v in self.batch.windows.values_mut().filter(|v| v.is_final) {
+            let Some(agg) = v.sketch.take() else {
+                continue;
+            };
+            let Some((topic, partitions)) = &self.fleet else {
+                continue;
+            };
+            let n = self.ingest.sources.name(v.source);
+            let window_ms = self.cfg.spec.window_ms;
+            buf.clear();
+            fleet::encode(&mut buf, &n.host, &n.source, v.start_ms, window_ms, &agg);
+            let key = fleet::record_key(&n.host, &n.source, v.start_ms);
+            let p = fleet::partition_of(v.start_ms, window_ms, *partitions);
+            self.ingest.dlq.send_window(topic, p, &key, &buf);
+            self.ingest.counters.sketches_published += 1;
+        }
     }
 
     /// Commits accepted restore points' next offsets, at most every `commit_interval`
