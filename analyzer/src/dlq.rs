@@ -264,9 +264,9 @@ impl DeadLetters {
 
 /// Hands `record` to the producer, waiting while its local queue is full.
 fn enqueue(
-producer: &BaseProducer<DeadLetterContext>,
-mut record: BaseRecord<'_, [u8], [u8]>,
-what: &str,
+    producer: &BaseProducer<DeadLetterContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+    what: &str,
 ) {
     loop {
         match producer.send(record) {

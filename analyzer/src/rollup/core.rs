@@ -142,7 +142,11 @@ impl Groups {
         if self.per_host {
             out.push(GroupKey {
                 scope: "host",
-                name: if host.is_empty() { "-".into() } else { host.into() },
+                name: if host.is_empty() {
+                    "-".into()
+                } else {
+                    host.into()
+                },
             });
         }
         for n in &self.named {
@@ -243,13 +247,16 @@ impl PartitionFleet {
         let key = (w.host, w.source);
         let latest = self.latest.entry(key.clone()).or_insert(w.start_ms);
         *latest = (*latest).max(w.start_ms);
-        let fw = self.windows.entry(w.start_ms).or_insert_with(|| FleetWindow {
-            window_ms: w.window_ms,
-            sources: BTreeMap::new(),
-            first_seen: now,
-            released: false,
-            dirty: false,
-        });
+        let fw = self
+            .windows
+            .entry(w.start_ms)
+            .or_insert_with(|| FleetWindow {
+                window_ms: w.window_ms,
+                sources: BTreeMap::new(),
+                first_seen: now,
+                released: false,
+                dirty: false,
+            });
         fw.dirty = true;
         let held = Held {
             agg: Arc::new(w.agg),
@@ -297,8 +304,7 @@ impl PartitionFleet {
             let complete = self.complete(start);
             let w = self.windows.get_mut(&start).expect("listed");
             if !w.released {
-                let late =
-                    now.saturating_duration_since(w.first_seen) >= spec.grace || start < cut;
+                let late = now.saturating_duration_since(w.first_seen) >= spec.grace || start < cut;
                 if !(complete || late || all) {
                     continue;
                 }
@@ -418,7 +424,11 @@ mod tests {
         assert!(out.is_empty(), "us-1 may still send window 10 s");
         p.record(sk("us-1", "b", 20_000, 7), 3, t0);
         p.drain(&s, t0, false, &mut out);
-        assert_eq!(counts(&out)[0], (10_000, "all".into(), 1, 5), "us-1 moved past it");
+        assert_eq!(
+            counts(&out)[0],
+            (10_000, "all".into(), 1, 5),
+            "us-1 moved past it"
+        );
         // A re-published window replaces, a late source adds: rewritten.
         out.clear();
         assert_eq!(p.record(sk("eu-1", "a", 0, 10), 4, t0), Taken::Replaced);
@@ -432,7 +442,12 @@ mod tests {
         let s = spec();
         let t0 = Instant::now();
         let feed: Vec<WindowSketch> = (0..10)
-            .flat_map(|i| [sk("h1", "a", i * 10_000, 10 + i as u64), sk("h2", "b", i * 10_000, 3)])
+            .flat_map(|i| {
+                [
+                    sk("h1", "a", i * 10_000, 10 + i as u64),
+                    sk("h2", "b", i * 10_000, 3),
+                ]
+            })
             .collect();
         let mut p = PartitionFleet::new(i64::MIN);
         let mut written = BTreeMap::new();
@@ -465,7 +480,9 @@ mod tests {
 
     #[test]
     fn groups_file_errors_name_the_problem() {
-        let e = Groups::new(true).with_file("[[group]]\nnam = \"x\"\n").unwrap_err();
+        let e = Groups::new(true)
+            .with_file("[[group]]\nnam = \"x\"\n")
+            .unwrap_err();
         assert!(e.contains("unknown field `nam`"), "{e}");
         let e = Groups::new(true)
             .with_file("[[group]]\nname = \"x\"\nhosts = [\"[\"]\n")

@@ -21,7 +21,7 @@ pub use apache_kafka::Kafka;
 pub use influx::Influx;
 pub use kafka::{read_records, read_topic, LogpipeBroker, Record, Tansu, Tap};
 pub use logpipe::{
-    produce_all, produce_all_with, produce_cmd, wait_for_group, AnalyzeCmd, Analyzer,
+    produce_all, produce_all_with, produce_cmd, rollup_cmd, wait_for_group, AnalyzeCmd, Analyzer,
     GroupProtocol, Membership,
 };
 pub use process::{append_to, free_port, wait_until, Child};

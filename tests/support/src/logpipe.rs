@@ -230,3 +230,25 @@ pub fn wait_for_group(analyzers: &[Analyzer], partitions: usize) {
         panic!("consumer group did not settle:\n{}", logs.join("\n---\n"))
     });
 }
+
+/// `logpipe rollup` as the tests run it: a member of `group` on the fleet
+/// topic `topic`, writing to `db` at `influx_url`, flushing every 300 ms,
+/// 6 s sessions; more arguments and its stderr are the caller's.
+pub fn rollup_cmd(
+    bin: &Path,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    influx_url: &str,
+    db: &str,
+) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["rollup", "--brokers", brokers, "--topic", topic])
+        .args(["--group", group])
+        .args(["--influx-url", influx_url, "--influx-db", db])
+        .args(["--flush-interval", "300ms"])
+        .args(["--kafka", "session.timeout.ms=6000"])
+        .args(["--kafka", "heartbeat.interval.ms=1000"])
+        .stdout(Stdio::null());
+    c
+}
