@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use logpipe_analyzer::top::TopSpec;
 use logpipe_testkit::{
-    in_ci, produce_all, unique, wait_for_group, wait_until, Analyzer, Expected, Influx,
-    LogpipeBroker, Membership,
+    in_ci, produce_all, rollup_cmd, unique, wait_for_group, wait_until, Analyzer, Child, Expected,
+    Influx, LogpipeBroker, Membership,
 };
 use logpipe_traffic::Generator;
 use serde_json::Value;
@@ -137,7 +137,13 @@ fn dockerfile_builds_what_the_readme_documents() {
 fn run_pipeline(
     influx: &Influx,
     db: &str,
-) -> (Expected, Vec<Analyzer>, LogpipeBroker, tempfile::TempDir) {
+) -> (
+    Expected,
+    Vec<Analyzer>,
+    LogpipeBroker,
+    tempfile::TempDir,
+    Child,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Expected::new(WINDOW_MS);
     let mut paths = vec![];
@@ -149,7 +155,8 @@ fn run_pipeline(
         paths.push(p);
     }
     let topic = unique("stack");
-    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic], 4);
+    let fleet = format!("{topic}.windows");
+    let broker = LogpipeBroker::start(Path::new(BIN), &[&topic, &fleet], 4);
     let m = Membership::new(&broker.bootstrap, &topic);
     let analyzers: Vec<Analyzer> = (0..2)
         .map(|n| {
@@ -158,10 +165,25 @@ fn run_pipeline(
             // analyzers write their counters every 5 flush intervals, 1.5 s.
             Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, db)
                 .id(&id)
+                .args(&["--fleet-topic", &fleet])
                 .start()
         })
         .collect();
     wait_for_group(&analyzers, 4);
+    // The fleet roll-up, for the overview's fleet panels.
+    let rollup = Child::spawn(
+        "logpipe rollup",
+        rollup_cmd(
+            Path::new(BIN),
+            &broker.bootstrap,
+            &fleet,
+            &unique("rollup"),
+            &influx.url,
+            db,
+        )
+        .args(["--grace", "1s"])
+        .stderr(std::fs::File::create(dir.path().join("rollup.log")).unwrap()),
+    );
     produce_all(
         Path::new(BIN),
         &broker.bootstrap,
@@ -180,9 +202,23 @@ fn run_pipeline(
         got.len(),
         expected.windows.len()
     );
+    // The roll-up wrote fleet points (its exactness is tests/fleet.rs').
+    wait_until(Duration::from_secs(60), || {
+        let fleet = influx.query(
+            db,
+            "SELECT count(\"count\") FROM \"access_fleet\" WHERE \"scope\" = 'all'",
+        );
+        (rows(&fleet).1.unwrap_or(0.0) >= 3.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no fleet points: {}",
+            std::fs::read_to_string(dir.path().join("rollup.log")).unwrap()
+        )
+    });
     // A few idle self-metric points, so rates over time have samples.
     std::thread::sleep(Duration::from_secs(4));
-    (expected, analyzers, broker, dir)
+    (expected, analyzers, broker, dir, rollup)
 }
 
 /// Grafana's macros and variables as Grafana sends them with "All" selected.
@@ -195,7 +231,7 @@ fn substitute(q: &str, from_ms: i64, to_ms: i64, interval: &str) -> String {
         .replace("$__interval", interval)
         .replace("$window_seconds", "10")
         .replace("$window", "10s");
-    let q = ["$host", "$source", "$analyzer"]
+    let q = ["$host", "$source", "$analyzer", "$fleet_group"]
         .iter()
         .fold(q, |q, v| q.replace(v, ".*"));
     let left = q
@@ -226,7 +262,7 @@ fn rows(series: &[Value]) -> (usize, Option<f64>) {
 fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
     let influx = Influx::start();
     let db = influx.create_db(&unique("stack"));
-    let (expected, mut analyzers, _broker, _dir) = run_pipeline(&influx, &db);
+    let (expected, mut analyzers, _broker, _dir, mut rollup) = run_pipeline(&influx, &db);
     let now = chrono::Utc::now().timestamp_millis();
     // Provisioning: the datasource the dashboards name is the one provisioned.
     let ds = yaml("grafana/provisioning/datasources/influxdb.yaml");
@@ -301,8 +337,12 @@ fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
         .iter()
         .filter(|p| p["type"] == "timeseries")
         .map(|p| {
+            // The fleet panels as Grafana shows them by default: group `all`.
             let q = substitute(
-                p["targets"][0]["query"].as_str().unwrap(),
+                &p["targets"][0]["query"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$fleet_group", "all"),
                 START_MS - 60_000,
                 START_MS + 200_000,
                 "10s",
@@ -313,7 +353,7 @@ fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
             )
         })
         .collect();
-    assert_eq!(panels.len(), 6);
+    assert_eq!(panels.len(), 8);
     let out_dir = tempfile::tempdir().unwrap();
     let png = if std::env::var_os("LOGPIPE_RENDER_DOCS").is_some() {
         repo().join("docs/traffic-overview.png")
@@ -326,6 +366,7 @@ fn every_dashboard_query_returns_data_and_totals_match_the_truth() {
     for a in &mut analyzers {
         a.child.terminate(Duration::from_secs(20));
     }
+    assert!(rollup.terminate(Duration::from_secs(20)).success());
 }
 
 /// The `dim` of a top-K table panel whose keys fit the capacity in every
@@ -443,7 +484,7 @@ fn render_overview(panels: &[(String, Series)], path: &Path) {
     )
     .map_err(|_| "font")
     .unwrap();
-    let root = BitMapBackend::new(path, (1500, 900)).into_drawing_area();
+    let root = BitMapBackend::new(path, (2000, 900)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let (title, body) = root.split_vertically(40);
     title
@@ -452,7 +493,7 @@ fn render_overview(panels: &[(String, Series)], path: &Path) {
             ("sans-serif", 22),
         )
         .unwrap();
-    for (area, (name, series)) in body.split_evenly((2, 3)).iter().zip(panels) {
+    for (area, (name, series)) in body.split_evenly((2, 4)).iter().zip(panels) {
         let pts = series.iter().flat_map(|(_, p)| p.iter());
         let (t0, t1) = pts
             .clone()
