@@ -55,7 +55,7 @@ fn compose_file_is_valid_and_scales() {
     assert!(c.get("version").is_none(), "compose-spec: no version key");
     let services = c["services"].as_mapping().unwrap();
     for name in [
-        "kafka", "topics", "influxdb", "grafana", "traffic", "producer", "analyzer",
+        "kafka", "topics", "influxdb", "grafana", "traffic", "producer", "analyzer", "rollup",
     ] {
         assert!(services.contains_key(name), "service {name} missing");
     }
@@ -90,9 +90,21 @@ fn compose_file_is_valid_and_scales() {
             "{svc} healthcheck"
         );
     }
+    for svc in ["analyzer", "rollup"] {
+        assert_eq!(
+            c["services"][svc]["depends_on"]["topics"]["condition"].as_str(),
+            Some("service_completed_successfully")
+        );
+    }
+    // Analyzers publish to the fleet topic the rollup reads, created compacted.
     assert_eq!(
-        c["services"]["analyzer"]["depends_on"]["topics"]["condition"].as_str(),
-        Some("service_completed_successfully")
+        c["services"]["analyzer"]["environment"]["LOGPIPE_FLEET_TOPIC"].as_str(),
+        Some("logs.windows")
+    );
+    let topics = c["services"]["topics"]["command"][0].as_str().unwrap();
+    assert!(
+        topics.contains("--topic logs.windows --partitions 6 --replication-factor 1 --config cleanup.policy=compact"),
+        "{topics}"
     );
     // Grafana reads the dashboards where the provider looks for them.
     let provider = yaml("grafana/provisioning/dashboards/logpipe.yaml");
