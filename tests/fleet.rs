@@ -365,7 +365,7 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
         "fleet points for windows not closed: {extra:?}"
     );
     let mut worst_rel = 0f64;
-    let mut worst_hll = 0f64;
+    let mut worst_hll = (0f64, 0usize);
     let mut exact_clients = 0;
     for (k, t) in &mut truth {
         let r = &rows[k];
@@ -408,7 +408,9 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
             // 3 % is more than 3.5 standard errors of 2^14 registers.
             let err = (got - n).abs() / n;
             assert!(err < 0.03, "{k:?}: {got} unique clients of {n}");
-            worst_hll = worst_hll.max(err);
+            if err >= worst_hll.0 {
+                worst_hll = (err, t.clients.len());
+            }
         }
     }
     assert!(
@@ -440,10 +442,11 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
         }
     }
     println!(
-        "fleet: {} group-windows; percentiles within {:.4} % of exact; unique clients exact in {exact_clients}, HyperLogLog error {:.3} % in the spike",
+        "fleet: {} group-windows; percentiles within {:.4} % of exact; unique clients exact in {exact_clients}, HyperLogLog error {:.3} % of {} clients at worst",
         truth.len(),
         worst_rel * 100.0,
-        worst_hll * 100.0
+        worst_hll.0 * 100.0,
+        worst_hll.1
     );
     let st = rollup.terminate(Duration::from_secs(20));
     assert!(

@@ -91,6 +91,31 @@ fn merge_all(records: &[Vec<u8>], spec: &RollupSpec) -> (f64, usize) {
     (records.len() as f64 / t.elapsed().as_secs_f64(), lp.len())
 }
 
+/// Resident set size of this process, in bytes (Linux).
+fn rss() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Memory per record held (decoded, never written): RSS growth / records.
+fn held_bytes(records: &[Vec<u8>]) -> usize {
+    let before = rss();
+    let mut p = PartitionFleet::new(i64::MIN);
+    let now = Instant::now();
+    for (i, r) in records.iter().enumerate() {
+        p.record(fleet::decode(r).unwrap(), i as i64, now);
+    }
+    let grown = rss().saturating_sub(before);
+    std::hint::black_box(&p);
+    grown / records.len().max(1)
+}
+
 fn gzip_len(records: &[Vec<u8>]) -> usize {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -110,8 +135,8 @@ fn main() {
         top_k: 10,
         groups: Arc::new(groups),
     };
-    println!("| sources | requests per source window | top-K | source windows | bytes per record | gzip -1 | source windows/s (median of 5) | line protocol per window |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| sources | requests per source window | top-K | source windows | bytes per record | gzip -1 | held in memory per record | source windows/s (median of 5) | line protocol per window |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (sources, windows, per_window, top) in [
         (100, 30, 500, true),
         (100, 30, 500, false),
@@ -130,11 +155,12 @@ fn main() {
         rates.sort_by(f64::total_cmp);
         let windows_out = (recs.len() as f64 / f64::from(sources)).max(1.0);
         println!(
-            "| {sources} | {per_window} | {} | {} | {} | {} | {:.0} | {} B |",
+            "| {sources} | {per_window} | {} | {} | {} | {} | {} | {:.0} | {} B |",
             if top { "on" } else { "off" },
             recs.len(),
             bytes / recs.len().max(1),
             gzip_len(&recs) / recs.len().max(1),
+            held_bytes(&recs),
             rates[2],
             (lp as f64 / windows_out) as usize,
         );

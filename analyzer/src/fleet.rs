@@ -29,7 +29,7 @@ use sketches_ddsketch::DDSketch;
 
 use crate::distinct::Distinct;
 use crate::top::{Dim, SpaceSaving, TopSet};
-use crate::window::Agg;
+use crate::window::{nearest_rank, Agg};
 
 const MAGIC: &[u8; 4] = b"LPWS";
 /// The encoding version this build writes and reads.
@@ -160,6 +160,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A decoded latency sketch must be what an analyzer writes: the same
+/// relative accuracy (so it merges), request times finite and not negative
+/// (a damaged one would answer NaN, which InfluxDB refuses).
+fn check_latency(s: &DDSketch) -> Result<(), DecodeError> {
+    static EMPTY: std::sync::OnceLock<DDSketch> = std::sync::OnceLock::new();
+    let empty = EMPTY.get_or_init(|| {
+        DDSketch::from_java_bytes(&crate::window::latency_sketch().to_java_bytes())
+            .expect("an empty sketch reads back")
+    });
+    if empty.clone().merge(s).is_err() {
+        return Err(DecodeError(
+            "latency sketch of another relative accuracy".into(),
+        ));
+    }
+    let values = [
+        s.min(),
+        s.max(),
+        Some(nearest_rank(s, 500)),
+        Some(nearest_rank(s, 990)),
+    ];
+    if values
+        .iter()
+        .any(|v| v.is_some_and(|v| !v.is_finite() || v < 0.0))
+    {
+        return Err(DecodeError(format!(
+            "latency sketch with values that are not request times ({values:?})"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a version-1 record; anything else is an error that says what.
 pub fn decode(bytes: &[u8]) -> Result<WindowSketch, DecodeError> {
     let mut r = Reader(bytes);
@@ -204,6 +235,7 @@ pub fn decode(bytes: &[u8]) -> Result<WindowSketch, DecodeError> {
         let b = r.take(n, "the latency sketch")?;
         let s = DDSketch::from_java_bytes(b)
             .map_err(|e| DecodeError(format!("latency sketch: {e}")))?;
+        check_latency(&s)?;
         if s.count() as u64 > agg.count {
             return Err(DecodeError(format!(
                 "latency sketch of {} values in a window of {} requests",
@@ -255,7 +287,7 @@ pub fn decode(bytes: &[u8]) -> Result<WindowSketch, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::window::{latency_sketch, nearest_rank};
+    use crate::window::latency_sketch;
 
     /// A window of `n` requests from `clients` clients with request times
     /// spread over two decades, and its exact request times.
@@ -343,7 +375,6 @@ pub(crate) mod tests {
         assert_eq!(m.unique_clients, 2000);
         let top = fleet.top(3).unwrap();
         assert_eq!(top.dims[0].1, count, "every request's path counted");
-        let _ = nearest_rank;
     }
 
     #[test]
@@ -359,6 +390,24 @@ pub(crate) mod tests {
             b[i] ^= 0x5A;
             let _ = decode(&b);
         }
+        // A sketch of another accuracy, or with a value that is not a time.
+        let mut other = Agg::default();
+        other.count = 1;
+        let mut s = DDSketch::new(sketches_ddsketch::Config::new(0.02, 2048, 1e-6));
+        s.add(1.0);
+        other.latency = Some(Box::new(s));
+        let mut b = Vec::new();
+        encode(&mut b, "h", "s", 0, 10_000, &other);
+        assert!(decode(&b).err().unwrap().to_string().contains("another relative accuracy"));
+        let mut s = latency_sketch();
+        s.add(-1.0);
+        other.latency = Some(Box::new(s));
+        b.clear();
+        encode(&mut b, "h", "s", 0, 10_000, &other);
+        assert!(decode(&b).err().unwrap().to_string().contains("not request times"));
+        // The fuzzer's finding: a damaged sketch whose quantiles were NaN.
+        let crash = include_bytes!("../../fuzz/corpus/fleet_decode/nan-quantiles");
+        assert!(decode(crash).is_err());
         let mut v2 = buf.clone();
         v2[4] = 2;
         assert_eq!(
