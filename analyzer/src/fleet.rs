@@ -160,6 +160,104 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The DataDog encoding's variable-length unsigned integer (at most 9 bytes).
+fn var_u64(r: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    let mut shift = 0u32;
+    loop {
+        let (&b, rest) = r.split_first().ok_or("ends inside a number")?;
+        *r = rest;
+        if b < 0x80 || shift == 56 {
+            return Ok(value | (u64::from(b) << shift));
+        }
+        value |= (u64::from(b) & 0x7F) << shift;
+        shift += 7;
+    }
+}
+
+/// The DataDog encoding's variable-length double (at most 9 bytes).
+fn var_f64(r: &mut &[u8]) -> Result<f64, String> {
+    let mut bits = 0u64;
+    let mut shift = 57i32;
+    loop {
+        let (&b, rest) = r.split_first().ok_or("ends inside a number")?;
+        *r = rest;
+        if shift == 1 {
+            bits |= u64::from(b);
+            break;
+        }
+        if b < 0x80 {
+            bits |= u64::from(b) << shift;
+            break;
+        }
+        bits |= (u64::from(b) & 0x7F) << shift;
+        shift -= 7;
+    }
+    Ok(f64::from_bits(bits.rotate_right(6).wrapping_add(1f64.to_bits())) - 1.0)
+}
+
+/// Checks that a latency sketch's bytes are laid out as `to_java_bytes`
+/// writes an analyzer's sketch — its count first, then min, max, sum, the
+/// logarithmic index mapping, zero count and the positive bins (indices
+/// within ±65 536, spanning fewer than 2 048) with whole, finite counts —
+/// before `sketches-ddsketch` reads them: its reader panics on some
+/// damaged stores (found by the `fleet_decode` fuzz target).
+fn check_java_layout(b: &[u8]) -> Result<(), String> {
+    const COUNT: u8 = 0xA0;
+    const ZERO_COUNT: u8 = 0x04;
+    const MIN: u8 = 0x88;
+    const MAX: u8 = 0x8C;
+    const SUM: u8 = 0x84;
+    const MAPPING_LOG: u8 = 0x02;
+    const POSITIVE_BINS: u8 = 0x05;
+    const MAX_INDEX: i64 = 1 << 16;
+    let count = |v: f64| {
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {
+            Ok(())
+        } else {
+            Err(format!("count {v} is not a count"))
+        }
+    };
+    let mut r = b;
+    if b.first() != Some(&COUNT) {
+        return Err("does not start with its count".into());
+    }
+    while let Some((&flag, rest)) = r.split_first() {
+        r = rest;
+        match flag {
+            COUNT | ZERO_COUNT => count(var_f64(&mut r)?)?,
+            MIN | MAX | SUM => r = r.get(8..).ok_or("ends inside a value")?,
+            MAPPING_LOG => r = r.get(16..).ok_or("ends inside the index mapping")?,
+            POSITIVE_BINS => {
+                let n = var_u64(&mut r)?;
+                if n > 2048 {
+                    return Err(format!("{n} bins"));
+                }
+                let (mut index, mut lo, mut hi) = (0i64, i64::MAX, i64::MIN);
+                for _ in 0..n {
+                    let z = var_u64(&mut r)?;
+                    let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                    index = index.saturating_add(delta);
+                    if index.abs() > MAX_INDEX {
+                        return Err(format!("bin index {index}"));
+                    }
+                    (lo, hi) = (lo.min(index), hi.max(index));
+                    count(var_f64(&mut r)?)?;
+                }
+                if n > 0 && hi - lo >= 2048 {
+                    return Err(format!("bins from {lo} to {hi}"));
+                }
+            }
+            f => {
+                return Err(format!(
+                    "part {f:#04x} is not written by logpipe (negative times, another layout)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A decoded latency sketch must be what an analyzer writes: the same
 /// relative accuracy (so it merges), request times finite and not negative
 /// (a damaged one would answer NaN, which InfluxDB refuses).
@@ -233,6 +331,7 @@ pub fn decode(bytes: &[u8]) -> Result<WindowSketch, DecodeError> {
     let n = r.u32("the latency length")? as usize;
     if n > 0 {
         let b = r.take(n, "the latency sketch")?;
+        check_java_layout(b).map_err(|e| DecodeError(format!("latency sketch: {e}")))?;
         let s = DDSketch::from_java_bytes(b)
             .map_err(|e| DecodeError(format!("latency sketch: {e}")))?;
         check_latency(&s)?;
@@ -398,16 +497,29 @@ pub(crate) mod tests {
         other.latency = Some(Box::new(s));
         let mut b = Vec::new();
         encode(&mut b, "h", "s", 0, 10_000, &other);
-        assert!(decode(&b).err().unwrap().to_string().contains("another relative accuracy"));
+        assert!(decode(&b)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("another relative accuracy"));
         let mut s = latency_sketch();
         s.add(-1.0);
         other.latency = Some(Box::new(s));
         b.clear();
         encode(&mut b, "h", "s", 0, 10_000, &other);
-        assert!(decode(&b).err().unwrap().to_string().contains("not request times"));
-        // The fuzzer's finding: a damaged sketch whose quantiles were NaN.
-        let crash = include_bytes!("../../fuzz/corpus/fleet_decode/nan-quantiles");
-        assert!(decode(crash).is_err());
+        assert!(decode(&b)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("negative times"));
+        // The fuzzer's findings: a damaged sketch whose quantiles were NaN,
+        // and one that made sketches-ddsketch's reader panic.
+        for crash in [
+            &include_bytes!("../../fuzz/corpus/fleet_decode/nan-quantiles")[..],
+            &include_bytes!("../../fuzz/corpus/fleet_decode/store-panic")[..],
+        ] {
+            assert!(decode(crash).is_err());
+        }
         let mut v2 = buf.clone();
         v2[4] = 2;
         assert_eq!(

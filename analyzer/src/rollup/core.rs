@@ -189,6 +189,9 @@ pub enum Taken {
     Replaced,
     /// Its window is older than the horizon: already written and forgotten.
     TooOld,
+    /// Its window length differs from the other records of its window
+    /// (analyzers with different `--window`): not merged.
+    OtherLength,
 }
 
 /// One fleet point: a group's merged window.
@@ -242,6 +245,13 @@ impl PartitionFleet {
         self.next_offset = Some(offset + 1);
         if w.start_ms < self.horizon_ms {
             return Taken::TooOld;
+        }
+        if self
+            .windows
+            .get(&w.start_ms)
+            .is_some_and(|fw| fw.window_ms != w.window_ms)
+        {
+            return Taken::OtherLength;
         }
         self.newest_ms = self.newest_ms.max(w.start_ms);
         let key = (w.host, w.source);
@@ -433,6 +443,9 @@ mod tests {
         out.clear();
         assert_eq!(p.record(sk("eu-1", "a", 0, 10), 4, t0), Taken::Replaced);
         assert_eq!(p.record(sk("eu-2", "c", 0, 1), 5, t0), Taken::Added);
+        let mut other = sk("eu-3", "d", 0, 1);
+        other.window_ms = 60_000;
+        assert_eq!(p.record(other, 6, t0), Taken::OtherLength);
         p.drain(&s, t0, false, &mut out);
         assert_eq!(counts(&out)[0], (0, "all".into(), 3, 31));
     }

@@ -55,7 +55,8 @@ pub struct RollupConfig {
 pub struct RollupCounters {
     /// Fleet records read.
     pub records: u64,
-    /// Records that are not window sketches this rollup can read (logged).
+    /// Records that are not window sketches this rollup can read, or of
+    /// another window length than their window's other records (logged).
     pub rejected: u64,
     /// Records replacing a held record of the same source and window.
     pub replaced: u64,
@@ -304,8 +305,13 @@ impl Rollup {
             }
         };
         let start = w.start_ms;
+        let (host, source, window_ms) = (w.host.clone(), w.source.clone(), w.window_ms);
         match part.fleet.record(w, offset, Instant::now()) {
             Taken::Added => {}
+            Taken::OtherLength => {
+                self.counters.rejected += 1;
+                tracing::warn!(partition, offset, %host, %source, window_ms, window_start_ms = start, "fleet record skipped: its window length differs from the other sources' of this window (analyzers must share --window)");
+            }
             Taken::Replaced => self.counters.replaced += 1,
             Taken::TooOld if offset < part.restored_next => self.counters.replayed += 1,
             Taken::TooOld => {
