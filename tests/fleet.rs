@@ -271,15 +271,26 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
     let analyzers = vec![analyzer("a0", "a0"), analyzer("a1", "a1")];
     wait_for_group(&analyzers, 3);
     let rollup_group = unique("rollup");
-    let (mut rollup, rollup_log) = start_rollup(
-        &kafka.bootstrap,
-        &fleet,
-        &rollup_group,
-        &influx,
-        &db,
-        dir.path(),
-        "rollup.log",
-    );
+    // Two rollups share the fleet topic's partitions.
+    let rollup = |log: &str| {
+        start_rollup(
+            &kafka.bootstrap,
+            &fleet,
+            &rollup_group,
+            &influx,
+            &db,
+            dir.path(),
+            log,
+        )
+    };
+    let mut rollups = vec![rollup("rollup-0.log"), rollup("rollup-1.log")];
+    let logs = |rollups: &[(Child, PathBuf)]| {
+        rollups
+            .iter()
+            .map(|(_, p)| format!("{}:\n{}", p.display(), std::fs::read_to_string(p).unwrap()))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
     // The first 60 s of every log.
     let write_until = |until_ms: i64, append: bool| {
         for (_, path, reqs) in &files {
@@ -313,27 +324,17 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
         let rows = fleet_rows(&influx, &db, "access_fleet", "\"scope\",\"group\"");
         (rows.keys().filter(|k| k.0 == "all").count() >= 3).then_some(())
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "no fleet points: {}",
-            std::fs::read_to_string(&rollup_log).unwrap()
-        )
-    });
-    rollup.kill();
+    .unwrap_or_else(|| panic!("no fleet points: {}", logs(&rollups)));
+    // kill -9 one rollup (the other takes its partitions over from their
+    // restore points) and one analyzer; both come back while the rest of
+    // the logs is published.
+    rollups[0].0.kill();
     let mut analyzers = analyzers;
     analyzers[1].child.kill();
     write_until(i64::MAX, true);
     analyzers.push(analyzer("a1", "a1-restarted"));
-    let (mut rollup, rollup_log) = start_rollup(
-        &kafka.bootstrap,
-        &fleet,
-        &rollup_group,
-        &influx,
-        &db,
-        dir.path(),
-        "rollup-restarted.log",
-    );
     produce_all();
+    rollups.push(rollup("rollup-0-restarted.log"));
     // Every closed window of every group, with every source.
     let done = wait_until(Duration::from_secs(120), || {
         let rows = fleet_rows(&influx, &db, "access_fleet", "\"scope\",\"group\"");
@@ -355,7 +356,7 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
             .collect();
         panic!(
             "fleet points never matched the requests: {missing:?}\n{}",
-            std::fs::read_to_string(&rollup_log).unwrap()
+            logs(&rollups)
         );
     };
     // Nothing but the truth's windows (the last, open one is not final).
@@ -448,15 +449,13 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
         worst_hll.0 * 100.0,
         worst_hll.1
     );
-    let st = rollup.terminate(Duration::from_secs(20));
-    assert!(
-        st.success(),
-        "rollup exit {st:?}: {}",
-        std::fs::read_to_string(&rollup_log).unwrap()
-    );
-    let log = std::fs::read_to_string(&rollup_log).unwrap();
+    for (r, _) in &mut rollups[1..] {
+        let st = r.terminate(Duration::from_secs(20));
+        assert!(st.success(), "rollup exit {st:?}: {}", logs(&rollups));
+    }
+    let log = logs(&rollups);
     assert!(!log.contains("fleet record skipped"), "{log}");
-    // The restarted rollup resumed from the killed one's restore points.
+    // Partitions were taken over from the killed rollup's restore points.
     assert!(
         log.lines()
             .any(|l| l.contains("restore points loaded") && !l.contains("restored=0")),
