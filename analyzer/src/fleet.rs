@@ -272,6 +272,10 @@ fn check_latency(s: &DDSketch) -> Result<(), DecodeError> {
             "latency sketch of another relative accuracy".into(),
         ));
     }
+    if s.count() == 0 {
+        // Analyzers write no sketch (length 0) for a window without times.
+        return Err(DecodeError("an empty latency sketch".into()));
+    }
     let values = [
         s.min(),
         s.max(),
@@ -513,10 +517,12 @@ pub(crate) mod tests {
             .to_string()
             .contains("negative times"));
         // The fuzzer's findings: a damaged sketch whose quantiles were NaN,
-        // and one that made sketches-ddsketch's reader panic.
+        // one that made sketches-ddsketch's reader panic, and an empty one
+        // (which does not encode as it was read).
         for crash in [
             &include_bytes!("../../fuzz/corpus/fleet_decode/nan-quantiles")[..],
             &include_bytes!("../../fuzz/corpus/fleet_decode/store-panic")[..],
+            &include_bytes!("../../fuzz/corpus/fleet_decode/empty-sketch")[..],
         ] {
             assert!(decode(crash).is_err());
         }
