@@ -211,8 +211,9 @@ fn check_java_layout(b: &[u8]) -> Result<(), String> {
     const MAPPING_LOG: u8 = 0x02;
     const POSITIVE_BINS: u8 = 0x05;
     const MAX_INDEX: i64 = 1 << 16;
+    const MAX_COUNT: f64 = (1u64 << 53) as f64;
     let count = |v: f64| {
-        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < MAX_COUNT {
             Ok(())
         } else {
             Err(format!("count {v} is not a count"))
@@ -271,6 +272,13 @@ fn check_latency(s: &DDSketch) -> Result<(), DecodeError> {
         return Err(DecodeError(
             "latency sketch of another relative accuracy".into(),
         ));
+    }
+    // Counts a double holds exactly (the encoding writes them as doubles).
+    if s.count() as u64 >= 1 << 53 {
+        return Err(DecodeError(format!(
+            "a latency sketch of {} values",
+            s.count()
+        )));
     }
     if s.count() == 0 {
         // Analyzers write no sketch (length 0) for a window without times.
@@ -517,12 +525,13 @@ pub(crate) mod tests {
             .to_string()
             .contains("negative times"));
         // The fuzzer's findings: a damaged sketch whose quantiles were NaN,
-        // one that made sketches-ddsketch's reader panic, and an empty one
-        // (which does not encode as it was read).
+        // one that made sketches-ddsketch's reader panic, an empty one and
+        // one of 2^53 values (neither encodes as it was read).
         for crash in [
             &include_bytes!("../../fuzz/corpus/fleet_decode/nan-quantiles")[..],
             &include_bytes!("../../fuzz/corpus/fleet_decode/store-panic")[..],
             &include_bytes!("../../fuzz/corpus/fleet_decode/empty-sketch")[..],
+            &include_bytes!("../../fuzz/corpus/fleet_decode/huge-count")[..],
         ] {
             assert!(decode(crash).is_err());
         }

@@ -142,18 +142,19 @@ pub fn run(
     let mut cfg = cfg;
     let loaded = Arc::new(Mutex::new(HashMap::new()));
     let mut ends = None;
+    // A missing topic is said at once, not waited for in silence.
+    let probe = Probe::new(&cfg.group.brokers, &cfg.group.topic, &cfg.group.extra)
+        .map_err(|e| RollupError::Topic(format!("{}: {e}", cfg.group.topic)))?;
+    let ps = probe
+        .partitions()
+        .map_err(|e| RollupError::Topic(format!("{}: {e}", cfg.group.topic)))?;
+    if ps.is_empty() {
+        return Err(RollupError::Topic(format!(
+            "topic {} does not exist: create it compacted (cleanup.policy=compact), the analyzers publish to it with --fleet-topic",
+            cfg.group.topic
+        )));
+    }
     let start: StartOffsets = if cfg.recompute {
-        let probe = Probe::new(&cfg.group.brokers, &cfg.group.topic, &cfg.group.extra)
-            .map_err(|e| RollupError::Topic(format!("{}: {e}", cfg.group.topic)))?;
-        let ps = probe
-            .partitions()
-            .map_err(|e| RollupError::Topic(format!("{}: {e}", cfg.group.topic)))?;
-        if ps.is_empty() {
-            return Err(RollupError::Topic(format!(
-                "topic {} does not exist or has no partitions",
-                cfg.group.topic
-            )));
-        }
         let mut starts = HashMap::new();
         let mut e = HashMap::new();
         for &p in &ps {
