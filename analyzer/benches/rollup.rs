@@ -91,27 +91,39 @@ fn merge_all(records: &[Vec<u8>], spec: &RollupSpec) -> (f64, usize) {
     (records.len() as f64 / t.elapsed().as_secs_f64(), lp.len())
 }
 
-/// Resident set size of this process, in bytes (Linux).
-fn rss() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            l.split_whitespace().nth(1)?.parse::<usize>().ok()
-        })
-        .unwrap_or(0)
-        * 1024
+/// Heap bytes in use: the benchmark's allocator counts them.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
 }
 
-/// Memory per record held (decoded, never written): RSS growth / records.
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Heap per record held (decoded, never written).
 fn held_bytes(records: &[Vec<u8>]) -> usize {
-    let before = rss();
+    let before = live();
     let mut p = PartitionFleet::new(i64::MIN);
     let now = Instant::now();
     for (i, r) in records.iter().enumerate() {
         p.record(fleet::decode(r).unwrap(), i as i64, now);
     }
-    let grown = rss().saturating_sub(before);
+    let grown = live().saturating_sub(before);
     std::hint::black_box(&p);
     grown / records.len().max(1)
 }
