@@ -605,7 +605,25 @@ fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
     }
     assert_eq!(
         created,
-        vec![("logs".to_string(), 6), ("logs.dlq".to_string(), 1)]
+        vec![
+            ("logs".to_string(), 6),
+            ("logs.dlq".to_string(), 1),
+            ("logs.windows".to_string(), 6)
+        ]
+    );
+    let windows = broker.run_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--describe",
+            "--topic",
+            "logs.windows",
+        ],
+    );
+    assert!(
+        windows.contains("cleanup.policy=compact"),
+        "the fleet topic is compacted: {windows}"
     );
     let described = broker.run_tool(
         "org.apache.kafka.tools.TopicCommand",
@@ -660,6 +678,10 @@ fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
     let read = |log: &str| std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
     let a0 = service("analyzer", "analyzer-0.log");
     let a1 = service("analyzer", "analyzer-1.log");
+    // The rollup joins its group on the fleet topic the analyzers publish to
+    // (15 s of live traffic closes no window with the default 30 s
+    // lateness, so it has nothing to merge here; tests/fleet.rs merges).
+    let mut rollup = service("rollup", "rollup.log");
     let mut producer = service("producer", "producer.log");
     let mut traffic = service("traffic", "traffic.log");
     std::thread::sleep(Duration::from_secs(15));
@@ -723,6 +745,16 @@ fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
             read(log)
         );
     }
+    assert!(
+        rollup.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        read("rollup.log")
+    );
+    assert!(
+        read("rollup.log").contains("partitions assigned"),
+        "rollup took part:\n{}",
+        read("rollup.log")
+    );
     assert!(
         std::fs::read_dir(data.path()).unwrap().count() > 0,
         "the data lives in the volume's directory"
