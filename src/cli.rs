@@ -156,10 +156,22 @@ pub fn bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `--metrics-addr`, for every long-running role.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics, liveness at /health
+    /// and readiness at /ready (503 with the reason when not ready), e.g.
+    /// 127.0.0.1:9898; port 0 picks a free port (logged).
+    #[arg(long, env = "LOGPIPE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct ArchiveArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// The archive directory (created if missing; one archive per directory).
     #[arg(long, env = "LOGPIPE_ARCHIVE_DIR")]
     pub dir: PathBuf,
@@ -206,6 +218,8 @@ impl From<ArchiveArgs> for logpipe_archive::ArchiveConfig {
 pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// This node's name (header `host`, first part of the key). Default: the hostname.
     #[arg(long, env = "LOGPIPE_HOST")]
     pub host: Option<String>,
@@ -429,6 +443,8 @@ pub struct InfluxArgs {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Consumer group; analyzers in one group share the partitions.
     #[arg(long, env = "LOGPIPE_GROUP", default_value = logpipe_wire::DEFAULT_GROUP)]
     pub group: String,

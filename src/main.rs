@@ -5,6 +5,7 @@
 mod output;
 mod cli;
 mod demo;
+mod metrics;
 mod replay;
 mod summary;
 
@@ -30,10 +31,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
-    // The demo's table and closing totals count dead letters by kind; their
-    // lines one by one would fill its first screen (LOGPIPE_LOG=info shows them).
+    // The demo's first screen is its table: the components' start-up lines
+    // and each dead letter (summed by kind every 10 s instead) would fill
+    // it. LOGPIPE_LOG=info shows them.
     let default_filter = match cli.command {
-        Command::Demo(_) => format!("info,{}=off", logpipe_analyzer::DEAD_LETTER_LOG),
+        Command::Demo(_) => format!("warn,{}=off", logpipe_analyzer::DEAD_LETTER_LOG),
         _ => "info".to_string(),
     };
     tracing_subscriber::fmt()
@@ -256,7 +258,13 @@ fn produce(a: ProduceArgs) -> Result<()> {
     c.exec_restart_backoff = a.exec_restart_backoff;
     c.max_line_bytes = a.max_line_bytes;
     c.max_connections = a.max_connections;
-    let summary = logpipe_producer::run(cfg, shutdown()?)?;
+    let control = logpipe_producer::Control {
+        shutdown: shutdown()?,
+        ..Default::default()
+    };
+    let (scrape, ready) = metrics::producer(control.stats.clone());
+    metrics::serve(a.metrics.metrics_addr.as_deref(), "produce", scrape, ready)?;
+    let summary = logpipe_producer::run_with(cfg, control)?;
     crate::errln!(
         "logpipe produce: {} lines ({} bytes) acknowledged by Kafka",
         summary.lines,
@@ -297,6 +305,8 @@ fn analyze(a: AnalyzeArgs) -> Result<()> {
         ..a.analysis.config(group, spec, formats, default_id)
     };
     let control = Control::with_shutdown(shutdown()?);
+    let (scrape, ready) = metrics::analyzer(control.clone());
+    metrics::serve(a.metrics.metrics_addr.as_deref(), "analyze", scrape, ready)?;
     let counters = logpipe_analyzer::run(cfg, Box::new(sink), None, control)?;
     crate::errln!(
         "logpipe analyze: {} records consumed, {} duplicates, {} parsed, {} dead-lettered, {} counted, {} late, {} replayed, {} final windows written",
@@ -359,7 +369,14 @@ fn rollup(a: cli::RollupArgs) -> Result<()> {
 }
 
 fn archive(a: cli::ArchiveArgs) -> Result<()> {
-    Ok(logpipe_archive::run(a.into(), &shutdown()?)?)
+    let progress = std::sync::Arc::new(logpipe_archive::Progress::default());
+    let (scrape, ready) = metrics::archive(progress.clone());
+    metrics::serve(a.metrics.metrics_addr.as_deref(), "archive", scrape, ready)?;
+    Ok(logpipe_archive::run_with(
+        a.into(),
+        &shutdown()?,
+        &progress,
+    )?)
 }
 
 fn dlq(a: DlqArgs) -> Result<()> {

@@ -77,6 +77,28 @@ impl DeadLetterKinds {
 }
 
 impl Counters {
+    /// Adds another analyzer's counts to these (the analyzers of one
+    /// process; `lag` too, as they own different partitions).
+    pub fn add(&mut self, o: &Counters) {
+        self.consumed += o.consumed;
+        self.records += o.records;
+        self.duplicates += o.duplicates;
+        self.parsed += o.parsed;
+        self.dead_lettered += o.dead_lettered;
+        self.dead_letter_kinds.add(&o.dead_letter_kinds);
+        self.pieces += o.pieces;
+        self.continuation_lines += o.continuation_lines;
+        self.counted += o.counted;
+        self.late += o.late;
+        self.replayed += o.replayed;
+        self.windows_written += o.windows_written;
+        self.sketches_published += o.sketches_published;
+        self.write_retries += o.write_retries;
+        self.offsets_skipped += o.offsets_skipped;
+        self.lag += o.lag;
+        self.windows_outside_range += o.windows_outside_range;
+    }
+
     /// Appends the `logpipe` point for `analyzer`, timestamped now.
     pub fn encode(&self, out: &mut Vec<u8>, analyzer: &str) {
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);

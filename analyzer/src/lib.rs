@@ -46,7 +46,7 @@ pub use counters::{Counters, DeadLetterKinds};
 pub use dlq::{render as render_dead_letter, DeadLetter, DlqReader};
 pub use parse::{AccessLine, ErrorKind, Formats, LogFormat, ParseError, Parser};
 pub use replay::{Range, Replay};
-pub use run::{run, AnalyzeError, Control, Observer, WindowReport, DEAD_LETTER_LOG};
+pub use run::{run, AnalyzeError, Control, Observer, Status, WindowReport, DEAD_LETTER_LOG};
 pub use store::{DryRunSink, InfluxApi, InfluxConfig, InfluxSink, LpFileSink, Sink, SinkError};
 pub use window::{Hit, Metrics, WindowSpec, WindowValue};
 

@@ -31,6 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -541,8 +542,42 @@ impl Archive {
 }
 
 /// Archives until `shutdown` is asked, then saves what it wrote and commits.
+/// What an archive run has done so far, for `--metrics-addr` (updated
+/// after every poll).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Lines written to the archive.
+    pub archived: AtomicU64,
+    /// Lines dropped as producer re-sends.
+    pub duplicates: AtomicU64,
+    /// Offsets the broker deleted before they were read.
+    pub offsets_skipped: AtomicU64,
+    /// Day files open now.
+    pub open_files: AtomicU64,
+    /// Partitions owned now.
+    pub partitions: AtomicU64,
+}
+
+impl Progress {
+    fn update(&self, ar: &Archive, owned: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.archived.store(ar.archived, Relaxed);
+        self.duplicates.store(ar.duplicates, Relaxed);
+        self.offsets_skipped.store(ar.offsets_skipped, Relaxed);
+        self.open_files.store(ar.files.len() as u64, Relaxed);
+        self.partitions.store(owned as u64, Relaxed);
+    }
+}
+
+/// Archives until `shutdown`.
 pub fn run(a: ArchiveConfig, shutdown: &Shutdown) -> Result<()> {
+    run_with(a, shutdown, &Progress::default())
+}
+
+/// Archives until `shutdown`, reporting to `progress`.
+pub fn run_with(a: ArchiveConfig, shutdown: &Shutdown, progress: &Progress) -> Result<()> {
     let (mut ar, _lock) = Archive::open(&a)?;
+    let mut owned: std::collections::BTreeSet<i32> = Default::default();
     let starts = ar.starts.clone();
     let cfg = GroupConfig {
         brokers: a.brokers.clone(),
@@ -579,10 +614,17 @@ pub fn run(a: ArchiveConfig, shutdown: &Shutdown) -> Result<()> {
             match ev {
                 RebalanceEvent::Revoked(ps) => {
                     save(&mut ar)?;
+                    for p in &ps {
+                        owned.remove(p);
+                    }
                     tracing::info!(partitions = ?ps, "partitions revoked");
                 }
-                RebalanceEvent::Lost => save(&mut ar)?,
+                RebalanceEvent::Lost => {
+                    save(&mut ar)?;
+                    owned.clear();
+                }
                 RebalanceEvent::Assigned(ps) => {
+                    owned.extend(ps.iter().copied());
                     tracing::info!(partitions = ?ps, "partitions assigned");
                     let saved = ar.starts.lock().unwrap().clone();
                     let unknown: Vec<i32> = ps
@@ -622,6 +664,7 @@ pub fn run(a: ArchiveConfig, shutdown: &Shutdown) -> Result<()> {
         }
         batch.clear();
         ar.write_through()?;
+        progress.update(&ar, owned.len());
         if last_save.elapsed() >= a.commit_interval || ar.pending >= 64 << 20 {
             save(&mut ar)?;
             last_save = Instant::now();

@@ -59,6 +59,20 @@ pub fn outages() -> u64 {
     OUTAGES.load(Ordering::Relaxed)
 }
 
+/// The brokers this process has logged unreachable and not back yet, with
+/// how long ago each outage began and why.
+pub fn unreachable() -> Vec<(String, Duration, String)> {
+    let s = state().lock().unwrap();
+    let mut v: Vec<_> = s
+        .down
+        .iter()
+        .filter(|(_, o)| o.logged)
+        .map(|(a, o)| (a.clone(), o.since.elapsed(), o.reason.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
 fn state() -> &'static Mutex<Brokers> {
     static S: OnceLock<Mutex<Brokers>> = OnceLock::new();
     S.get_or_init(Default::default)

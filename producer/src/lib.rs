@@ -34,7 +34,7 @@ use std::time::SystemTime;
 use follow::Follower;
 use logpipe_wire::Shutdown;
 use publish::PublishError;
-use stats::Stats;
+pub use stats::Stats;
 
 pub use config::ProducerConfig;
 pub use error::ProduceError;

@@ -97,6 +97,10 @@ impl ProducerContext for AckContext {
                 }
                 s.in_flight.fetch_sub(1, Release);
                 Stats::add(&t.stats.acked.lines, lines);
+                t.stats
+                    .acked
+                    .contact_ms
+                    .store(crate::stats::now_ms(), Relaxed);
                 // The newlines joining a run's lines are not the lines' bytes.
                 Stats::add(&t.stats.acked.bytes, bytes + 1 - lines.max(1));
             }
@@ -396,6 +400,11 @@ impl Publisher {
                 .fetch_metadata(Some(topic), Duration::from_secs(2))
             {
                 Ok(md) => {
+                    tracker
+                        .stats
+                        .acked
+                        .contact_ms
+                        .store(crate::stats::now_ms(), Relaxed);
                     if let Some(t) = md.topics().first() {
                         if let Some(e) = t.error() {
                             tracing::warn!(topic, error = ?e, "topic not available yet; lines wait until it is");

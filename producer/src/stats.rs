@@ -46,6 +46,16 @@ pub struct Stats {
 pub struct Acked {
     pub lines: AtomicU64,
     pub bytes: AtomicU64,
+    /// When Kafka last answered (an acknowledgement, or the topic's
+    /// metadata at start), in ms since the Unix epoch; 0 before it did.
+    pub contact_ms: AtomicU64,
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -104,6 +114,28 @@ impl Stats {
             outages: logpipe_consumer::health::outages(),
             paused_ms: g(&self.paused_ms),
             records_refused: g(&self.records_refused),
+        }
+    }
+
+    /// Whether the producer can deliver: Kafka answered since start, and
+    /// since every outage this process has logged began.
+    pub fn ready(&self) -> Result<(), String> {
+        let contact = self.acked.contact_ms.load(Relaxed);
+        if contact == 0 {
+            return Err("Kafka has not answered yet (topic metadata or an acknowledgement)".into());
+        }
+        let since_contact = now_ms().saturating_sub(contact);
+        let down: Vec<String> = logpipe_consumer::health::unreachable()
+            .into_iter()
+            .filter(|(_, since, _)| (since.as_millis() as u64) < since_contact)
+            .map(|(addr, since, why)| {
+                format!("broker {addr} unreachable for {}s ({why})", since.as_secs())
+            })
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{}; no acknowledgement since", down.join(", ")))
         }
     }
 

@@ -1,11 +1,13 @@
 //! [`Control`]: how a run is asked to end (its [`Shutdown`]), and what it
 //! reports while it runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use logpipe_wire::Shutdown;
+
+use crate::counters::Counters;
 
 /// How a run is asked to end and what it reports; shared between the
 /// analyzers of one process and whoever controls them.
@@ -34,6 +36,23 @@ pub struct Control {
     /// which the group refuses commits).
     pub(super) running: AtomicUsize,
     pub(super) committed_last: AtomicUsize,
+    /// What each analyzer last reported (about every 100 ms): for
+    /// `--metrics-addr` and readiness.
+    pub(super) status: Mutex<HashMap<String, Status>>,
+    /// Analyzers loading restore points now (a partition is owned, and
+    /// in [`Status::lag`], only once its restore point is loaded).
+    pub(super) restoring: AtomicUsize,
+}
+
+/// One analyzer's state as its metrics and readiness show it.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub counters: Counters,
+    /// Per owned partition: records on the broker not consumed yet, when
+    /// the partition's high watermark is known.
+    pub lag: BTreeMap<i32, Option<u64>>,
+    /// Why writes are failing, while they are (consuming is paused).
+    pub write_error: Option<String>,
 }
 
 impl Default for Control {
@@ -47,6 +66,8 @@ impl Default for Control {
             queued: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             committed_last: AtomicUsize::new(0),
+            status: Mutex::default(),
+            restoring: AtomicUsize::new(0),
         }
     }
 }
@@ -100,6 +121,40 @@ impl Control {
     /// Number of partitions each analyzer currently owns.
     pub fn assignments(&self) -> HashMap<String, usize> {
         self.assignments.lock().unwrap().clone()
+    }
+    /// What each running analyzer last reported, by analyzer id.
+    pub fn status(&self) -> Vec<(String, Status)> {
+        let mut v: Vec<_> = self
+            .status
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+    /// Whether the analyzers can do their work: each owns partitions whose
+    /// restore points are loaded, and its writes are accepted.
+    pub fn ready(&self) -> Result<(), String> {
+        let status = self.status();
+        if self.restoring.load(Ordering::Relaxed) > 0 {
+            return Err("loading restore points from the sink".into());
+        }
+        if status.is_empty() {
+            return Err("the analyzer has not joined its group yet".into());
+        }
+        for (id, s) in &status {
+            if let Some(e) = &s.write_error {
+                return Err(format!("{id}: writes to the sink fail: {e}"));
+            }
+            if s.lag.is_empty() {
+                return Err(format!(
+                    "{id}: no partitions assigned (more members than partitions, or a rebalance under way)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

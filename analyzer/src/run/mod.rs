@@ -45,7 +45,7 @@ use logpipe_wire::Request;
 use rebalance::start_offsets;
 
 use crate::config::AnalyzerConfig;
-pub use control::Control;
+pub use control::{Control, Status};
 pub use ingest::DEAD_LETTER_LOG;
 
 /// A window as reported to an observer (the demo's terminal table).
@@ -87,6 +87,8 @@ struct Analyzer {
     batch: Pending,
     /// Paused after a failed write until a write succeeds.
     paused: bool,
+    /// The last write's error, until a write succeeds.
+    write_error: Option<String>,
     /// Restore offsets accepted by the sink and not yet committed.
     uncommitted: BTreeMap<i32, i64>,
     last_commit: Instant,
@@ -163,6 +165,7 @@ pub fn run(
         },
         batch: Pending::default(),
         paused: false,
+        write_error: None,
         uncommitted: BTreeMap::new(),
         last_commit: Instant::now(),
         fleet,
@@ -235,12 +238,15 @@ impl Analyzer {
                     event_ms = event_ms.max(part.windows.max_event_ms().unwrap_or(i64::MIN));
                 }
                 self.control.event_ms.fetch_max(event_ms, Ordering::Relaxed);
+                drop(progress);
+                self.report_status(consumer);
             }
             if last_flush.elapsed() >= backoff {
                 last_flush = Instant::now();
                 match self.flush(consumer, false) {
                     Ok(()) => {
                         backoff = self.cfg.flush_interval;
+                        self.write_error = None;
                         if self.paused {
                             self.paused = false;
                             let owned: Vec<i32> = self.parts.keys().copied().collect();
@@ -252,6 +258,7 @@ impl Analyzer {
                     }
                     Err(SinkError::Retryable(e)) => {
                         self.ingest.counters.write_retries += 1;
+                        self.write_error = Some(e.to_string());
                         backoff =
                             (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
                         if !self.paused {
@@ -362,6 +369,32 @@ impl Analyzer {
         if self.parts.values().all(|p| p.done) {
             self.control.finish();
         }
+    }
+
+    /// Publishes this analyzer's counters, lag per partition and write
+    /// state to its [`Control`] (metrics and readiness read them there).
+    fn report_status(&self, consumer: &GroupConsumer) {
+        let lag = self
+            .parts
+            .iter()
+            .map(|(&p, part)| {
+                let lag = consumer
+                    .cached_high_watermark(p)
+                    .zip(part.next)
+                    .map(|(hi, next)| (hi - next).max(0) as u64);
+                (p, lag)
+            })
+            .collect();
+        let status = control::Status {
+            counters: self.ingest.counters,
+            lag,
+            write_error: self.write_error.clone(),
+        };
+        self.control
+            .status
+            .lock()
+            .unwrap()
+            .insert(self.cfg.analyzer_id.clone(), status);
     }
 
     /// Records on the broker not consumed yet, over owned partitions.

@@ -2,6 +2,7 @@
 //! partitions taken over from them, and revoked partitions forgotten.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ pub(crate) fn start_offsets(
     Box::new(move |ps: &[i32]| {
         let deadline = Instant::now() + Duration::from_secs(240);
         let mut wait = Duration::from_millis(200);
+        let _restoring = Restoring::new(&control);
         loop {
             match store.load(&scope, ps) {
                 Ok(points) => {
@@ -44,6 +46,22 @@ pub(crate) fn start_offsets(
             }
         }
     })
+}
+
+/// Counts a load of restore points in [`Control::restoring`] while it lasts.
+struct Restoring<'a>(&'a Control);
+
+impl<'a> Restoring<'a> {
+    fn new(c: &'a Control) -> Self {
+        c.restoring.fetch_add(1, Ordering::Relaxed);
+        Restoring(c)
+    }
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.restoring.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Analyzer {

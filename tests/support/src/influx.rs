@@ -2,7 +2,7 @@
 //! started per test on free loopback ports with all its state in a temp dir.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{free_port, wait_until, Child};
@@ -18,19 +18,13 @@ pub struct Influx {
 }
 
 fn influxd_path() -> PathBuf {
-    let p = PathBuf::from(std::env::var("LOGPIPE_INFLUXD").unwrap_or_else(|_| "influxd".into()));
-    let found = Command::new(&p)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "influxd not found (tried {p:?}). The tests need a real InfluxDB 1.x: run ./scripts/test (it installs \
-         Debian's influxdb package) or `apt-get install influxdb`, or set LOGPIPE_INFLUXD."
-    );
-    p
+    crate::process::require_program(
+        "LOGPIPE_INFLUXD",
+        "influxd",
+        "version",
+        "The tests need a real InfluxDB 1.x: run ./scripts/test (it installs Debian's influxdb \
+         package) or `apt-get install influxdb`",
+    )
 }
 
 impl Influx {

@@ -8,6 +8,7 @@
 //!   ([`logpipe_consumer::MockBroker`]), the `logpipe broker` process, and
 //!   (opt-in, `LOGPIPE_TEST_TANSU=1`) Tansu as a process.
 //! - [`truth`]: expected windows computed from generated requests, not by parsing.
+//! - [`prometheus`]: a real Prometheus scraping given targets.
 //! - [`process`]: child processes that are killed on drop, and polling helpers.
 
 pub mod apache_kafka;
@@ -15,6 +16,7 @@ pub mod influx;
 pub mod kafka;
 pub mod logpipe;
 pub mod process;
+pub mod prometheus;
 pub mod truth;
 
 pub use apache_kafka::Kafka;

@@ -1,7 +1,8 @@
 //! Child processes killed on drop, free ports, polling.
 
 use std::net::TcpListener;
-use std::process::{Command, ExitStatus};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process that is killed (SIGKILL) when dropped, unless it exited.
@@ -82,6 +83,24 @@ pub fn append_to(path: &std::path::Path) -> std::fs::File {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The program a test needs: `$env` or `default`, checked by running it
+/// with `version_arg`; panics with `hint` (how to install it) when missing,
+/// so a test that needs it never passes without it.
+pub fn require_program(env: &str, default: &str, version_arg: &str, hint: &str) -> PathBuf {
+    let p = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.into()));
+    let found = Command::new(&p)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{default} not found (tried {p:?}). {hint}, or set {env}."
+    );
+    p
 }
 
 /// A loopback TCP port that was free a moment ago.
