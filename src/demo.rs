@@ -126,7 +126,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
     broker.create_topic(logpipe_wire::DEFAULT_DLQ_TOPIC, 1)?;
     crate::errln!(
-        "logpipe demo: embedded broker on {}, {} analyzers, windows of {:?}; Ctrl-C stops",
+        "logpipe demo: embedded broker on {}, {} analyzers, windows of {:?}; Ctrl-C stops (LOGPIPE_LOG=info shows the components' log)",
         broker.bootstrap(),
         a.analyzers,
         a.window.window
@@ -193,6 +193,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }));
     }
     wait_for_assignment(&control, a.partitions, a.analyzers, &flag);
+    report_dead_letters(control.clone(), broker.bootstrap().to_string());
 
     // The input: a given log, or generated traffic written to a file we follow.
     // The producer's and generators' own switch, stopped at a signal.
@@ -223,10 +224,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
             (paths, true, Some((dir, threads)))
         }
     };
-    let inputs = vec![logpipe_producer::discover::InputSpec {
-        paths: paths.iter().map(|p| p.display().to_string()).collect(),
-        ..Default::default()
-    }];
+    // Generated logs are named by their site (`shop`, not a temporary
+    // path); a given file keeps its path as its source, as `produce` does.
+    let inputs = paths
+        .iter()
+        .map(|p| logpipe_producer::discover::InputSpec {
+            paths: vec![p.display().to_string()],
+            source: generated.as_ref().and_then(|_| site_of(p)),
+            ..Default::default()
+        })
+        .collect();
     let mut pcfg = logpipe_producer::ProducerConfig::new(
         broker.bootstrap(),
         logpipe_wire::DEFAULT_TOPIC,
@@ -297,13 +304,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         let c = h
             .join()
             .map_err(|_| anyhow::anyhow!("an analyzer thread panicked"))??;
-        total.consumed += c.consumed;
-        total.parsed += c.parsed;
-        total.dead_lettered += c.dead_lettered;
-        total.dead_letter_kinds.add(&c.dead_letter_kinds);
-        total.late += c.late;
-        total.windows_written += c.windows_written;
-        total.offsets_skipped += c.offsets_skipped;
+        total.add(&c);
     }
     let k = &total.dead_letter_kinds;
     crate::errln!(
@@ -349,6 +350,38 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says what the analyzers dead-lettered, by kind, once every 10 s when it
+/// changed (the lines themselves: `logpipe dlq`), until they stop.
+fn report_dead_letters(control: Arc<Control>, bootstrap: String) {
+    std::thread::spawn(move || {
+        let mut said = logpipe_analyzer::DeadLetterKinds::default();
+        while !control.shutdown().wait_timeout(Duration::from_secs(10)) {
+            let mut k = logpipe_analyzer::DeadLetterKinds::default();
+            for (_, s) in control.status() {
+                k.add(&s.counters.dead_letter_kinds);
+            }
+            if k == said {
+                continue;
+            }
+            said = k;
+            let kinds: Vec<String> = [
+                (k.malformed, "malformed"),
+                (k.cut, "cut short"),
+                (k.damaged, "damaged (NUL bytes)"),
+                (k.unjoined, "pieces never joined"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            crate::errln!(
+                "logpipe demo: dead letters so far: {}; `logpipe dlq --brokers {bootstrap}` shows them",
+                kinds.join(", ")
+            );
+        }
+    });
 }
 
 /// Waits (up to 15 s, or until interrupted) until every partition has an
@@ -478,13 +511,13 @@ impl Table {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         crate::outln!(
-            "{:<20} {:<12} {:<24} {:>7} {:>8.1} {:>11} {:>6.2} {:>5} {:>6} {:>5} {:>5} {:>5}",
+            "{:<20} {:<12} {:<24} {:>7} {:>8} {:>11} {:>6.2} {:>5} {:>6} {:>5} {:>5} {:>5}",
             t,
             short(r.host, 12),
-            short(r.source, 24),
+            source_label(r.source),
             m.count,
-            m.count as f64 * 1000.0 / r.window_ms as f64,
-            m.traffic,
+            per_second(m.count as f64 * 1000.0 / r.window_ms as f64),
+            indicatif::DecimalBytes(m.traffic).to_string(),
             100.0 * m.errors as f64 / m.count.max(1) as f64,
             m.status[0],
             m.status[1],
@@ -532,12 +565,12 @@ impl Table {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         crate::outln!(
-            "{:<20} {:<12} {:<24} {:>7} {:>8.1} {:>7} {:>6.2} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "{:<20} {:<12} {:<24} {:>7} {:>8} {:>7} {:>6.2} {:>6} {:>6} {:>6} {:>6} {:>6}",
             t,
             short(r.host, 12),
-            short(r.source, 24),
+            source_label(r.source),
             m.count,
-            m.count as f64 * 1000.0 / r.window_ms as f64,
+            per_second(m.count as f64 * 1000.0 / r.window_ms as f64),
             app.lines,
             100.0 * m.errors as f64 / m.count.max(1) as f64,
             level(Level::Debug) + level(Level::Trace),
@@ -546,6 +579,28 @@ impl Table {
             level(Level::Error),
             level(Level::Critical)
         );
+    }
+}
+
+/// `shop` of `…/shop.access.log`.
+fn site_of(p: &std::path::Path) -> Option<String> {
+    let name = p.file_name()?.to_str()?;
+    Some(name.split('.').next().unwrap_or(name).to_string())
+}
+
+/// How a source shows in the table: a path by its file name (the demo's
+/// temporary directories say nothing), a name as it is.
+fn source_label(source: &str) -> String {
+    let name = source.rsplit('/').next().filter(|n| !n.is_empty());
+    short(name.unwrap_or(source), 24)
+}
+
+/// A count per second with an SI prefix: `950.0`, `1.2 k`, `3.4 M`.
+fn per_second(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{:.1} M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1} k", x / 1e3),
+        x => format!("{x:.1}"),
     }
 }
 

@@ -173,6 +173,70 @@ fn demo_piped_into_head_exits_zero() {
     );
 }
 
+/// The demo's first screen is its table and a few lines that say what is
+/// going on: short source names, traffic in human units, dead letters
+/// summed by kind (with where to see them), and no log lines from the
+/// components — no librdkafka configuration warning, no line per dead
+/// letter.
+#[test]
+fn the_demos_first_screen_is_its_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Child::spawn(
+        "logpipe demo",
+        demo(tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = collect(child_stderr(&mut child));
+    let mut out = BufReader::new(child.stdout().unwrap());
+    let mut rows = Vec::new();
+    while rows.len() < 7 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        rows.push(line.trim_end().to_string());
+    }
+    // The dead-letter summary comes every 10 s; then stop as Ctrl-C does.
+    std::thread::sleep(Duration::from_secs(11));
+    // SAFETY: kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait(Duration::from_secs(60));
+    let stderr = stderr.join().unwrap();
+    assert!(status.success(), "exit {status:?}:\n{stderr}");
+    assert_clean_stop(&stderr);
+    assert!(rows[0].starts_with("window (UTC)"), "{rows:?}");
+    for row in &rows[1..] {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // window date, time, host, source, count, qps [k], traffic value, unit, …
+        assert!(
+            ["shop", "api", "blog"].contains(&cols[3]),
+            "a short source name: {row}"
+        );
+        let unit = cols.iter().find(|c| c.ends_with('B')).copied();
+        assert!(
+            matches!(unit, Some("B" | "kB" | "MB" | "GB")),
+            "traffic in human units: {row}"
+        );
+    }
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with("logpipe demo: "),
+            "only the demo's own lines on its first screen, not {line:?}:\n{stderr}"
+        );
+    }
+    let dead = stderr
+        .lines()
+        .find(|l| l.contains("dead letters so far: "))
+        .unwrap_or_else(|| panic!("dead letters summed:\n{stderr}"));
+    assert!(
+        dead.contains(" malformed") && dead.contains("`logpipe dlq --brokers 127.0.0.1:"),
+        "{dead}"
+    );
+}
+
 /// Ctrl-C in a terminal reaches the whole pipeline (`logpipe demo | tee F`):
 /// `tee` dies, the demo drains, prints its summary on stderr and exits 0.
 #[test]
