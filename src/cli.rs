@@ -731,6 +731,8 @@ pub struct RollupArgs {
     /// Name in the self-metrics (default: hostname-pid).
     #[arg(long, env = "LOGPIPE_ROLLUP_ID")]
     pub id: Option<String>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]

@@ -354,7 +354,10 @@ fn rollup(a: cli::RollupArgs) -> Result<()> {
             .id
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         recompute: a.recompute,
+        status: Default::default(),
     };
+    let (scrape, ready) = metrics::rollup(cfg.status.clone());
+    metrics::serve(a.metrics.metrics_addr.as_deref(), "rollup", scrape, ready)?;
     let control = Control::with_shutdown(shutdown()?);
     let c = rollup::run(cfg, Box::new(sink), control)?;
     crate::errln!(

@@ -290,3 +290,74 @@ pub fn archive(progress: Arc<logpipe_archive::Progress>) -> (Scrape, Probe) {
     });
     (scrape, probe)
 }
+
+/// A rollup member's counters ([`logpipe_analyzer::rollup::RollupStatus`]).
+pub fn rollup(
+    status: Arc<std::sync::Mutex<logpipe_analyzer::rollup::RollupStatus>>,
+) -> (Scrape, Probe) {
+    let ready = status.clone();
+    let scrape: Scrape = Box::new(move |o: &mut Out<'_>| {
+        let s = status.lock().unwrap().clone();
+        let c = s.counters;
+        let p = "rollup_";
+        o.counter(
+            &format!("{p}records_read"),
+            "Fleet records (source-window sketches) read",
+            c.records,
+        )?;
+        o.counter(
+            &format!("{p}records_rejected"),
+            "Records that are not sketches this rollup reads, or of another window length",
+            c.rejected,
+        )?;
+        o.counter(
+            &format!("{p}records_replaced"),
+            "Records replacing a held record of the same source and window",
+            c.replaced,
+        )?;
+        o.counter(
+            &format!("{p}records_too_old"),
+            "Records of windows already written and forgotten (older than --keep)",
+            c.too_old,
+        )?;
+        o.counter(
+            &format!("{p}records_replayed"),
+            "Records re-read after a restore whose window was already forgotten",
+            c.replayed,
+        )?;
+        o.counter(
+            &format!("{p}windows_graced"),
+            "Windows written without every expected source, after --grace",
+            c.windows_graced,
+        )?;
+        o.counter(
+            &format!("{p}points_written"),
+            "Fleet points the sink accepted (a rewrite counts again)",
+            c.points_written,
+        )?;
+        o.counter(
+            &format!("{p}write_retries"),
+            "Sink writes that failed and were retried",
+            c.write_retries,
+        )?;
+        o.gauge(
+            &format!("{p}windows_held"),
+            "Windows held for rewrites or waiting for sources",
+            None,
+            s.windows_held as i64,
+        )?;
+        o.gauge(
+            &format!("{p}partitions_owned"),
+            "Partitions of the fleet topic owned now",
+            None,
+            s.owned as i64,
+        )?;
+        o.gauge(
+            &format!("{p}writes_failing"),
+            "1 while writes fail",
+            None,
+            i64::from(s.write_error.is_some()),
+        )
+    });
+    (scrape, Box::new(move || ready.lock().unwrap().ready()))
+}

@@ -212,7 +212,7 @@ fn start_rollup(
     let child = Child::spawn(
         "logpipe rollup",
         rollup_cmd(Path::new(BIN), bootstrap, fleet, group, &influx.url, db)
-            .args(["--grace", "3s", "--groups"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--grace", "3s", "--groups"])
             .arg(dir.join("groups.toml"))
             .stderr(f),
     );
@@ -449,6 +449,39 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
         worst_hll.0 * 100.0,
         worst_hll.1
     );
+    // The live rollups' own metrics (`--metrics-addr` on a port of their
+    // choosing, named in their logs): together they own every partition of
+    // the fleet topic, each wrote points and is ready.
+    let mut owned = 0;
+    for (_, log) in &rollups[1..] {
+        let text = std::fs::read_to_string(log).unwrap();
+        let base = text
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split("/metrics").next())
+            .unwrap_or_else(|| panic!("no metrics address in {}:\n{text}", log.display()));
+        let get = |path: &str| {
+            let r = reqwest::blocking::get(format!("http://{base}{path}")).unwrap();
+            (r.status().as_u16(), r.text().unwrap())
+        };
+        let (status, metrics) = get("/metrics");
+        assert_eq!(status, 200, "{metrics}");
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+        };
+        assert!(
+            value("logpipe_rollup_points_written_total") > 0,
+            "{metrics}"
+        );
+        assert_eq!(value("logpipe_rollup_writes_failing"), 0, "{metrics}");
+        owned += value("logpipe_rollup_partitions_owned");
+        assert_eq!(get("/ready").0, 200, "{metrics}");
+    }
+    assert_eq!(owned, 3, "every fleet partition owned");
     for (r, _) in &mut rollups[1..] {
         let st = r.terminate(Duration::from_secs(20));
         assert!(st.success(), "rollup exit {st:?}: {}", logs(&rollups));

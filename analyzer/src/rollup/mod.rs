@@ -48,6 +48,35 @@ pub struct RollupConfig {
     pub id: String,
     /// Read everything from the beginning, write, exit (see the module docs).
     pub recompute: bool,
+    /// Where the member reports its counters, partitions and write state
+    /// (refreshed every poll), for `--metrics-addr`.
+    pub status: Arc<Mutex<RollupStatus>>,
+}
+
+/// A rollup member's state as its metrics and readiness show it.
+#[derive(Debug, Clone, Default)]
+pub struct RollupStatus {
+    pub counters: RollupCounters,
+    /// Partitions owned now.
+    pub owned: usize,
+    /// Windows held (written and kept for rewrites, or waiting) over the
+    /// owned partitions.
+    pub windows_held: usize,
+    /// Why writes are failing, while they are.
+    pub write_error: Option<String>,
+}
+
+impl RollupStatus {
+    /// Ready when it owns partitions and its last write was accepted.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(e) = &self.write_error {
+            return Err(format!("writes to the sink fail: {e}"));
+        }
+        if self.owned == 0 {
+            return Err("no partitions assigned (not joined yet, a rebalance under way, or more members than partitions)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Cumulative counts of one rollup member (`logpipe_rollup` measurement).
@@ -126,6 +155,8 @@ struct Rollup {
     pending: BTreeMap<(i64, GroupKey), FleetPoint>,
     last_counters: Instant,
     warned_too_old: i64,
+    /// The last write's error, until a write succeeds.
+    write_error: Option<String>,
 }
 
 /// Runs one rollup member until `control` says stop (or, recomputing,
@@ -190,6 +221,7 @@ pub fn run(
         pending: BTreeMap::new(),
         last_counters: Instant::now(),
         warned_too_old: i64::MIN,
+        write_error: None,
     }
     .run(&consumer)
 }
@@ -225,9 +257,13 @@ impl Rollup {
             if last_flush.elapsed() >= backoff {
                 last_flush = Instant::now();
                 match self.flush(consumer, false) {
-                    Ok(()) => backoff = self.cfg.flush_interval,
+                    Ok(()) => {
+                        backoff = self.cfg.flush_interval;
+                        self.write_error = None;
+                    }
                     Err(SinkError::Retryable(e)) => {
                         self.counters.write_retries += 1;
+                        self.write_error = Some(e.to_string());
                         backoff =
                             (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
                         tracing::warn!(error = %e, retry_in = ?backoff, "write failed; offsets stay put");
@@ -235,7 +271,17 @@ impl Rollup {
                     Err(e) => return Err(RollupError::Sink(e)),
                 }
             }
+            self.report_status();
         }
+    }
+
+    fn report_status(&self) {
+        *self.cfg.status.lock().unwrap() = RollupStatus {
+            counters: self.counters,
+            owned: self.parts.len(),
+            windows_held: self.parts.values().map(|p| p.fleet.held()).sum(),
+            write_error: self.write_error.clone(),
+        };
     }
 
     fn recompute_done(&self) -> bool {
