@@ -67,6 +67,13 @@ pub enum Command {
     /// re-published source window rewrites the points. Restore points live
     /// in InfluxDB beside the points, like the analyzers'.
     Rollup(RollupArgs),
+    /// One screen for whoever is on call: per partition the member that owns
+    /// it, committed and end offsets, lag and how it moved over --sample,
+    /// the restore point and its age, the newest window written; per source
+    /// its newest event time and lines/s (with --influx-url); dead letters
+    /// of the last hour; warnings for what is wrong (no member, lag growing,
+    /// a restore point older than the topic's retention). --json for scripts.
+    Status(StatusArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -120,6 +127,29 @@ pub fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
 /// All `--kafka` properties, in the order given.
 pub fn flat(props: Vec<Vec<(String, String)>>) -> Vec<(String, String)> {
     props.into_iter().flatten().collect()
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The analyzers' consumer group.
+    #[arg(long, env = "LOGPIPE_GROUP", default_value = logpipe_wire::DEFAULT_GROUP)]
+    pub group: String,
+    /// The dead-letter topic.
+    #[arg(long, env = "LOGPIPE_DLQ_TOPIC", default_value = logpipe_wire::DEFAULT_DLQ_TOPIC)]
+    pub dlq_topic: String,
+    /// The analyzers' InfluxDB (restore points, sources, newest windows);
+    /// without it only what Kafka knows is shown.
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// Offsets are read twice this far apart, to tell a lag that grows
+    /// from one that shrinks (0: once).
+    #[arg(long, env = "LOGPIPE_STATUS_SAMPLE", default_value = "2s", value_parser = duration)]
+    pub sample: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

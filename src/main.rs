@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod metrics;
 mod replay;
+mod status;
 mod summary;
 
 use std::time::Duration;
@@ -49,7 +50,7 @@ fn main() {
     // The commands that exist to print stop, cleanly, when their reader goes.
     if matches!(
         cli.command,
-        Command::Demo(_) | Command::Dlq(_) | Command::Replay(_)
+        Command::Demo(_) | Command::Dlq(_) | Command::Replay(_) | Command::Status(_)
     ) {
         output::stop_when_closed();
     }
@@ -62,6 +63,7 @@ fn main() {
         Command::Replay(a) => replay::run(a),
         Command::Archive(a) => archive(a),
         Command::Rollup(a) => rollup(a),
+        Command::Status(a) => status::run(a),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {

@@ -146,6 +146,12 @@ pub fn run(
         )),
         None => None,
     };
+    // The group's member list (kafka-consumer-groups, `logpipe status`)
+    // names the analyzer.
+    if !cfg.group.extra.iter().any(|(k, _)| k == "client.id") {
+        let id = cfg.analyzer_id.clone();
+        cfg.group.extra.push(("client.id".into(), id));
+    }
     let consumer = GroupConsumer::new(&cfg.group, Some(start))?;
     let formats = cfg.formats.clone();
     tracing::info!(analyzer = %cfg.analyzer_id, topic = %cfg.group.topic, group = %cfg.group.group, sink = %sink.describe(), dead_letters = %cfg.dlq_topic, fleet_topic = ?cfg.fleet_topic, formats = ?cfg.formats, "analyzer started");

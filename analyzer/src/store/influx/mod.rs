@@ -243,6 +243,12 @@ impl InfluxSink {
     pub fn ensure_database(&self) -> Result<(), SinkError> {
         self.check_ready(true)
     }
+
+    /// Runs one InfluxQL `SELECT` (times in ms); returns the series of its
+    /// result (`logpipe status` reads the restore points and newest windows).
+    pub fn select(&self, q: &str) -> Result<Vec<serde_json::Value>, SinkError> {
+        self.client.query(q, false)
+    }
 }
 
 impl Sink for InfluxSink {
