@@ -38,6 +38,16 @@ pub enum Command {
     /// Write realistic generated nginx traffic (`combined` + `$request_time`)
     /// to log files, in real time: the traffic source of the compose stack.
     Generate(GenerateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// to stdout, e.g. `logpipe completions bash > /etc/bash_completion.d/logpipe`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (logpipe.1 and one per command, logpipe-analyze.1,
+    /// …) into DIR; the Debian package ships them.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Recompute the windows of an event-time range from what is on the topic.
     ///
     /// Reads its partitions directly (never disturbing the live analyzers'
@@ -74,6 +84,11 @@ pub enum Command {
     /// of the last hour; warnings for what is wrong (no member, lag growing,
     /// a restore point older than the topic's retention). --json for scripts.
     Status(StatusArgs),
+    /// A live terminal view of what the analyzers wrote to InfluxDB: per
+    /// source a requests/s sparkline over its recent windows, QPS, error
+    /// rate, p99, status mix and anomaly flags; the selected source's top
+    /// paths and clients. Keys: s sort, / filter, arrows select, q quit.
+    Top(TopArgs),
     /// Show the most recent dead letters: lines the analyzers could not parse,
     /// with the error and a caret under the byte where parsing stopped.
     Dlq(DlqArgs),
@@ -127,6 +142,15 @@ pub fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
 /// All `--kafka` properties, in the order given.
 pub fn flat(props: Vec<Vec<(String, String)>>) -> Vec<(String, String)> {
     props.into_iter().flatten().collect()
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub influx: InfluxArgs,
+    /// How often the view is read again from InfluxDB.
+    #[arg(long, env = "LOGPIPE_TOP_REFRESH", default_value = "2s", value_parser = duration)]
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Args)]

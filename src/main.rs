@@ -9,6 +9,7 @@ mod metrics;
 mod replay;
 mod status;
 mod summary;
+mod top;
 
 use std::time::Duration;
 
@@ -64,6 +65,18 @@ fn main() {
         Command::Archive(a) => archive(a),
         Command::Rollup(a) => rollup(a),
         Command::Status(a) => status::run(a),
+        Command::Top(a) => top::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "logpipe",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => man(&dir),
         Command::Generate(a) => generate(a),
     };
     if let Err(e) = result {
@@ -371,6 +384,26 @@ fn rollup(a: cli::RollupArgs) -> Result<()> {
         c.points_written
     );
     Ok(())
+}
+
+/// Man pages: `logpipe.1` and `logpipe-<command>.1` for every command.
+fn man(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let write = |name: String, c: clap::Command| -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c)
+            .title(name.to_uppercase())
+            .render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("logpipe-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("logpipe".into(), cmd)
 }
 
 fn archive(a: cli::ArchiveArgs) -> Result<()> {

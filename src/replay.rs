@@ -19,6 +19,89 @@ struct Plan {
     replay: Replay,
     /// Per partition: (start, end, how the start was found).
     rows: BTreeMap<i32, (i64, i64, &'static str)>,
+    /// Per partition: how far back it goes.
+    kept: BTreeMap<i32, Kept>,
+}
+
+/// What a partition still holds: its log start and end offsets and when
+/// its first and last records were ingested (Kafka timestamps).
+#[derive(Debug, Clone, Copy, Default)]
+struct Kept {
+    log_start: i64,
+    end: i64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+/// What a replay did, for [`explain`].
+struct Outcome<'a> {
+    by_time: bool,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    max_delay_ms: i64,
+    records_planned: u64,
+    lines: u64,
+    parsed: u64,
+    windows: u64,
+    outside: u64,
+    max_event_ms: Option<i64>,
+    kept: &'a BTreeMap<i32, Kept>,
+}
+
+/// Why a replay read nothing or wrote no window, in words an operator can
+/// act on; `None` when it wrote windows.
+fn explain(o: &Outcome<'_>) -> Option<String> {
+    if o.windows > 0 {
+        return None;
+    }
+    let range = match (o.from_ms, o.to_ms) {
+        (Some(f), Some(t)) => format!("{}..{}", fmt_ms(f), fmt_ms(t)),
+        (Some(f), None) => format!("from {}", fmt_ms(f)),
+        (None, Some(t)) => format!("up to {}", fmt_ms(t)),
+        (None, None) => "the whole topic".into(),
+    };
+    let deleted: i64 = o.kept.values().map(|k| k.log_start).sum();
+    if o.records_planned == 0 {
+        if o.kept.values().all(|k| k.log_start >= k.end) {
+            return Some(if deleted > 0 {
+                format!("nothing to read: the topic holds no records; retention deleted all {deleted} it had")
+            } else {
+                "nothing to read: the topic holds no records".into()
+            });
+        }
+        let newest = o.kept.values().filter_map(|k| k.last_ms).max();
+        if let (true, Some(f), Some(newest)) = (o.by_time, o.from_ms, newest) {
+            let start = f - o.max_delay_ms;
+            if newest < start {
+                return Some(format!(
+                    "nothing to read: --from and --to choose records by the time Kafka stamped them (ingest time), and the newest record was stamped {}, before {} (--from minus --max-delay). Lines backfilled from old logs carry old event times but the ingest time of their backfill; to recompute windows by event time, read every record: --from-offsets earliest (with --from/--to to keep the windows of the range)",
+                    fmt_ms(newest),
+                    fmt_ms(start)
+                ));
+            }
+        }
+        return Some("nothing to read: the planned offsets hold no records".into());
+    }
+    if o.parsed == 0 {
+        return Some(format!(
+            "no window written: none of the {} lines read parsed (they are dead letters: check --format, and `logpipe dlq`)",
+            o.lines
+        ));
+    }
+    let mut why = format!(
+        "no window written: {} lines parsed, but every window they fell in straddles or lies outside {range} ({} windows left alone{})",
+        o.parsed,
+        o.outside,
+        o.max_event_ms
+            .map(|m| format!("; the newest event time read was {}", fmt_ms(m)))
+            .unwrap_or_default()
+    );
+    if o.by_time {
+        why.push_str(
+            ". Records are chosen by ingest time, windows kept by event time: lines backfilled from old logs were ingested long after their event time. --from-offsets earliest reads every record and keeps the windows inside the range",
+        );
+    }
+    Some(why)
 }
 
 /// `earliest` or `P:O,P:O`.
@@ -95,10 +178,25 @@ fn plan(a: &ReplayArgs, probe: &Probe) -> Result<Plan> {
         ..Replay::default()
     };
     let mut rows = BTreeMap::new();
+    let mut kept = BTreeMap::new();
     for &p in &partitions {
         let (lo, hi) = probe
             .watermarks(p)
             .with_context(|| format!("reading the offsets of partition {p}"))?;
+        let stamp = |o: i64| {
+            (o >= lo && o < hi)
+                .then(|| probe.record_at(p, o).ok().flatten().map(|(_, ts)| ts))
+                .flatten()
+        };
+        kept.insert(
+            p,
+            Kept {
+                log_start: lo,
+                end: hi,
+                first_ms: stamp(lo),
+                last_ms: stamp(hi - 1),
+            },
+        );
         let (start, how) = if let Some(ts) = from_ts {
             let (o, found) = probe
                 .offset_for_time(p, ts)
@@ -143,7 +241,7 @@ fn plan(a: &ReplayArgs, probe: &Probe) -> Result<Plan> {
         replay.ends.insert(p, hi);
         rows.insert(p, (start, hi, how));
     }
-    Ok(Plan { replay, rows })
+    Ok(Plan { replay, rows, kept })
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -251,7 +349,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         Box::new(sink)
     };
     let began = Instant::now();
-    let Plan { replay, rows } = plan(&a, &probe)?;
+    let Plan { replay, rows, kept } = plan(&a, &probe)?;
     drop(probe);
     let searched = rows.values().any(|r| r.2.starts_with("binary"));
     if searched {
@@ -269,8 +367,22 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         began.elapsed().as_secs_f64()
     );
     for (p, (s, e, how)) in &rows {
+        let k = kept.get(p).copied().unwrap_or_default();
+        let back = match (k.first_ms, k.last_ms) {
+            (Some(f), Some(l)) => format!(
+                "; the partition keeps offsets {}..{}, ingested {} to {}",
+                k.log_start,
+                k.end,
+                fmt_ms(f),
+                fmt_ms(l)
+            ),
+            _ => format!(
+                "; the partition keeps offsets {}..{} (empty)",
+                k.log_start, k.end
+            ),
+        };
         crate::errln!(
-            "  partition {p}: offsets {s}..{e} ({} records; start by {how})",
+            "  partition {p}: offsets {s}..{e} ({} records; start by {how}){back}",
             (e - s).max(0)
         );
     }
@@ -330,6 +442,22 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         w.len(),
         counters.windows_outside_range
     );
+    let windows = w.values().map(|e| e.0).sum::<u64>();
+    if let Some(why) = explain(&Outcome {
+        by_time: a.from_offsets.is_none(),
+        from_ms: a.from,
+        to_ms: a.to,
+        max_delay_ms: a.max_delay.as_millis() as i64,
+        records_planned: total,
+        lines: counters.consumed,
+        parsed: counters.parsed,
+        windows,
+        outside: counters.windows_outside_range,
+        max_event_ms: control.event_ms(),
+        kept: &kept,
+    }) {
+        crate::errln!("logpipe replay: {why}");
+    }
     if counters.offsets_skipped > 0 {
         crate::errln!(
             "logpipe replay: {} records were deleted by the broker before they were read (retention): the windows they fell in are short of their lines",
@@ -354,7 +482,78 @@ pub fn run(a: ReplayArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_from_offsets;
+    use super::*;
+
+    /// 2026-12-05T12:00:00Z.
+    const NOW: i64 = 1_796_486_400_000;
+
+    fn outcome(kept: &BTreeMap<i32, Kept>) -> Outcome<'_> {
+        Outcome {
+            by_time: true,
+            from_ms: Some(NOW - 86_400_000),
+            to_ms: Some(NOW),
+            max_delay_ms: 60_000,
+            records_planned: 0,
+            lines: 0,
+            parsed: 0,
+            windows: 0,
+            outside: 0,
+            max_event_ms: None,
+            kept,
+        }
+    }
+
+    #[test]
+    fn a_replay_that_writes_nothing_says_why() {
+        let kept: BTreeMap<i32, Kept> = [(
+            0,
+            Kept {
+                log_start: 0,
+                end: 10,
+                first_ms: Some(NOW - 3 * 86_400_000),
+                last_ms: Some(NOW - 2 * 86_400_000),
+            },
+        )]
+        .into();
+        // Everything was ingested before the range: by ingest time, nothing.
+        let why = explain(&outcome(&kept)).unwrap();
+        assert!(
+            why.contains("ingest time") && why.contains("--from-offsets earliest"),
+            "{why}"
+        );
+        assert!(why.contains("2026-12-03T16:00:00.000Z"), "{why}");
+        // Backfilled history: read in the range, but its windows lie outside.
+        let mut o = outcome(&kept);
+        (o.records_planned, o.lines, o.parsed, o.outside) = (10, 500, 500, 7);
+        o.max_event_ms = Some(1_704_067_200_000);
+        let why = explain(&o).unwrap();
+        assert!(
+            why.contains("7 windows left alone") && why.contains("2024-01-01"),
+            "{why}"
+        );
+        assert!(why.contains("--from-offsets earliest"), "{why}");
+        // Nothing parsed.
+        o.parsed = 0;
+        assert!(explain(&o)
+            .unwrap()
+            .contains("none of the 500 lines read parsed"));
+        // Windows written: nothing to explain.
+        o.windows = 3;
+        assert!(explain(&o).is_none());
+        // An empty topic, and one that retention emptied.
+        let empty: BTreeMap<i32, Kept> = [(
+            0,
+            Kept {
+                log_start: 40,
+                end: 40,
+                ..Kept::default()
+            },
+        )]
+        .into();
+        assert!(explain(&outcome(&empty))
+            .unwrap()
+            .contains("retention deleted all 40"));
+    }
 
     #[test]
     fn from_offsets_is_earliest_or_a_partition_list() {
