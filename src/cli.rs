@@ -15,6 +15,13 @@ use logpipe_producer::config::defaults;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// A TOML file of settings for every command: keys are flag names
+    /// (`brokers`, `influx-url`, …) at the top (for every command that has
+    /// the flag) or in a table per command (`[analyze]`); the producer's
+    /// inputs are `[[input]]` tables (`paths`, `exclude`, `source`).
+    /// Environment variables and flags override it. See docs/logpipe.toml.
+    #[arg(long, env = "LOGPIPE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,10 +291,6 @@ pub struct ProduceArgs {
     /// files (*.gz, *.zst, ...) are never followed.
     #[arg(long, env = "LOGPIPE_EXCLUDE", value_delimiter = ',')]
     pub exclude: Vec<String>,
-    /// A TOML file of inputs, each with its own source name:
-    /// `[[input]] paths = ["/var/log/nginx/*.log"] exclude = ["*.1"] source = "nginx"`.
-    #[arg(long, env = "LOGPIPE_CONFIG")]
-    pub config: Option<PathBuf>,
     /// Start files never seen before at their beginning (backfill) instead of
     /// their end. Files that appear while running are always read from their beginning.
     #[arg(long, env = "LOGPIPE_FROM_BEGINNING")]

@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 mod cli;
+mod config;
 mod demo;
 mod metrics;
 mod replay;
@@ -32,7 +33,17 @@ use logpipe_consumer::{GroupConfig, MockBroker};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = Cli::parse();
+    // --config's settings become environment variables before the command
+    // line is parsed: flags and variables already set override them.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match config::apply(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::errln!("logpipe: error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(&args);
     // The demo's first screen is its table: the components' start-up lines
     // and each dead letter (summed by kind every 10 s instead) would fill
     // it. LOGPIPE_LOG=info shows them.
@@ -56,7 +67,7 @@ fn main() {
         output::stop_when_closed();
     }
     let result = match cli.command {
-        Command::Produce(a) => produce(a),
+        Command::Produce(a) => produce(a, config),
         Command::Analyze(a) => analyze(a),
         Command::Broker(a) => broker(a),
         Command::Demo(a) => demo::run(a),
@@ -217,12 +228,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn produce(a: ProduceArgs) -> Result<()> {
+fn produce(a: ProduceArgs, config: Option<(std::path::PathBuf, String)>) -> Result<()> {
     let mut inputs = Vec::new();
-    if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--config {}", path.display()))?;
-        inputs = logpipe_producer::discover::inputs_from_toml(&text)
+    if let Some((path, text)) = &config {
+        inputs = logpipe_producer::discover::inputs_from_toml(text)
             .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
     }
     if !a.paths.is_empty() {

@@ -24,10 +24,11 @@ pub struct InputSpec {
     pub source: Option<String>,
 }
 
-/// A produce config file: `[[input]]` tables of [`InputSpec`].
+/// The `[[input]]` tables of a config file (its other keys are the other
+/// settings, which `logpipe`'s `--config` checks).
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InputsFile {
+    #[serde(default)]
     input: Vec<InputSpec>,
 }
 
