@@ -228,19 +228,68 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn produce(a: ProduceArgs, config: Option<(std::path::PathBuf, String)>) -> Result<()> {
+/// The producer's inputs: the config file's `[[input]]` tables, then the
+/// command line's paths.
+fn inputs(
+    config: Option<(&std::path::Path, &str)>,
+    cli: Option<&logpipe_producer::discover::InputSpec>,
+) -> Result<Vec<logpipe_producer::discover::InputSpec>> {
     let mut inputs = Vec::new();
-    if let Some((path, text)) = &config {
+    if let Some((path, text)) = config {
         inputs = logpipe_producer::discover::inputs_from_toml(text)
             .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
     }
-    if !a.paths.is_empty() {
-        inputs.push(logpipe_producer::discover::InputSpec {
-            paths: a.paths,
-            exclude: a.exclude,
-            source: a.source,
-        });
-    }
+    inputs.extend(cli.cloned());
+    Ok(inputs)
+}
+
+/// SIGHUP: the inputs of `config` read again and handed to the producer
+/// (its other settings need a restart).
+fn reload_on_hangup(
+    config: Option<std::path::PathBuf>,
+    cli: Option<logpipe_producer::discover::InputSpec>,
+    reload: std::sync::Arc<logpipe_producer::Reload>,
+) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let Some(path) = &config else {
+                    tracing::warn!("SIGHUP: no --config to read again; inputs unchanged");
+                    continue;
+                };
+                let read = std::fs::read_to_string(path)
+                    .with_context(|| format!("--config {}", path.display()))
+                    .and_then(|text| {
+                        // The whole file is checked, as at start.
+                        config::settings(&text, path, "produce")?;
+                        inputs(Some((path, &text)), cli.as_ref())
+                    });
+                match read {
+                    Ok(i) => {
+                        tracing::info!(config = %path.display(), "SIGHUP: inputs read again (other settings take a restart)");
+                        reload.request(i);
+                    }
+                    Err(e) => tracing::error!("SIGHUP: {e:#}; inputs unchanged"),
+                }
+            }
+        })
+        .context("starting the SIGHUP thread")?;
+    Ok(())
+}
+
+fn produce(a: ProduceArgs, config: Option<(std::path::PathBuf, String)>) -> Result<()> {
+    let cli_input = (!a.paths.is_empty()).then(|| logpipe_producer::discover::InputSpec {
+        paths: a.paths.clone(),
+        exclude: a.exclude.clone(),
+        source: a.source.clone(),
+    });
+    let inputs = inputs(
+        config.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+        cli_input.as_ref(),
+    )?;
     let network =
         a.tcp.is_some() || a.http.is_some() || a.python_logging.is_some() || a.exec.is_some();
     if network && a.exit_on_eof {
@@ -286,6 +335,7 @@ fn produce(a: ProduceArgs, config: Option<(std::path::PathBuf, String)>) -> Resu
         shutdown: shutdown()?,
         ..Default::default()
     };
+    reload_on_hangup(config.map(|c| c.0), cli_input, control.reload.clone())?;
     let (scrape, ready) = metrics::producer(control.stats.clone());
     metrics::serve(a.metrics.metrics_addr.as_deref(), "produce", scrape, ready)?;
     let summary = logpipe_producer::run_with(cfg, control)?;

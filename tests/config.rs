@@ -82,3 +82,79 @@ fn a_config_file_sets_every_flag_and_flags_and_variables_win() {
         "{err}"
     );
 }
+
+/// SIGHUP makes a following producer read its `[[input]]` tables again:
+/// a new input's file is followed under its source name, the removed
+/// input's file is read to its end first; nothing is lost or repeated.
+#[test]
+fn sighup_reloads_the_producers_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = LogpipeBroker::start(Path::new(BIN), &["hup"], 1);
+    let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    std::fs::write(&a, "a1\na2\n").unwrap();
+    std::fs::write(&b, "b1\n").unwrap();
+    let file = dir.path().join("logpipe.toml");
+    let config = |input: &Path, source: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "brokers = \"{}\"\ntopic = \"hup\"\n\n[produce]\nfrom-beginning = true\npoll-interval = \"50ms\"\ncheckpoint-dir = \"{}\"\n\n[[input]]\npaths = [\"{}\"]\nsource = \"{source}\"\n",
+                broker.bootstrap,
+                dir.path().join("checkpoints").display(),
+                input.display()
+            ),
+        )
+        .unwrap()
+    };
+    config(&a, "a");
+    let log = dir.path().join("producer.log");
+    let mut producer = logpipe_testkit::Child::spawn(
+        "logpipe produce",
+        Command::new(BIN)
+            .args(["produce", "--config"])
+            .arg(&file)
+            .stderr(logpipe_testkit::append_to(&log)),
+    );
+    let read = || -> Vec<(String, String)> {
+        let mut v: Vec<_> = read_topic(&broker.bootstrap, "hup")
+            .iter()
+            .map(|r| r.source_and_line())
+            .collect();
+        v.sort();
+        v
+    };
+    let pair = |s: &str, l: &str| (s.to_string(), l.to_string());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    logpipe_testkit::wait_until(std::time::Duration::from_secs(30), || {
+        (read().len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a.log not published: {:?}\n{}", read(), logs()));
+    // a.log grows, then the inputs change to b.log only.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&a)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"a3\n"))
+        .unwrap();
+    config(&b, "b");
+    // SAFETY: kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(producer.id() as i32, libc::SIGHUP) }, 0);
+    let want = vec![
+        pair("a", "a1"),
+        pair("a", "a2"),
+        pair("a", "a3"),
+        pair("b", "b1"),
+    ];
+    logpipe_testkit::wait_until(std::time::Duration::from_secs(30), || {
+        (read() == want).then_some(())
+    })
+    .unwrap_or_else(|| panic!("after SIGHUP: {:?}\n{}", read(), logs()));
+    assert!(logs().contains("inputs reloaded"), "{}", logs());
+    assert!(
+        producer
+            .terminate(std::time::Duration::from_secs(30))
+            .success(),
+        "{}",
+        logs()
+    );
+    assert_eq!(read(), want, "nothing repeated or lost at the stop");
+}

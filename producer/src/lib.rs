@@ -59,6 +59,24 @@ pub struct Control {
     /// broker never holds more unread records than it keeps.
     pub send_limit: Arc<SendLimit>,
     pub stats: Arc<Stats>,
+    /// New inputs to follow from now on (SIGHUP re-reads `--config`).
+    pub reload: Arc<Reload>,
+}
+
+/// Inputs handed to a running producer ([`Control::reload`]): it follows
+/// their files from the next scan; files only the old inputs matched are
+/// read to their end and closed, as rotated files are.
+#[derive(Debug, Default)]
+pub struct Reload(std::sync::Mutex<Option<Vec<discover::InputSpec>>>);
+
+impl Reload {
+    /// Asks the producer to follow `inputs` instead.
+    pub fn request(&self, inputs: Vec<discover::InputSpec>) {
+        *self.0.lock().unwrap() = Some(inputs);
+    }
+    pub(crate) fn take(&self) -> Option<Vec<discover::InputSpec>> {
+        self.0.lock().unwrap().take()
+    }
 }
 
 /// The number of records a producer may have sent ([`Control::send_limit`]);

@@ -66,7 +66,9 @@ pub(crate) struct Follower {
     pub(crate) stats: Arc<Stats>,
     events: mpsc::Receiver<()>,
     rescan: Arc<AtomicBool>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// [`Control::reload`].
+    reload: Arc<crate::Reload>,
     pub(crate) buf: Vec<u8>,
     /// The record being gathered from the current read.
     pub(crate) run: Run,
@@ -156,7 +158,8 @@ impl Follower {
             stats: ctl.stats.clone(),
             events,
             rescan,
-            _watcher: watcher,
+            watcher,
+            reload: ctl.reload.clone(),
             buf: vec![0u8; 1 << 20],
             run: Run::new(),
             compressed: Vec::new(),
@@ -365,6 +368,9 @@ impl Follower {
             if ctl.shutdown.is_requested() {
                 return Ok(());
             }
+            if let Some(inputs) = self.reload.take() {
+                self.reload_inputs(inputs);
+            }
             if self
                 .collect_failed
                 .as_ref()
@@ -422,6 +428,42 @@ impl Follower {
                 self.stats.log("producer stats");
             }
         }
+    }
+
+    /// Follows `inputs` from the next scan (at once). Files only the old
+    /// inputs matched are no longer found there: they are read to their
+    /// end and closed, like rotated files. Followed files keep their
+    /// source names; new files take the new inputs'. Bad inputs (a glob
+    /// that does not parse) leave the old ones in place.
+    fn reload_inputs(&mut self, inputs: Vec<discover::InputSpec>) {
+        let discovery = match Discovery::new(inputs.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "inputs not reloaded; following the previous ones");
+                return;
+            }
+        };
+        if let Some(w) = self.watcher.as_mut() {
+            use notify::Watcher;
+            for (dir, recursive) in discovery.watch_dirs() {
+                let mode = if recursive {
+                    notify::RecursiveMode::Recursive
+                } else {
+                    notify::RecursiveMode::NonRecursive
+                };
+                if let Err(e) = w.watch(&dir, mode) {
+                    tracing::debug!(dir = %dir.display(), error = %e, "not watching directory; polling it");
+                }
+            }
+        }
+        let paths: Vec<&str> = inputs
+            .iter()
+            .flat_map(|i| i.paths.iter().map(String::as_str))
+            .collect();
+        tracing::info!(inputs = inputs.len(), paths = ?paths, "inputs reloaded; files only the previous inputs matched are read to their end and closed");
+        self.discovery = discovery;
+        self.cfg.inputs = inputs;
+        self.rescan.store(true, Ordering::Relaxed);
     }
 
     /// End of input or shutdown: last lines, wait for acks, checkpoint.
