@@ -81,6 +81,22 @@ pub(crate) struct Follower {
     send_limit: Arc<crate::SendLimit>,
 }
 
+/// Watches the directories of `discovery`'s inputs (a directory that cannot
+/// be watched is polled by the scans).
+fn watch_dirs(w: &mut notify::RecommendedWatcher, discovery: &Discovery) {
+    use notify::Watcher;
+    for (dir, recursive) in discovery.watch_dirs() {
+        let mode = if recursive {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        if let Err(e) = w.watch(&dir, mode) {
+            tracing::debug!(dir = %dir.display(), error = %e, "not watching directory; polling it");
+        }
+    }
+}
+
 impl Follower {
     pub(crate) fn start(cfg: ProducerConfig, ctl: &Control) -> Result<Self, ProduceError> {
         let discovery = Discovery::new(cfg.inputs.clone())?;
@@ -122,17 +138,7 @@ impl Follower {
         };
         let watcher = match watcher {
             Ok(mut w) => {
-                use notify::Watcher;
-                for (dir, recursive) in discovery.watch_dirs() {
-                    let mode = if recursive {
-                        notify::RecursiveMode::Recursive
-                    } else {
-                        notify::RecursiveMode::NonRecursive
-                    };
-                    if let Err(e) = w.watch(&dir, mode) {
-                        tracing::debug!(dir = %dir.display(), error = %e, "not watching directory; polling it");
-                    }
-                }
+                watch_dirs(&mut w, &discovery);
                 Some(w)
             }
             Err(e) => {
@@ -444,17 +450,7 @@ impl Follower {
             }
         };
         if let Some(w) = self.watcher.as_mut() {
-            use notify::Watcher;
-            for (dir, recursive) in discovery.watch_dirs() {
-                let mode = if recursive {
-                    notify::RecursiveMode::Recursive
-                } else {
-                    notify::RecursiveMode::NonRecursive
-                };
-                if let Err(e) = w.watch(&dir, mode) {
-                    tracing::debug!(dir = %dir.display(), error = %e, "not watching directory; polling it");
-                }
-            }
+            watch_dirs(w, &discovery);
         }
         let paths: Vec<&str> = inputs
             .iter()
