@@ -817,6 +817,12 @@ pub struct DemoArgs {
     /// Stop at the end of --input: every window is flushed as final, then exit 0.
     #[arg(long, env = "LOGPIPE_EXIT_ON_EOF", requires = "input")]
     pub exit_on_eof: bool,
+    /// Print closed windows as lines of a table instead of the full-screen
+    /// view (`logpipe top` over the demo's own windows) that a terminal
+    /// gets by default. Output that is not a terminal, and --exit-on-eof,
+    /// always get the table.
+    #[arg(long, env = "LOGPIPE_PLAIN")]
+    pub plain: bool,
     /// Analyzers (consumer-group members) to run.
     #[arg(long, env = "LOGPIPE_ANALYZERS", default_value_t = 2)]
     pub analyzers: usize,

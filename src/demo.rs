@@ -122,6 +122,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
         (None, None) => unreachable!("a sink is chosen above"),
     };
+    // A terminal gets the full-screen view of `logpipe top` over the
+    // demo's own windows; a pipe, a file, --plain and a one-shot run the table.
+    let screen = {
+        use std::io::IsTerminal;
+        !a.plain && !a.exit_on_eof && std::io::stdout().is_terminal()
+    };
     let broker = MockBroker::start(1).context("starting the embedded broker")?;
     broker.create_topic(logpipe_wire::DEFAULT_TOPIC, a.partitions)?;
     broker.create_topic(logpipe_wire::DEFAULT_DLQ_TOPIC, 1)?;
@@ -142,6 +148,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         app_header: false,
         summary: Summary::new(spec.window_ms, spec.error_status),
     }));
+    let feed = Arc::new(Mutex::new(crate::top::Feed::default()));
     let mut analyzers = Vec::new();
     for i in 0..a.analyzers {
         let sink: Box<dyn Sink> = match crate::influx_sink(&a.influx)? {
@@ -185,8 +192,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
             formats: formats.clone(),
             ..AnalyzerConfig::new(group, spec, format!("demo-{i}"))
         };
-        let t = table.clone();
-        let observer: Observer = Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r));
+        let observer: Observer = if screen {
+            let f = feed.clone();
+            Box::new(move |r: &WindowReport<'_>| f.lock().unwrap().add(r))
+        } else {
+            let t = table.clone();
+            Box::new(move |r: &WindowReport<'_>| t.lock().unwrap().print(r))
+        };
         let c = control.clone();
         analyzers.push(std::thread::spawn(move || {
             logpipe_analyzer::run(cfg, sink, Some(observer), c)
@@ -268,6 +280,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         });
     }
 
+    if screen {
+        show_screen(&feed, &control, &out_desc, &flag, &producer)?;
+    }
     let produced = producer
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))?;
@@ -350,6 +365,57 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The full-screen view until a key quits it (or a signal, or the
+/// pipeline stopping), then the demo stops. Meanwhile the process's
+/// messages are kept and its newest shown under the table; they are written
+/// out when the terminal is given back.
+fn show_screen<T>(
+    feed: &Mutex<crate::top::Feed>,
+    control: &Control,
+    out_desc: &str,
+    flag: &Shutdown,
+    producer: &std::thread::JoinHandle<T>,
+) -> Result<()> {
+    let mut m = crate::top::Model::new();
+    m.title = "logpipe demo".into();
+    m.note = format!("points to {out_desc}");
+    let mut seen = 0;
+    let mut messages: Vec<String> = Vec::new();
+    crate::output::capture_stderr();
+    let shown = crate::top::run_screen(
+        m,
+        Duration::from_millis(500),
+        |m| {
+            feed.lock().unwrap().fill(m);
+            let (new, total) = crate::output::captured_since(seen);
+            seen = total;
+            messages.extend(new);
+            let keep = messages.len().saturating_sub(3);
+            messages.drain(..keep);
+            m.messages = messages.clone();
+            let mut c = logpipe_analyzer::Counters::default();
+            for (_, s) in control.status() {
+                c.add(&s.counters);
+            }
+            if m.sources.is_empty() {
+                format!(
+                    "{} lines read; the first windows show when they close",
+                    c.consumed
+                )
+            } else {
+                format!(
+                    "{} lines read, {} dead-lettered",
+                    c.consumed, c.dead_lettered
+                )
+            }
+        },
+        || flag.is_requested() || control.is_stopping() || producer.is_finished(),
+    );
+    flag.stop();
+    crate::output::release_stderr();
+    shown
 }
 
 /// Says what the analyzers dead-lettered, by kind, once every 10 s when it

@@ -11,10 +11,11 @@
 //! keep running when their log reader goes: losing the logs must not stop
 //! the pipeline.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use logpipe_wire::Shutdown;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -97,9 +98,99 @@ pub fn out(args: fmt::Arguments<'_>) -> bool {
     write_to(std::io::stdout().lock(), &STDOUT_GONE, args)
 }
 
-/// Writes to stderr; `false` once stderr is gone.
+/// Writes to stderr; `false` once stderr is gone. While a full-screen view
+/// holds the terminal, kept for it instead (see [`capture_stderr`]).
 pub fn err(args: fmt::Arguments<'_>) -> bool {
+    if capture(&args.to_string()) {
+        return true;
+    }
     write_to(std::io::stderr().lock(), &STDERR_GONE, args)
+}
+
+/// Lines a full-screen view took from stderr, while it holds the terminal.
+static CAPTURED: Mutex<Option<Captured>> = Mutex::new(None);
+/// Lines kept at most; earlier ones are counted.
+const CAPTURE_LINES: usize = 1000;
+
+#[derive(Default)]
+struct Captured {
+    lines: VecDeque<String>,
+    dropped: u64,
+    /// Lines taken so far, for [`captured_since`].
+    total: u64,
+}
+
+/// From now on, what the process writes to stderr (its messages and its
+/// log) is kept instead of written: a full-screen view (`logpipe demo` on a
+/// terminal) shows the newest lines, and [`release_stderr`] writes them
+/// all out when the view gives the terminal back.
+pub fn capture_stderr() {
+    *CAPTURED.lock().unwrap_or_else(|e| e.into_inner()) = Some(Captured::default());
+}
+
+/// Keeps `text` if stderr is captured.
+fn capture(text: &str) -> bool {
+    let mut c = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(c) = c.as_mut() else {
+        return false;
+    };
+    for line in text.lines() {
+        c.lines.push_back(strip_ansi(line));
+        c.total += 1;
+        if c.lines.len() > CAPTURE_LINES {
+            c.lines.pop_front();
+            c.dropped += 1;
+        }
+    }
+    true
+}
+
+/// The captured lines after the first `seen`, and how many were taken in all.
+pub fn captured_since(seen: u64) -> (Vec<String>, u64) {
+    let c = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(c) = c.as_ref() else {
+        return (Vec::new(), seen);
+    };
+    let first = c.total - c.lines.len() as u64;
+    let skip = seen.saturating_sub(first) as usize;
+    (c.lines.iter().skip(skip).cloned().collect(), c.total)
+}
+
+/// Ends the capture and writes what it kept to stderr.
+pub fn release_stderr() {
+    let taken = CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(c) = taken {
+        if c.dropped > 0 {
+            err(format_args!(
+                "({} earlier lines of this run's messages were not kept)\n",
+                c.dropped
+            ));
+        }
+        for line in c.lines {
+            err(format_args!("{line}\n"));
+        }
+    }
+}
+
+/// `line` without terminal escape sequences (the log's colours).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters… final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `println!` that never panics (see the module).
@@ -120,7 +211,7 @@ pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if STDERR_GONE.load(Ordering::Relaxed) {
+        if STDERR_GONE.load(Ordering::Relaxed) || capture(&String::from_utf8_lossy(buf)) {
             return Ok(buf.len());
         }
         let r = std::io::stderr().lock().write_all(buf);
@@ -138,5 +229,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
         LogWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_stripped_from_captured_lines() {
+        assert_eq!(
+            strip_ansi("\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m x"),
+            "2026  WARN x"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 }

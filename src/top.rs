@@ -80,6 +80,12 @@ pub struct Model {
     pub top_paths: Vec<(String, u64)>,
     pub top_clients: Vec<(String, u64)>,
     pub status_line: String,
+    /// The first words of the header: `logpipe top`, `logpipe demo`.
+    pub title: String,
+    /// Said after the sort and filter in the header (where the demo's points go).
+    pub note: String,
+    /// The newest messages of the process (the demo's, while it draws).
+    pub messages: Vec<String>,
 }
 
 impl Model {
@@ -93,6 +99,9 @@ impl Model {
             top_paths: Vec::new(),
             top_clients: Vec::new(),
             status_line: String::new(),
+            title: "logpipe top".into(),
+            note: String::new(),
+            messages: Vec::new(),
         }
     }
 
@@ -188,24 +197,30 @@ pub fn sparkline(values: &[f64]) -> String {
 
 /// Draws the model.
 pub fn draw(f: &mut Frame, m: &Model) {
-    let [head, table, detail, foot] = Layout::vertical([
+    let [head, table, detail, messages, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
         Constraint::Length(8),
+        Constraint::Length(m.messages.len() as u16),
         Constraint::Length(1),
     ])
     .areas(f.area());
     f.render_widget(
         Paragraph::new(Line::from(vec![
-            "logpipe top".bold(),
+            m.title.clone().bold(),
             format!(
-                "  {} sources · sorted by {}{}",
+                "  {} sources · sorted by {}{}{}",
                 m.sources.len(),
                 m.sort.label(),
                 if m.filter.is_empty() {
                     String::new()
                 } else {
                     format!(" · filter \"{}\"", m.filter)
+                },
+                if m.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" · {}", m.note)
                 }
             )
             .into(),
@@ -286,6 +301,15 @@ pub fn draw(f: &mut Frame, m: &Model) {
     f.render_widget(
         Paragraph::new(list(&m.top_clients)).block(Block::bordered().title("clients")),
         right,
+    );
+    f.render_widget(
+        Paragraph::new(
+            m.messages
+                .iter()
+                .map(|l| Line::from(l.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+        messages,
     );
     let keys = if m.editing {
         format!("filter: {}▏ (Enter applies, Esc clears)", m.filter)
@@ -402,21 +426,37 @@ pub fn run(a: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("logpipe top draws on a terminal and stdout is not one; `logpipe status` prints a report");
     }
-    let mut m = Model::new();
-    let mut terminal = ratatui::init();
+    run_screen(
+        Model::new(),
+        a.refresh,
+        |m| match load(&sink, m) {
+            Ok(()) => format!("refreshed {}", chrono::Utc::now().format("%H:%M:%S")),
+            Err(e) => format!("InfluxDB: {e}"),
+        },
+        || false,
+    )
+}
+
+/// Draws `m` on the terminal until a key quits or `done` says so: `load`
+/// refreshes it every `refresh` (and at once when the selection changes)
+/// and returns the status line.
+pub fn run_screen(
+    mut m: Model,
+    refresh: Duration,
+    mut load: impl FnMut(&mut Model) -> String,
+    done: impl Fn() -> bool,
+) -> Result<()> {
+    let mut terminal =
+        ratatui::try_init().context("taking the terminal for the full-screen view")?;
     let result = (|| -> Result<()> {
-        let mut loaded = Instant::now() - a.refresh;
-        loop {
-            if loaded.elapsed() >= a.refresh {
+        let mut loaded = Instant::now() - refresh;
+        while !done() {
+            if loaded.elapsed() >= refresh {
                 loaded = Instant::now();
-                m.status_line = match load(&sink, &mut m) {
-                    Ok(()) => format!("refreshed {}", chrono::Utc::now().format("%H:%M:%S")),
-                    Err(e) => format!("InfluxDB: {e}"),
-                };
+                m.status_line = load(&mut m);
             }
             terminal.draw(|f| draw(f, &m))?;
-            let wait = a
-                .refresh
+            let wait = refresh
                 .saturating_sub(loaded.elapsed())
                 .min(Duration::from_millis(250));
             if event::poll(wait)? {
@@ -428,15 +468,91 @@ pub fn run(a: TopArgs) -> Result<()> {
                         }
                         // A new selection shows its top keys at once.
                         if m.current().map(|s| (s.host.clone(), s.source.clone())) != selected {
-                            loaded = Instant::now() - a.refresh;
+                            loaded = Instant::now() - refresh;
                         }
                     }
                 }
             }
         }
+        Ok(())
     })();
     ratatui::restore();
     result
+}
+
+/// The view of windows as analyzers close them (the demo's, which has no
+/// InfluxDB to read): per source its newest windows and top keys.
+#[derive(Debug, Default)]
+pub struct Feed {
+    sources: std::collections::BTreeMap<(String, String), Fed>,
+}
+
+#[derive(Debug, Default)]
+struct Fed {
+    view: SourceView,
+    /// Start and flags of each window shown, oldest first (beside `view.qps`).
+    windows: std::collections::VecDeque<(i64, u64)>,
+    paths: Vec<(String, u64)>,
+    clients: Vec<(String, u64)>,
+}
+
+impl Feed {
+    /// Adds a final window: an access log's requests, or an application
+    /// log's records (its QPS is records per second, its p99 none).
+    pub fn add(&mut self, r: &logpipe_analyzer::WindowReport<'_>) {
+        use logpipe_analyzer::top::Dim;
+        let v = r.value;
+        let m = &v.metrics;
+        let fed = self
+            .sources
+            .entry((r.host.to_string(), r.source.to_string()))
+            .or_default();
+        if v.start_ms < fed.view.newest_ms {
+            return;
+        }
+        let s = &mut fed.view;
+        s.host = r.host.to_string();
+        s.source = r.source.to_string();
+        s.qps
+            .push(m.count as f64 * 1000.0 / r.window_ms.max(1) as f64);
+        fed.windows
+            .push_back((v.start_ms, v.anomalies.len() as u64));
+        if s.qps.len() > HISTORY {
+            s.qps.remove(0);
+            fed.windows.pop_front();
+        }
+        s.oldest_ms = fed.windows.front().map_or(v.start_ms, |w| w.0);
+        s.newest_ms = v.start_ms;
+        s.count = m.count;
+        s.error_rate = m.errors as f64 / m.count.max(1) as f64;
+        s.p99 = m.latency.map(|l| l.p99);
+        let n = m.count.max(1) as f64;
+        s.status = [
+            m.status[1] as f64 / n,
+            m.status[2] as f64 / n,
+            m.status[3] as f64 / n,
+            m.status[4] as f64 / n,
+        ];
+        s.anomalies = fed.windows.iter().map(|w| w.1).sum();
+        let keys = |dim: Dim| -> Vec<(String, u64)> {
+            v.top
+                .as_ref()
+                .and_then(|t| t.dims.iter().find(|(d, _, _)| *d == dim))
+                .map(|(_, _, e)| e.iter().map(|e| (e.key.clone(), e.count)).collect())
+                .unwrap_or_default()
+        };
+        fed.paths = keys(Dim::Path);
+        fed.clients = keys(Dim::Client);
+    }
+
+    /// Puts the sources, and the selected one's top keys, into `m`.
+    pub fn fill(&self, m: &mut Model) {
+        m.sources = self.sources.values().map(|f| f.view.clone()).collect();
+        let cur = m.current().map(|s| (s.host.clone(), s.source.clone()));
+        let fed = cur.and_then(|k| self.sources.get(&k));
+        m.top_paths = fed.map(|f| f.paths.clone()).unwrap_or_default();
+        m.top_clients = fed.map(|f| f.clients.clone()).unwrap_or_default();
+    }
 }
 
 #[cfg(test)]
@@ -546,5 +662,94 @@ mod tests {
     fn sparklines_scale_to_their_maximum() {
         assert_eq!(sparkline(&[0.0, 4.0, 8.0]), " ▄█");
         assert_eq!(sparkline(&[0.0, 0.0]), "  ");
+    }
+
+    fn window(
+        start_ms: i64,
+        count: u64,
+        errors: u64,
+        flags: usize,
+    ) -> logpipe_analyzer::WindowValue {
+        use logpipe_analyzer::anomaly::{Anomaly, Direction, Metric};
+        use logpipe_analyzer::top::{Dim, TopEntry, TopLists};
+        let entry = |k: &str, n| TopEntry {
+            key: k.into(),
+            count: n,
+            error: 0,
+        };
+        logpipe_analyzer::WindowValue {
+            source: 0,
+            start_ms,
+            metrics: logpipe_analyzer::Metrics {
+                count,
+                errors,
+                status: [0, count - errors, 0, 0, errors],
+                ..Default::default()
+            },
+            top: Some(std::sync::Arc::new(TopLists {
+                dims: vec![
+                    (Dim::Path, count, vec![entry("/a", count)]),
+                    (Dim::Client, count, vec![entry("10.0.0.1", 3)]),
+                ],
+            })),
+            app: None,
+            anomalies: (0..flags)
+                .map(|_| Anomaly {
+                    metric: Metric::ErrorRate,
+                    logger: None,
+                    value: 1.0,
+                    baseline: 0.0,
+                    score: 9.0,
+                    direction: Direction::Up,
+                })
+                .collect(),
+            is_final: true,
+            sketch: None,
+        }
+    }
+
+    #[test]
+    fn the_feed_keeps_each_sources_newest_windows() {
+        let mut feed = Feed::default();
+        let add = |feed: &mut Feed, source: &str, v: &logpipe_analyzer::WindowValue| {
+            feed.add(&logpipe_analyzer::WindowReport {
+                host: "h",
+                source,
+                window_ms: 2_000,
+                value: v,
+            })
+        };
+        for i in 0..(HISTORY as i64 + 5) {
+            add(
+                &mut feed,
+                "shop",
+                &window(
+                    i * 2_000,
+                    200 + i as u64,
+                    20,
+                    usize::from(i == 3 || i == 30),
+                ),
+            );
+        }
+        add(&mut feed, "api", &window(0, 10, 0, 0));
+        // A window older than the newest shown is not drawn after it.
+        add(&mut feed, "api", &window(-2_000, 99, 0, 0));
+        let mut m = Model::new();
+        feed.fill(&mut m);
+        assert_eq!(m.sources.len(), 2);
+        let shop = m.sources.iter().find(|s| s.source == "shop").unwrap();
+        assert_eq!(shop.qps.len(), HISTORY);
+        assert_eq!(*shop.qps.last().unwrap(), (200.0 + 34.0) / 2.0);
+        assert_eq!(shop.qps[0], (200.0 + 5.0) / 2.0);
+        assert_eq!((shop.oldest_ms, shop.newest_ms), (10_000, 68_000));
+        // The flag of window 3 has scrolled off; window 30's is shown.
+        assert_eq!(shop.anomalies, 1);
+        assert_eq!(shop.error_rate, 20.0 / 234.0);
+        assert_eq!(shop.status[3], 20.0 / 234.0);
+        let api = m.sources.iter().find(|s| s.source == "api").unwrap();
+        assert_eq!(api.qps, vec![5.0]);
+        // shop (117 qps) is selected first: its top keys.
+        assert_eq!(m.top_paths, vec![("/a".to_string(), 234)]);
+        assert_eq!(m.top_clients, vec![("10.0.0.1".to_string(), 3)]);
     }
 }

@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod logpipe;
 pub mod process;
 pub mod prometheus;
+pub mod tmux;
 pub mod truth;
 
 pub use apache_kafka::Kafka;
@@ -27,6 +28,7 @@ pub use logpipe::{
     GroupProtocol, Membership,
 };
 pub use process::{append_to, free_port, wait_until, Child};
+pub use tmux::Tmux;
 pub use truth::{
     anomalies_from_influx, diff, diff_points, points_from_influx, reference_points,
     top_from_influx, top_rows, AnomalyRow, Expected, Point, TopRow, WindowTruth,
