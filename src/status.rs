@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use logpipe_consumer::props::{self, ClientKind};
 use logpipe_consumer::Probe;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -257,9 +258,7 @@ pub fn report(a: &StatusArgs) -> Result<Report> {
     cc.set("bootstrap.servers", &a.kafka.brokers)
         .set("group.id", &a.group)
         .set("enable.auto.commit", "false");
-    for (k, v) in &extra {
-        cc.set(k, v);
-    }
+    props::set_for(&mut cc, ClientKind::Consumer, &extra);
     // Never subscribes: reading the group's offsets does not join it.
     let consumer: BaseConsumer = cc.create().context("creating the Kafka client")?;
     let (group_state, members) = members(&consumer, &a.group, topic)?;

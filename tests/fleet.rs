@@ -488,6 +488,7 @@ fn fleet_percentiles_clients_and_top_paths_merge_across_hosts_exactly_after_kill
     }
     let log = logs(&rollups);
     assert!(!log.contains("fleet record skipped"), "{log}");
+    assert!(!log.contains("will be ignored"), "{log}");
     // Partitions were taken over from the killed rollup's restore points.
     assert!(
         log.lines()

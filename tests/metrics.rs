@@ -46,6 +46,10 @@ fn get(url: &str) -> (u16, String) {
     }
 }
 
+/// One `--kafka` list for every role, as one `LOGPIPE_KAFKA` gives it: a
+/// producer's property and a consumer's.
+const MIXED: &str = "linger.ms=5,fetch.wait.max.ms=100";
+
 #[test]
 fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {
     let kafka = Kafka::start();
@@ -75,6 +79,7 @@ fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {
     let m = Membership::new(&kafka.bootstrap, &topic);
     let mut analyzer = Analyzer::cmd(Path::new(BIN), dir.path(), &m, &influx.url, &db)
         .args(&["--metrics-addr", &format!("127.0.0.1:{pa}")])
+        .args(&["--kafka", MIXED])
         .start();
     let a_url = format!("http://127.0.0.1:{pa}");
     // Alive at once; ready once it owns partitions (restore points loaded).
@@ -105,6 +110,7 @@ fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {
             false,
         )
         .args(["--metrics-addr", &format!("127.0.0.1:{pp}")])
+        .args(["--kafka", MIXED])
         .stdout(Stdio::null())
         .stderr(append_to(&plog)),
     );
@@ -117,6 +123,7 @@ fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {
             .arg(dir.path().join("archive"))
             .args(["--group", &unique("archive"), "--commit-interval", "200ms"])
             .args(["--metrics-addr", &format!("127.0.0.1:{par}")])
+            .args(["--kafka", MIXED])
             .stdout(Stdio::null())
             .stderr(append_to(&alog)),
     );
@@ -251,5 +258,12 @@ fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {
             "{name} did not stop cleanly\n{}",
             logs()
         );
+    }
+    // Every client took only the properties of its kind: librdkafka warned
+    // about none (a consumer's property given to the dead-letter producer,
+    // a producer's to a consumer).
+    let all = logs();
+    for warning in ["CONFWARN", "will be ignored"] {
+        assert!(!all.contains(warning), "{warning}:\n{all}");
     }
 }

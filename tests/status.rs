@@ -46,7 +46,10 @@ fn status(kafka: &Kafka, m: &Membership, influx: &Influx, db: &str, json: bool) 
             &format!("{}.dlq", m.topic),
         ])
         .args(["--influx-url", &influx.url, "--influx-db", db])
-        .args(["--sample", "1s"]);
+        .args(["--sample", "1s"])
+        // One list for every role (a producer's property and a consumer's):
+        // its clients take their own kind's and librdkafka warns of none.
+        .args(["--kafka", "linger.ms=5,fetch.wait.max.ms=100"]);
     if json {
         c.arg("--json");
     }
@@ -56,6 +59,8 @@ fn status(kafka: &Kafka, m: &Membership, influx: &Influx, db: &str, json: bool) 
         "logpipe status failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("will be ignored"), "{stderr}");
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use logpipe_consumer::health;
+use logpipe_consumer::props::{self, ClientKind};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -105,29 +106,8 @@ impl DeadLetters {
             // Kafka down: keep retrying; the analyzer pauses meanwhile.
             .set("message.timeout.ms", "0");
         health::set_client_config(extra);
-        for (k, v) in extra {
-            // The consumer's settings (group, session, fetching) mean nothing
-            // here, and librdkafka warns about each at start-up.
-            let consumer_only = ["group.", "session.", "heartbeat.", "fetch.", "queued."]
-                .iter()
-                .any(|p| k.starts_with(p))
-                || matches!(
-                    k.as_str(),
-                    "auto.offset.reset"
-                        | "enable.auto.commit"
-                        | "auto.commit.interval.ms"
-                        | "enable.auto.offset.store"
-                        | "max.poll.interval.ms"
-                        | "partition.assignment.strategy"
-                        | "enable.partition.eof"
-                        | "isolation.level"
-                        | "check.crcs"
-                        | "max.partition.fetch.bytes"
-                );
-            if !consumer_only {
-                cc.set(k, v);
-            }
-        }
+        // The analyzer's `--kafka` list also holds its consumer's settings.
+        props::set_for(&mut cc, ClientKind::Producer, extra);
         Ok(DeadLetters {
             producer: cc.create_with_context(DeadLetterContext::default())?,
             topic: topic.to_string(),
@@ -343,9 +323,7 @@ impl DlqReader {
             .set("group.id", "logpipe-dlq-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        for (k, v) in extra {
-            cc.set(k, v);
-        }
+        props::set_for(&mut cc, ClientKind::Consumer, extra);
         let consumer: BaseConsumer<health::Logged> = cc
             .create_with_context(health::Logged)
             .map_err(|e| e.to_string())?;

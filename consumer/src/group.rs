@@ -286,9 +286,7 @@ impl GroupConsumer {
             // well under that, then sat idle: replay ran at 150 k records/s
             // with a third of one core busy. 10 ms keeps the queue fed.
             .set("fetch.queue.backoff.ms", "10");
-        for (k, v) in &cfg.extra {
-            cc.set(k, v);
-        }
+        crate::props::set_for(&mut cc, crate::props::ClientKind::Consumer, &cfg.extra);
         // KIP-848's `consumer` protocol assigns incrementally, whatever the
         // (then unused) assignment strategy says.
         let cooperative = cc

@@ -18,6 +18,7 @@ pub mod group;
 pub mod health;
 pub mod mock;
 pub mod offsets;
+pub mod props;
 
 pub use batch::{Batch, Record};
 pub use group::{ConsumerError, GroupConfig, GroupConsumer, RebalanceEvent, StartOffsets};

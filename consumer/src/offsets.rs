@@ -53,9 +53,7 @@ impl Probe {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "10");
-        for (k, v) in extra {
-            cc.set(k, v);
-        }
+        crate::props::set_for(&mut cc, crate::props::ClientKind::Consumer, extra);
         Ok(Probe {
             consumer: cc.create_with_context(crate::health::Logged)?,
             topic: topic.to_string(),

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use logpipe_consumer::health;
+use logpipe_consumer::props::{self, ClientKind};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -376,9 +377,7 @@ impl Publisher {
         health::set_note(
             "holding lines and retrying; nothing is dropped, reading pauses when the in-flight limit is reached",
         );
-        for (k, v) in extra {
-            cc.set(k, v);
-        }
+        props::set_for(&mut cc, ClientKind::Producer, extra);
         let tracker = Arc::new(Tracker {
             stats,
             slots: (0..MAX_SLOTS).map(|_| Slot::default()).collect(),

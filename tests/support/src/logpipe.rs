@@ -249,6 +249,9 @@ pub fn rollup_cmd(
         .args(["--flush-interval", "300ms"])
         .args(["--kafka", "session.timeout.ms=6000"])
         .args(["--kafka", "heartbeat.interval.ms=1000"])
+        // A producer's property (one LOGPIPE_KAFKA for every role): the
+        // rollup's consumers leave it, and librdkafka has nothing to warn of.
+        .args(["--kafka", "linger.ms=5"])
         .stdout(Stdio::null());
     c
 }
