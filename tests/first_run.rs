@@ -539,3 +539,70 @@ fn replay_into_a_closed_pipe_exits_zero() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(lines[1], "status=0", "{stdout}");
 }
+
+/// A log in another format than the one given: every line is a dead
+/// letter, and the analyzer says which source, which format it tried and
+/// what to do; given its format, the same file parses whole.
+#[test]
+fn a_log_in_another_format_is_named_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("app.log");
+    let text: String = (0..150)
+        .map(|i| {
+            format!(
+                "2024-05-01T12:00:{:02}.000Z INFO [shop.cart] item {i} added\n",
+                i % 60
+            )
+        })
+        .collect();
+    std::fs::write(&log, text).unwrap();
+    let run = |format: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "demo",
+                "--from-beginning",
+                "--exit-on-eof",
+                "--format",
+                format,
+            ])
+            .arg("--input")
+            .arg(&log)
+            .arg("--lp-out")
+            .arg(tmp.path().join("points.lp"))
+            .env("TMPDIR", tmp.path())
+            .env_remove("LOGPIPE_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let wrong = run("combined");
+    let hint = wrong
+        .lines()
+        .find(|l| l.contains("none of the first 100 lines of"))
+        .unwrap_or_else(|| panic!("no hint:\n{wrong}"));
+    for want in [
+        &log.display().to_string(),
+        "parse as combined",
+        "--format",
+        "logpipe dlq",
+    ] {
+        assert!(hint.contains(want), "{want:?} not in {hint}");
+    }
+    assert_eq!(
+        wrong.matches("none of the first").count(),
+        1,
+        "said once:\n{wrong}"
+    );
+    assert!(
+        wrong.contains("150 lines produced; 150 read, 0 parsed, 150 dead-lettered"),
+        "{wrong}"
+    );
+    let right = run("app");
+    assert!(!right.contains("none of the first"), "{right}");
+    assert!(
+        right.contains("150 lines produced; 150 read, 150 parsed, 0 dead-lettered"),
+        "{right}"
+    );
+}

@@ -279,6 +279,8 @@ pub struct SourceTable {
     names: Vec<SourceName>,
     /// The parser of each source, resolved when it is first seen.
     parsers: Vec<Arc<Parser>>,
+    /// Whether each source has parsed a line, and its dead letters until then.
+    parsed: Vec<Parsed>,
     /// The source of the previous record.
     last: Option<SourceId>,
     formats: Arc<Formats>,
@@ -290,6 +292,7 @@ impl SourceTable {
             by_key: crate::FastMap::default(),
             names: Vec::new(),
             parsers: Vec::new(),
+            parsed: Vec::new(),
             last: None,
             formats,
         }
@@ -322,6 +325,7 @@ impl SourceTable {
         let parser = self.formats.for_source(&source);
         tracing::debug!(%host, %source, format = %parser.describe(), "new source");
         self.parsers.push(parser);
+        self.parsed.push(Parsed::default());
         self.names.push(SourceName {
             host,
             source,
@@ -348,11 +352,58 @@ impl SourceTable {
     pub fn parser(&self, id: SourceId) -> &Parser {
         &self.parsers[id as usize]
     }
+
+    /// Notes that a line of `id` parsed.
+    pub fn parsed(&mut self, id: SourceId) {
+        self.parsed[id as usize].any = true;
+    }
+
+    /// Counts a dead letter of `id`; true once, when the source reaches
+    /// [`NOTHING_PARSES`] dead letters without a line parsed: most likely
+    /// it is written in another format than its parser's.
+    pub fn dead_lettered(&mut self, id: SourceId) -> bool {
+        let p = &mut self.parsed[id as usize];
+        if p.any {
+            return false;
+        }
+        p.dead_letters += 1;
+        p.dead_letters == NOTHING_PARSES
+    }
+}
+
+/// Dead letters of a source without a line parsed after which the analyzer
+/// says its format is likely wrong.
+pub const NOTHING_PARSES: u64 = 100;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Parsed {
+    any: bool,
+    dead_letters: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_whose_lines_never_parse_is_named_once() {
+        let mut t = SourceTable::new(Arc::new(Formats::single(Parser::Combined)));
+        let bad = t.id_of_key("h\u{1f}app.json");
+        let good = t.id_of_key("h\u{1f}shop.log");
+        t.parsed(good);
+        let said: Vec<u64> = (1..=3 * NOTHING_PARSES)
+            .filter(|_| {
+                let g = t.dead_lettered(good);
+                t.dead_lettered(bad) || g
+            })
+            .collect();
+        assert_eq!(said, vec![NOTHING_PARSES]);
+        // A source that parses late is not named after it did.
+        let late = t.id_of_key("h\u{1f}late.log");
+        (1..NOTHING_PARSES).for_each(|_| assert!(!t.dead_lettered(late)));
+        t.parsed(late);
+        assert!(!t.dead_lettered(late));
+    }
 
     const FILE: &str = r#"
 default = "common"

@@ -115,6 +115,7 @@ impl Ingest {
             offset,
             timestamp: msg.timestamp().to_millis(),
         };
+        let parsed = self.counters.parsed;
         match meta.lines(value) {
             Ok(lines) => {
                 for line in lines {
@@ -138,6 +139,10 @@ impl Ingest {
                     dlq.send(msg, &e);
                 }
             }
+        }
+        // Per record, not per line: what the hint below needs to know.
+        if self.counters.parsed != parsed {
+            self.sources.parsed(source);
         }
     }
 
@@ -300,7 +305,7 @@ impl Ingest {
         part.pieces.give_up_all(&mut gave_up);
         give_up(
             part,
-            &self.sources,
+            &mut self.sources,
             &mut self.counters,
             &mut self.dlq,
             gave_up,
@@ -535,7 +540,7 @@ pub const DEAD_LETTER_LOG: &str = "logpipe::dead_letter";
 
 /// Counts and logs a dead letter (the caller sends it when it is its to send).
 fn dead_letter(
-    sources: &SourceTable,
+    sources: &mut SourceTable,
     counters: &mut Counters,
     source: SourceId,
     offset: i64,
@@ -562,13 +567,22 @@ fn dead_letter(
         tracing::warn!(target: DEAD_LETTER_LOG, %host, source = %src, offset, error = %e, dead_lettered_so_far = counters.dead_lettered,
             line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "line does not parse; sent to the dead-letter topic");
     }
+    if sources.dead_lettered(source) {
+        let n = sources.name(source);
+        let format = sources.parser(source).describe();
+        tracing::warn!(host = %n.host, source = %n.source, %format, last_error = %e,
+            "none of the first {} lines of {} parse as {format}: if this source writes another format, \
+             name it with --format, or with a rule for it in a --formats file (docs/formats.md); \
+             its lines are in the dead-letter topic (`logpipe dlq`)",
+            crate::parse::sources::NOTHING_PARSES, n.source);
+    }
 }
 
 /// Dead letters for held lines that can no longer be completed; `offset`
 /// is the record that decided it.
 fn give_up(
     part: &mut Part,
-    sources: &SourceTable,
+    sources: &mut SourceTable,
     counters: &mut Counters,
     dlq: &mut DeadLetters,
     gave_up: Vec<(Held, GaveUp)>,
