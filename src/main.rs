@@ -481,8 +481,18 @@ fn dlq(a: DlqArgs) -> Result<()> {
     let reader = DlqReader::open(&a.brokers, &a.topic, a.count, &cli::flat(a.kafka))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let recent = reader.recent().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if recent.is_empty() && !a.tail {
-        crate::errln!("logpipe dlq: {} is empty: every line parsed", a.topic);
+    if recent.is_empty() {
+        // Empty is not proof that every line parsed: retention deletes
+        // dead letters too, and no analyzer may have run.
+        crate::errln!(
+            "logpipe dlq: {} holds no dead letter (none was written, or retention deleted them){}",
+            a.topic,
+            if a.tail {
+                "; waiting for new ones (Ctrl-C stops)"
+            } else {
+                ""
+            }
+        );
     }
     for d in &recent {
         crate::outln!("{}", render(d));

@@ -760,3 +760,77 @@ fn the_compose_files_kafka_settings_run_a_broker_and_its_topics_service() {
         "the data lives in the volume's directory"
     );
 }
+
+/// A member that owns no partition because its group has more members than
+/// the topic partitions says so, with the group's member count as the
+/// coordinator tells it (librdkafka's mock has no DescribeGroups: Apache
+/// Kafka here; the other quiet cases are tested on the mock in
+/// consumer/src/group.rs).
+#[test]
+fn a_member_without_a_partition_says_the_group_outnumbers_them() {
+    use logpipe_consumer::{Batch, GroupConfig, GroupConsumer, RebalanceEvent};
+    let kafka = Kafka::start();
+    let topic = unique("one");
+    kafka.create_topic(&topic, 1);
+    let group = unique("group");
+    let member = || {
+        GroupConsumer::new(
+            &GroupConfig {
+                brokers: kafka.bootstrap.clone(),
+                topic: topic.clone(),
+                group: group.clone(),
+                extra: vec![
+                    ("session.timeout.ms".into(), "6000".into()),
+                    ("heartbeat.interval.ms".into(), "1000".into()),
+                ],
+                partitions: None,
+            },
+            None,
+        )
+        .unwrap()
+    };
+    let members = [member(), member()];
+    let mut owned = [0usize; 2];
+    let mut batch = Batch::with_capacity(16);
+    let stable = || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap)
+            .create()
+            .unwrap();
+        c.fetch_group_list(Some(&group), Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                l.groups()
+                    .iter()
+                    .find(|g| g.name() == group)
+                    .map(|g| g.state() == "Stable" && g.members().len() == 2)
+            })
+            .unwrap_or(false)
+    };
+    wait_until(Duration::from_secs(60), || {
+        for (i, m) in members.iter().enumerate() {
+            assert!(m
+                .poll_batch(&mut batch, Duration::from_millis(100))
+                .is_none());
+            batch.clear();
+            while let Some(ev) = m.take_rebalance() {
+                match ev {
+                    RebalanceEvent::Assigned(ps) => owned[i] += ps.len(),
+                    RebalanceEvent::Revoked(ps) => owned[i] -= ps.len(),
+                    RebalanceEvent::Lost => owned[i] = 0,
+                    RebalanceEvent::AssignFailed(e) => panic!("{e}"),
+                }
+            }
+        }
+        (owned.iter().sum::<usize>() == 1 && stable()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the group did not settle: {owned:?}"));
+    let idle = &members[usize::from(owned[0] == 1)];
+    let note = idle.quiet_note(Duration::from_secs(30));
+    assert!(
+        note.contains(&format!(
+            "owns none of its 1 partitions: group {group} has 2 members, more than {topic} has partitions"
+        )),
+        "{note}"
+    );
+}

@@ -6,8 +6,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
 
@@ -256,7 +257,20 @@ pub struct GroupConsumer {
     records: Arc<RecordQueue>,
     topic: String,
     topic_c: CString,
+    brokers: String,
+    group: String,
+    /// Whether a record has come since the start.
+    got_records: AtomicBool,
+    /// When the member started, and whether its silence was explained.
+    quiet: Mutex<(Instant, bool)>,
 }
+
+/// A partition, where a member reads it, and its log's start and end.
+type PartitionLog = (i32, Option<i64>, Option<(i64, i64)>);
+
+/// How long a member that has received no record since its start waits
+/// before it says why (see [`GroupConsumer::quiet_note`]).
+pub const QUIET_AFTER: Duration = Duration::from_secs(30);
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
@@ -345,6 +359,10 @@ impl GroupConsumer {
             records,
             topic: cfg.topic.clone(),
             topic_c: CString::new(cfg.topic.clone()).unwrap_or_default(),
+            brokers: cfg.brokers.clone(),
+            group: cfg.group.clone(),
+            got_records: AtomicBool::new(false),
+            quiet: Mutex::new((Instant::now(), false)),
         })
     }
 
@@ -383,7 +401,175 @@ impl GroupConsumer {
         }
         // SAFETY: our live queue; it is destroyed only in `drop`.
         unsafe { batch.fill(q, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if !batch.is_empty() {
+            self.got_records.store(true, Ordering::Relaxed);
+        } else if !self.got_records.load(Ordering::Relaxed) {
+            self.explain_quiet(QUIET_AFTER);
+        }
         None
+    }
+
+    /// Logs [`GroupConsumer::quiet_note`] once, when no record has come
+    /// `after` the start.
+    fn explain_quiet(&self, after: Duration) {
+        {
+            let mut q = self.quiet.lock().unwrap();
+            if q.1 || q.0.elapsed() < after {
+                return;
+            }
+            q.1 = true;
+        }
+        tracing::info!(topic = %self.topic, "{}", self.quiet_note(after));
+    }
+
+    /// Why a member has read nothing: it owns no partition (the group has
+    /// more members than the topic partitions), the topic is empty, or every
+    /// record was read by this group before (its committed offsets are at
+    /// the end: only new records come).
+    pub fn quiet_note(&self, after: Duration) -> String {
+        let t = &self.topic;
+        let secs = after.as_secs();
+        let owned: Vec<i32> = self
+            .consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter(|e| e.topic() == t)
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if owned.is_empty() {
+            let partitions = self
+                .consumer
+                .fetch_metadata(Some(t), Duration::from_secs(2))
+                .ok()
+                .and_then(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|x| x.name() == t && x.error().is_none())
+                        .map(|x| x.partitions().len())
+                })
+                .unwrap_or(0);
+            if partitions == 0 {
+                return format!(
+                    "no record of {t} in {secs} s: there is no topic {t} on {} (create it, or check --topic)",
+                    self.brokers
+                );
+            }
+            let (state, members) = self
+                .consumer
+                .fetch_group_list(Some(&self.group), Duration::from_secs(2))
+                .ok()
+                .and_then(|l| {
+                    l.groups()
+                        .iter()
+                        .find(|g| g.name() == self.group)
+                        .map(|g| (g.state().to_string(), g.members().len()))
+                })
+                .unwrap_or_default();
+            let g = &self.group;
+            return if state == "Stable" && members > partitions {
+                format!(
+                    "no record of {t} in {secs} s: this member owns none of its {partitions} partitions: \
+                     group {g} has {members} members, more than {t} has partitions, and the others read them all"
+                )
+            } else {
+                format!(
+                    "no record of {t} in {secs} s: this member owns none of its {partitions} partitions yet: \
+                     group {g} is {} (a rebalance waits for every member it knew, up to their session timeout)",
+                    if state.is_empty() { "not known to the coordinator".to_string() } else { format!("in state {state} with {members} members") }
+                )
+            };
+        }
+        // Where this member reads from: its position once it fetched,
+        // else the group's committed offset.
+        let committed: HashMap<i32, i64> = self
+            .tpl(&owned.iter().map(|&p| (p, 0)).collect::<Vec<_>>())
+            .and_then(|tpl| self.consumer.committed_offsets(tpl, Duration::from_secs(2)))
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let positions: HashMap<i32, i64> = self
+            .consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let parts = owned.len();
+        // Per partition: where this member reads, and the log's start and
+        // end (asked for 5 s at most: this runs on the polling thread).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let logs: Vec<PartitionLog> = owned
+            .iter()
+            .map(|&p| {
+                let at = positions.get(&p).or(committed.get(&p)).copied();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let log = (!left.is_zero())
+                    .then(|| {
+                        self.consumer
+                            .fetch_watermarks(t, p, left.min(Duration::from_secs(2)))
+                            .ok()
+                    })
+                    .flatten();
+                (p, at, log)
+            })
+            .collect();
+        if logs.iter().all(|(_, _, l)| *l == Some((0, 0))) {
+            return format!(
+                "no record of {t} in {secs} s: the {parts} partitions this member owns are empty; \
+                 nothing was produced to {t} on {} (is a producer running with that --brokers and --topic?)",
+                self.brokers
+            );
+        }
+        let shown: Vec<String> = logs
+            .iter()
+            .map(|(p, at, l)| {
+                let o = |x: Option<i64>| x.map_or("?".into(), |x| x.to_string());
+                format!(
+                    "{p}: {} of {}..{}",
+                    o(*at),
+                    o(l.map(|l| l.0)),
+                    o(l.map(|l| l.1))
+                )
+            })
+            .collect();
+        let shown = shown.join(", ");
+        // Nothing to read: the log is empty now (never written, or deleted
+        // by retention), or this group has read to its end.
+        let nothing_left = |(_, at, l): &PartitionLog| match l {
+            Some((lo, hi)) => lo == hi || at.is_some_and(|a| a >= *hi),
+            None => false,
+        };
+        if logs.iter().all(nothing_left) {
+            format!(
+                "no new record of {t} in {secs} s: this group read every record on its {parts} partitions \
+                 before, or retention deleted them (offset of start..end: {shown}); only records \
+                 produced from now on come, and `logpipe replay` reads what is left again"
+            )
+        } else {
+            format!(
+                "no record of {t} in {secs} s, though records wait on its {parts} partitions \
+                 (offset of start..end: {shown}): reading is held (a failing sink pauses it) \
+                 or the brokers at {} do not answer fetches",
+                self.brokers
+            )
+        }
     }
 
     /// Records fetched and not yet taken by [`GroupConsumer::poll_batch`]
@@ -540,6 +726,96 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    fn fixed_config(broker: &MockBroker, partitions: Vec<i32>) -> GroupConfig {
+        GroupConfig {
+            brokers: broker.bootstrap().to_string(),
+            topic: "t".into(),
+            group: "g".into(),
+            extra: vec![("fetch.wait.max.ms".into(), "10".into())],
+            partitions: Some(partitions),
+        }
+    }
+
+    fn fixed(broker: &MockBroker, partitions: Vec<i32>) -> GroupConsumer {
+        GroupConsumer::new(&fixed_config(broker, partitions), None).unwrap()
+    }
+
+    /// Polls in batches for `d`; the records read.
+    fn read_for(m: &GroupConsumer, d: Duration) -> usize {
+        let mut n = 0;
+        let until = Instant::now() + d;
+        let mut batch = Batch::with_capacity(256);
+        while Instant::now() < until {
+            assert!(m
+                .poll_batch(&mut batch, Duration::from_millis(50))
+                .is_none());
+            while m.take_rebalance().is_some() {}
+            n += batch.len();
+            batch.clear();
+        }
+        n
+    }
+
+    #[test]
+    fn a_member_that_reads_nothing_says_why() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let broker = MockBroker::start(1).unwrap();
+        broker.create_topic("t", 2).unwrap();
+        let quiet = Duration::from_secs(1);
+        // An empty topic.
+        let m = fixed(&broker, vec![0, 1]);
+        assert_eq!(read_for(&m, Duration::from_secs(1)), 0);
+        let note = m.quiet_note(quiet);
+        assert!(
+            note.contains("the 2 partitions this member owns are empty"),
+            "{note}"
+        );
+        assert!(note.contains(broker.bootstrap()), "{note}");
+        drop(m);
+        // Records the group read and committed before.
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .create()
+            .unwrap();
+        for i in 0..10 {
+            p.send(BaseRecord::<(), _>::to("t").payload("x").partition(i % 2))
+                .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        let m = fixed(&broker, vec![0, 1]);
+        assert_eq!(read_for(&m, Duration::from_secs(2)), 10);
+        m.commit(&[(0, 5), (1, 5)], true).unwrap();
+        drop(m);
+        let m = fixed(&broker, vec![0, 1]);
+        assert_eq!(read_for(&m, Duration::from_secs(1)), 0);
+        let note = m.quiet_note(quiet);
+        assert!(
+            note.contains(
+                "read every record on its 2 partitions before, or retention deleted them \
+                 (offset of start..end: 0: 5 of 0..5, 1: 5 of 0..5)"
+            ) && note.contains("logpipe replay"),
+            "{note}"
+        );
+        // No partition at all.
+        let m = fixed(&broker, vec![]);
+        let note = m.quiet_note(quiet);
+        assert!(note.contains("owns none of its 2 partitions yet"), "{note}");
+        // No topic.
+        let m = GroupConsumer::new(
+            &GroupConfig {
+                topic: "nosuch".into(),
+                ..fixed_config(&broker, vec![])
+            },
+            None,
+        )
+        .unwrap();
+        let note = m.quiet_note(quiet);
+        assert!(
+            note.contains("there is no topic nosuch on 127.0.0.1:"),
+            "{note}"
+        );
     }
 
     /// Applies an assignment change to the set of partitions a member owns.

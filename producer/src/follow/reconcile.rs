@@ -232,6 +232,12 @@ impl Follower {
                 Stats::add(&self.stats.rotations, 1);
             }
             tracing::info!(path = %path.display(), checkpointed_as = %k.path.display(), %source, offset, in_flight_at_checkpoint = k.read.saturating_sub(k.offset), file = %id, "resuming file");
+        } else if offset > 0 && offset == md.len() {
+            // A new file taken at its end: what is in it now is not sent,
+            // which on a first run looks like nothing happening.
+            tracing::info!(path = %path.display(), %source, offset, file = %id,
+                "following file from its end: the {offset} bytes already in it are not sent, \
+                 only lines written from now on (--from-beginning sends a new file whole)");
         } else {
             tracing::info!(path = %path.display(), %source, offset, file = %id, "following file");
         }
