@@ -485,32 +485,21 @@ impl GroupConsumer {
         }
         // Where this member reads from: its position once it fetched,
         // else the group's committed offset.
-        let committed: HashMap<i32, i64> = self
+        let offsets = |tpl: TopicPartitionList| -> HashMap<i32, i64> {
+            tpl.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let committed = self
             .tpl(&owned.iter().map(|&p| (p, 0)).collect::<Vec<_>>())
             .and_then(|tpl| self.consumer.committed_offsets(tpl, Duration::from_secs(2)))
-            .map(|tpl| {
-                tpl.elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some((e.partition(), o)),
-                        _ => None,
-                    })
-                    .collect()
-            })
+            .map(offsets)
             .unwrap_or_default();
-        let positions: HashMap<i32, i64> = self
-            .consumer
-            .position()
-            .map(|tpl| {
-                tpl.elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some((e.partition(), o)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let positions = self.consumer.position().map(offsets).unwrap_or_default();
         let parts = owned.len();
         // Per partition: where this member reads, and the log's start and
         // end (asked for 5 s at most: this runs on the polling thread).
