@@ -46,9 +46,10 @@ fn get(url: &str) -> (u16, String) {
     }
 }
 
-/// One `--kafka` list for every role, as one `LOGPIPE_KAFKA` gives it: a
-/// producer's property and a consumer's.
-const MIXED: &str = "linger.ms=5,fetch.wait.max.ms=100";
+/// One `--kafka` list for every role, as one `LOGPIPE_KAFKA` gives it:
+/// producers' properties and a consumer's. zstd batches (the producer's
+/// lines, the analyzer's dead letters) are read by the analyzer and the archive.
+const MIXED: &str = "linger.ms=5,fetch.wait.max.ms=100,compression.type=zstd";
 
 #[test]
 fn prometheus_scrapes_every_role_and_readiness_follows_the_sink() {

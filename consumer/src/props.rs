@@ -156,7 +156,9 @@ mod tests {
         if filtered {
             set_for(&mut cc, kind, &mixed());
         } else {
-            mixed().iter().for_each(|(k, v)| drop(cc.set(k, v)));
+            for (k, v) in mixed() {
+                cc.set(k, v);
+            }
         }
         // The log is queued (rdkafka sets `log.queue`) and served by poll.
         let wait = std::time::Duration::from_millis(200);
