@@ -381,24 +381,14 @@ fn show_screen<T>(
     let mut m = crate::top::Model::new();
     m.title = "logpipe demo".into();
     m.note = format!("points to {out_desc}");
-    let mut seen = 0;
-    let mut messages: Vec<String> = Vec::new();
     crate::output::capture_stderr();
     let shown = crate::top::run_screen(
         m,
         Duration::from_millis(500),
         |m| {
             feed.lock().unwrap().fill(m);
-            let (new, total) = crate::output::captured_since(seen);
-            seen = total;
-            messages.extend(new);
-            let keep = messages.len().saturating_sub(3);
-            messages.drain(..keep);
-            m.messages = messages.clone();
-            let mut c = logpipe_analyzer::Counters::default();
-            for (_, s) in control.status() {
-                c.add(&s.counters);
-            }
+            m.messages = crate::output::captured_newest(3);
+            let c = control.totals();
             if m.sources.is_empty() {
                 format!(
                     "{} lines read; the first windows show when they close",
@@ -424,10 +414,7 @@ fn report_dead_letters(control: Arc<Control>, bootstrap: String) {
     std::thread::spawn(move || {
         let mut said = logpipe_analyzer::DeadLetterKinds::default();
         while !control.shutdown().wait_timeout(Duration::from_secs(10)) {
-            let mut k = logpipe_analyzer::DeadLetterKinds::default();
-            for (_, s) in control.status() {
-                k.add(&s.counters.dead_letter_kinds);
-            }
+            let k = control.totals().dead_letter_kinds;
             if k == said {
                 continue;
             }

@@ -116,8 +116,6 @@ const CAPTURE_LINES: usize = 1000;
 struct Captured {
     lines: VecDeque<String>,
     dropped: u64,
-    /// Lines taken so far, for [`captured_since`].
-    total: u64,
 }
 
 /// From now on, what the process writes to stderr (its messages and its
@@ -136,7 +134,6 @@ fn capture(text: &str) -> bool {
     };
     for line in text.lines() {
         c.lines.push_back(strip_ansi(line));
-        c.total += 1;
         if c.lines.len() > CAPTURE_LINES {
             c.lines.pop_front();
             c.dropped += 1;
@@ -145,15 +142,16 @@ fn capture(text: &str) -> bool {
     true
 }
 
-/// The captured lines after the first `seen`, and how many were taken in all.
-pub fn captured_since(seen: u64) -> (Vec<String>, u64) {
+/// The newest `n` captured lines, oldest first.
+pub fn captured_newest(n: usize) -> Vec<String> {
     let c = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(c) = c.as_ref() else {
-        return (Vec::new(), seen);
-    };
-    let first = c.total - c.lines.len() as u64;
-    let skip = seen.saturating_sub(first) as usize;
-    (c.lines.iter().skip(skip).cloned().collect(), c.total)
+    c.as_ref().map_or_else(Vec::new, |c| {
+        c.lines
+            .iter()
+            .skip(c.lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    })
 }
 
 /// Ends the capture and writes what it kept to stderr.

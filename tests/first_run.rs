@@ -83,6 +83,22 @@ fn assert_clean_stop(stderr: &str) {
     }
 }
 
+/// A one-shot demo of `log` (read whole, then exit) with `extra` flags and
+/// its temporary files under `tmp`; it must exit 0. Its stderr.
+fn one_shot(log: &Path, tmp: &Path, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["demo", "--from-beginning", "--exit-on-eof", "--input"])
+        .arg(log)
+        .args(extra)
+        .env("TMPDIR", tmp)
+        .env_remove("LOGPIPE_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
 /// The demo on generated traffic, with its temporary files under `tmp`.
 fn demo(tmp: &Path) -> Command {
     let mut c = Command::new(BIN);
@@ -286,19 +302,7 @@ fn every_demo_run_writes_its_own_points() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("access.log");
     Expected::new(WINDOW_MS).generate_file(&log, "x", 3, START_MS, 20.0, 500);
-    let run = |extra: &[&str]| -> String {
-        let out = Command::new(BIN)
-            .args(["demo", "--from-beginning", "--exit-on-eof", "--input"])
-            .arg(&log)
-            .args(extra)
-            .env("TMPDIR", tmp.path())
-            .env_remove("LOGPIPE_LOG")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        stderr
-    };
+    let run = |extra: &[&str]| one_shot(&log, tmp.path(), extra);
     let named = |stderr: &str| -> String {
         let first = stderr.lines().next().unwrap_or_default();
         let rest = first
@@ -556,27 +560,9 @@ fn a_log_in_another_format_is_named_with_what_to_do() {
         })
         .collect();
     std::fs::write(&log, text).unwrap();
-    let run = |format: &str| {
-        let out = Command::new(BIN)
-            .args([
-                "demo",
-                "--from-beginning",
-                "--exit-on-eof",
-                "--format",
-                format,
-            ])
-            .arg("--input")
-            .arg(&log)
-            .arg("--lp-out")
-            .arg(tmp.path().join("points.lp"))
-            .env("TMPDIR", tmp.path())
-            .env_remove("LOGPIPE_LOG")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        stderr
-    };
+    let points = tmp.path().join("points.lp");
+    let points = points.to_str().unwrap();
+    let run = |format: &str| one_shot(&log, tmp.path(), &["--format", format, "--lp-out", points]);
     let wrong = run("combined");
     let hint = wrong
         .lines()

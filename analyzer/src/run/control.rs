@@ -134,6 +134,14 @@ impl Control {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+    /// The counters of every running analyzer, summed.
+    pub fn totals(&self) -> Counters {
+        let mut c = Counters::default();
+        for s in self.status.lock().unwrap().values() {
+            c.add(&s.counters);
+        }
+        c
+    }
     /// Whether the analyzers can do their work: each owns partitions whose
     /// restore points are loaded, and its writes are accepted.
     pub fn ready(&self) -> Result<(), String> {
